@@ -1,0 +1,27 @@
+"""The MLP, the edge/cloud split model, the method registry and the training loop."""
+
+from .methods import METHOD_NAMES, METHODS, Method, QuantizerContext, get_method
+from .mlp import MLP, SplitModel
+from .persistence import SavedModel, load_model, save_model
+from .training import SETTING_KEYS, MethodResult, Setting, build_model, evaluate, run_methods, seed_everything, train_model
+
+__all__ = [
+    "METHODS",
+    "METHOD_NAMES",
+    "MLP",
+    "Method",
+    "MethodResult",
+    "QuantizerContext",
+    "SETTING_KEYS",
+    "SavedModel",
+    "Setting",
+    "SplitModel",
+    "build_model",
+    "evaluate",
+    "get_method",
+    "load_model",
+    "run_methods",
+    "save_model",
+    "seed_everything",
+    "train_model",
+]

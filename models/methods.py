@@ -1,0 +1,93 @@
+"""The thirteen methods of the paper as a registry of small definitions (SPEC section 3).
+
+A method is what the network sees (its quantizer, or none), whether it is trained at all
+(``post_training`` methods evaluate the full-precision network of the same setting), and
+whether the paper also reports it evaluated without rounding (``soft_eval``). Whether
+thresholds train is a property of the quantizer the method builds. Adding a method is one
+entry in ``METHODS``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from quantization import (
+    LLTQuantizer,
+    LSQQuantizer,
+    Quantizer,
+    ThresholdQuantizer,
+    minmax_thresholds,
+    n_thresholds,
+    quantile_thresholds,
+)
+
+
+@dataclass(frozen=True)
+class QuantizerContext:
+    """What a quantizer is built from: bits and the standardized training rows' thresholds."""
+
+    bits: int
+    train_x: torch.Tensor  # [n, d]
+    quantile: torch.Tensor  # [d, M]
+    minmax: torch.Tensor  # [d, M]
+
+    @property
+    def n_features(self) -> int:
+        return self.train_x.shape[1]
+
+    @classmethod
+    def from_training_rows(cls, train_x: torch.Tensor, bits: int) -> "QuantizerContext":
+        """Thresholds computed once, so every method of a row starts from the same ones."""
+        return cls(bits, train_x, quantile_thresholds(train_x, bits), minmax_thresholds(train_x, bits))
+
+    @classmethod
+    def placeholder(cls, bits: int, n_features: int) -> "QuantizerContext":
+        """Shapes only, for rebuilding a saved model before loading its state."""
+        thresholds = torch.zeros(n_features, n_thresholds(bits))
+        return cls(bits, torch.zeros(1, n_features), thresholds, thresholds)
+
+
+@dataclass(frozen=True)
+class Method:
+    """One column family of the result files."""
+
+    name: str
+    quantizer: Callable[[QuantizerContext], Quantizer] | None  # None: float features (FP)
+    post_training: bool = False  # quantize the inputs of the trained FP network, train nothing
+    soft_eval: bool = False  # also evaluate without rounding (``*_train`` columns)
+
+
+def _thresholds(kind: str, readout: str, trainable: bool = False) -> Callable[[QuantizerContext], Quantizer]:
+    return lambda ctx: ThresholdQuantizer(getattr(ctx, kind), readout, trainable)
+
+
+METHODS: dict[str, Method] = {
+    method.name: method
+    for method in [
+        Method("FP", None),
+        Method("Po-MQ", _thresholds("minmax", "midpoint"), post_training=True),
+        Method("Po-QQ", _thresholds("quantile", "midpoint"), post_training=True),
+        Method("Pr-MQ", _thresholds("minmax", "midpoint")),
+        Method("Pr-QQ", _thresholds("quantile", "midpoint")),
+        Method("SQ", _thresholds("quantile", "index", trainable=True), soft_eval=True),
+        Method("SQplus", _thresholds("quantile", "values", trainable=True), soft_eval=True),
+        Method("Bw-MQ", _thresholds("minmax", "thermometer")),
+        Method("Bw-QQ", _thresholds("quantile", "thermometer")),
+        Method("Bw-SQ", _thresholds("quantile", "thermometer", trainable=True), soft_eval=True),
+        Method("LLT9", lambda ctx: LLTQuantizer(ctx.bits, ctx.n_features, granularity=9), soft_eval=True),
+        Method("LLT4", lambda ctx: LLTQuantizer(ctx.bits, ctx.n_features, granularity=4), soft_eval=True),
+        Method("LSQ", lambda ctx: LSQQuantizer(ctx.bits, ctx.n_features).init_step(ctx.train_x)),
+    ]
+}
+METHOD_NAMES: tuple[str, ...] = tuple(METHODS)
+
+
+def get_method(name: str) -> Method:
+    """The registered method called ``name``, or a ValueError listing the known ones."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHOD_NAMES)}") from None

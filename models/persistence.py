@@ -1,0 +1,94 @@
+"""Saving a trained model with everything needed to rebuild and evaluate it."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .methods import QuantizerContext, get_method
+from .mlp import SplitModel
+from .training import Setting, build_model
+
+FORMAT = "bsq-model/1"
+
+
+@dataclass
+class SavedModel:
+    """A trained network with its method, bits, setting and the standardization of its data."""
+
+    model: SplitModel
+    method: str
+    bits: int
+    setting: Setting
+    feature_names: list[str]
+    x_mean: np.ndarray  # [d], raw units
+    x_scale: np.ndarray  # [d]
+    y_mean: float
+    y_scale: float
+    dataset: str = ""
+
+    def standardize(self, raw_x: np.ndarray) -> torch.Tensor:
+        """Raw feature rows [n, d] -> the standardized float32 tensor the model expects."""
+        return torch.as_tensor((raw_x - self.x_mean) / self.x_scale, dtype=torch.float32)
+
+    def predict(self, raw_x: np.ndarray) -> np.ndarray:
+        """Hard-mode predictions in the target's raw units for raw feature rows [n, d]."""
+        self.model.eval()
+        self.model.set_hard(True)
+        with torch.inference_mode():
+            out = self.model(self.standardize(raw_x)).double().numpy()
+        return out * self.y_scale + self.y_mean
+
+
+def save_model(saved: SavedModel, path: str | os.PathLike) -> None:
+    """Write ``saved`` to ``path`` atomically (a temporary file, then a rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "method": saved.method,
+        "bits": saved.bits,
+        "setting": asdict(saved.setting),
+        "n_features": len(saved.feature_names),
+        "feature_names": list(saved.feature_names),
+        "x_mean": torch.as_tensor(saved.x_mean, dtype=torch.float64),
+        "x_scale": torch.as_tensor(saved.x_scale, dtype=torch.float64),
+        "y_mean": float(saved.y_mean),
+        "y_scale": float(saved.y_scale),
+        "dataset": saved.dataset,
+        "state_dict": {k: v.detach().cpu() for k, v in saved.model.state_dict().items()},
+    }
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
+        torch.save(payload, tmp)
+    os.replace(tmp.name, path)
+
+
+def load_model(path: str | os.PathLike) -> SavedModel:
+    """Rebuild a model written by :func:`save_model` (on the CPU)."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ValueError(f"{path} is not a readable saved model ({error})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a model saved by this project (expected format {FORMAT})")
+    setting = Setting.from_mapping(payload["setting"])
+    ctx = QuantizerContext.placeholder(payload["bits"], payload["n_features"])
+    model = build_model(get_method(payload["method"]), setting, ctx)
+    model.load_state_dict(payload["state_dict"])
+    return SavedModel(
+        model=model,
+        method=payload["method"],
+        bits=payload["bits"],
+        setting=setting,
+        feature_names=payload["feature_names"],
+        x_mean=payload["x_mean"].numpy(),
+        x_scale=payload["x_scale"].numpy(),
+        y_mean=payload["y_mean"],
+        y_scale=payload["y_scale"],
+        dataset=payload["dataset"],
+    )

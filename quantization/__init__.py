@@ -1,0 +1,32 @@
+"""Trainable input-feature quantizers: thresholds, quantizer modules and the temperature schedule."""
+
+from .quantizers import LLTQuantizer, LSQQuantizer, Quantizer, ThresholdQuantizer
+from .schedule import TemperatureSchedule
+from .thresholds import (
+    check_bits,
+    decode_midpoints,
+    hard_index,
+    midpoints,
+    minmax_thresholds,
+    n_thresholds,
+    quantile_thresholds,
+    steps_from_index,
+    threshold_ranks,
+)
+
+__all__ = [
+    "LLTQuantizer",
+    "LSQQuantizer",
+    "Quantizer",
+    "TemperatureSchedule",
+    "ThresholdQuantizer",
+    "check_bits",
+    "decode_midpoints",
+    "hard_index",
+    "midpoints",
+    "minmax_thresholds",
+    "n_thresholds",
+    "quantile_thresholds",
+    "steps_from_index",
+    "threshold_ranks",
+]

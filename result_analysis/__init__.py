@@ -1,0 +1,1 @@
+"""Tables and figures of the paper from the best-setting result files (SPEC section 8)."""

@@ -1,0 +1,275 @@
+"""Loading, validating and aggregating the best-setting result files, and writing the tables.
+
+Input: one ``{dataset}_best_hyperparameter_test_multiple.csv`` per dataset (SPEC section 6),
+one row per (bits, run). The analysis reads the columns ``bits``, ``step`` and
+``test_loss_<m>`` for all thirteen methods; the other columns are not needed and not checked.
+
+Tables (SPEC section 8), each written as ``.csv`` (full precision), ``.tex`` (pandas Styler,
+booktabs rules, one ``\\multirow`` per dataset, three decimals) and ``.md`` (pandas
+``to_markdown``, needs ``tabulate``):
+
+- ``table2``: mean test loss over the runs per dataset and bits for FP, Pr-MQ, Pr-QQ, LLT4,
+  LLT9, LSQ and Bw-SQ. Per row the minimum over the quantized methods (all but FP) is bold
+  and every other quantized value ``<= 1.025 * minimum`` is underlined (in markdown:
+  ``**bold**`` and ``<u>underlined</u>``). Marks are decided on the unrounded means.
+- ``ablation``: the same for SQ, Bw-MQ, Bw-QQ and Bw-SQ (marks over all four), plus, as the
+  last row of every dataset (``bits`` = ``mean rel. to Bw-SQ (%)``), the mean over the bit
+  widths of ``100 * loss_m(b) / loss_Bw-SQ(b)``: 100 for Bw-SQ, above 100 where a method is
+  worse on average. That row has one decimal and no marks.
+- ``confidence``: per dataset, bits and method (all thirteen), the number of runs ``n``, the
+  mean test loss, its standard error (std with ddof=1 over sqrt(n)) and the 95 % t-interval
+  ``mean ± t_{0.975, n-1} * sem`` (NaN where n = 1). Long format; the LaTeX file is a longtable.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+DATASETS: tuple[str, ...] = (
+    "california", "fried", "superconduct", "cpu_act", "sulfur", "wine_quality",
+)
+METHODS: tuple[str, ...] = (
+    "FP", "Po-MQ", "Po-QQ", "Pr-MQ", "Pr-QQ", "SQ", "SQplus",
+    "Bw-MQ", "Bw-QQ", "Bw-SQ", "LLT9", "LLT4", "LSQ",
+)
+TABLE2_METHODS: tuple[str, ...] = ("FP", "Pr-MQ", "Pr-QQ", "LLT4", "LLT9", "LSQ", "Bw-SQ")
+ABLATION_METHODS: tuple[str, ...] = ("SQ", "Bw-MQ", "Bw-QQ", "Bw-SQ")
+REFERENCE_METHOD = "Bw-SQ"
+RELATIVE_ROW = f"mean rel. to {REFERENCE_METHOD} (%)"
+NEAR_MIN_FACTOR = 1.025
+CONFIDENCE = 0.95
+BIT_RANGE = range(2, 9)
+
+
+class ResultFileError(ValueError):
+    """A result file or folder that cannot be analysed; the message names the file and the problem."""
+
+
+def result_file(results_dir: Path, dataset: str) -> Path:
+    """Return the path of a dataset's best-setting result file."""
+    return Path(results_dir) / f"{dataset}_best_hyperparameter_test_multiple.csv"
+
+
+def read_result_file(path: Path) -> pd.DataFrame:
+    """Read and validate one result file; return its bits, step and test_loss_<m> columns."""
+    try:
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise ResultFileError(f"{path} is empty.") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise ResultFileError(f"{path} is not a readable CSV file ({exc}).") from None
+    needed = ["bits", "step"] + [f"test_loss_{m}" for m in METHODS]
+    missing = [c for c in needed if c not in raw.columns]
+    if missing:
+        raise ResultFileError(f"{path} lacks the column(s) {', '.join(missing)}.")
+    if raw.empty:
+        raise ResultFileError(f"{path} has a header but no rows.")
+    data = pd.DataFrame({c: pd.to_numeric(raw[c].str.strip(), errors="coerce") for c in needed})
+    for column in needed:
+        bad = data[column].isna()
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise ResultFileError(
+                f"{path} has a non-numeric or empty value {raw[column].iloc[row]!r} in column "
+                f"{column} (line {row + 2})."
+            )
+    for column in ("bits", "step"):
+        if not (data[column] == data[column].round()).all():
+            raise ResultFileError(f"{path} has non-integer values in column {column}.")
+        data[column] = data[column].astype(int)
+    outside = sorted(set(data["bits"]) - set(BIT_RANGE))
+    if outside:
+        raise ResultFileError(f"{path} has bit widths {outside} outside 2..8.")
+    if data.duplicated(["bits", "step"]).any():
+        raise ResultFileError(f"{path} has more than one row for the same (bits, step).")
+    return data
+
+
+def load_results(
+    results_dir: Path,
+    datasets: Sequence[str] = DATASETS,
+    bits: Sequence[int] | None = None,
+) -> tuple[dict[str, pd.DataFrame], list[str]]:
+    """Load the result files present in results_dir; return {dataset: frame} and the missing datasets.
+
+    The bit widths analysed are ``bits`` or, by default, every bit width found in any file;
+    every loaded file must have rows for each of them.
+    """
+    unknown = sorted(set(datasets) - set(DATASETS))
+    if unknown:
+        raise ValueError(f"unknown dataset(s) {', '.join(unknown)}; known: {', '.join(DATASETS)}")
+    order = [d for d in DATASETS if d in datasets]
+    frames = {d: read_result_file(result_file(results_dir, d))
+              for d in order if result_file(results_dir, d).is_file()}
+    missing = [d for d in order if d not in frames]
+    if not frames:
+        raise ResultFileError(
+            f"{results_dir} contains no {{dataset}}_best_hyperparameter_test_multiple.csv file "
+            f"for the dataset(s) {', '.join(order)}."
+        )
+    wanted = sorted(set(bits)) if bits else sorted(set().union(*(set(f["bits"]) for f in frames.values())))
+    for dataset, frame in frames.items():
+        absent = [b for b in wanted if b not in set(frame["bits"])]
+        if absent:
+            raise ResultFileError(
+                f"{result_file(results_dir, dataset)} has no rows for "
+                f"{', '.join(map(str, absent))} bits."
+            )
+        frames[dataset] = frame[frame["bits"].isin(wanted)].reset_index(drop=True)
+    return frames, missing
+
+
+def long_losses(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Stack the files into one frame with columns dataset, bits, step, method, test_loss."""
+    parts = []
+    for dataset, frame in frames.items():
+        part = frame.melt(id_vars=["bits", "step"], var_name="method", value_name="test_loss")
+        part["method"] = part["method"].str.removeprefix("test_loss_")
+        part.insert(0, "dataset", dataset)
+        parts.append(part)
+    long = pd.concat(parts, ignore_index=True)
+    long["dataset"] = pd.Categorical(long["dataset"], categories=list(frames))
+    long["method"] = pd.Categorical(long["method"], categories=list(METHODS))
+    return long
+
+
+def mean_table(long: pd.DataFrame, methods: Sequence[str]) -> pd.DataFrame:
+    """Mean test loss over the runs, index (dataset, bits), one column per method in the given order."""
+    sub = long[long["method"].isin(methods)]
+    table = sub.pivot_table(index=["dataset", "bits"], columns="method", values="test_loss",
+                            aggfunc="mean", observed=True)
+    return table[list(methods)].rename_axis(columns=None)
+
+
+def relative_means(table: pd.DataFrame, reference: str = REFERENCE_METHOD) -> pd.DataFrame:
+    """Per dataset, the mean over bits of 100 * loss / loss of the reference method."""
+    ratios = table.div(table[reference], axis=0) * 100
+    return ratios.groupby(level="dataset", observed=True).mean()
+
+
+def with_relative_rows(table: pd.DataFrame, reference: str = REFERENCE_METHOD) -> pd.DataFrame:
+    """Append one RELATIVE_ROW row per dataset (see relative_means) after that dataset's bit rows."""
+    rel = relative_means(table, reference)
+    rel.index = pd.MultiIndex.from_arrays([rel.index, [RELATIVE_ROW] * len(rel)], names=table.index.names)
+    blocks = [pd.concat([table.loc[[d]], rel.loc[[d]]]) for d in table.index.unique("dataset")]
+    return pd.concat(blocks)
+
+
+def row_marks(table: pd.DataFrame, among: Sequence[str]) -> pd.DataFrame:
+    """Per cell 'min' (row minimum over `among`), 'near' (<= 1.025 * minimum, not the minimum) or ''."""
+    values = table[list(among)]
+    minimum = values.min(axis=1)
+    marks = pd.DataFrame("", index=table.index, columns=table.columns)
+    near = values.le(minimum * NEAR_MIN_FACTOR, axis=0) & values.ne(minimum, axis=0)
+    marks[list(among)] = np.where(values.eq(minimum, axis=0), "min", np.where(near, "near", ""))
+    return marks
+
+
+def confidence_table(long: pd.DataFrame, confidence: float = CONFIDENCE) -> pd.DataFrame:
+    """Per dataset, bits and method: n, mean, sem and the t-interval of the mean test loss."""
+    grouped = long.groupby(["dataset", "bits", "method"], observed=True)["test_loss"]
+    table = grouped.agg(n="count", mean="mean", sem="sem").reset_index()
+    low_q, high_q = stats.t.interval(confidence, df=(table["n"] - 1).where(table["n"] > 1))
+    table["ci_low"] = table["mean"] + low_q * table["sem"]
+    table["ci_high"] = table["mean"] + high_q * table["sem"]
+    return table
+
+
+def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """Call write(tmp) on a temporary file next to path, then move it onto path."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write text to path atomically."""
+    write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def _relative_rows(table: pd.DataFrame) -> np.ndarray:
+    """Boolean mask of the RELATIVE_ROW rows of a mean table."""
+    return np.asarray(table.index.get_level_values("bits") == RELATIVE_ROW)
+
+
+def to_latex(table: pd.DataFrame, marks: pd.DataFrame) -> str:
+    """LaTeX tabular of a mean table with \\multirow datasets, bold minima and underlined near-minima."""
+    relative = table.index[_relative_rows(table)]
+    return (
+        table.style
+        .format(precision=3)
+        .format(precision=1, subset=(relative, table.columns))
+        .format_index(escape="latex", axis=0)
+        .format_index(escape="latex", axis=1)
+        .apply(lambda _: marks.replace({"min": "textbf:--rwrap;", "near": "underline:--rwrap;"}),
+               axis=None)
+        .to_latex(hrules=True, multirow_align="c", clines="skip-last;data",
+                  column_format="ll" + "r" * table.shape[1])
+    )
+
+
+def to_markdown(table: pd.DataFrame, marks: pd.DataFrame) -> str:
+    """Markdown table of a mean table, minima as **bold** and near-minima as <u>underlined</u>."""
+    relative = _relative_rows(table)
+    texts = table.map(lambda v: f"{v:.3f}")
+    texts[relative] = table[relative].map(lambda v: f"{v:.1f}")
+    texts = texts.where(marks != "min", "**" + texts + "**")
+    texts = texts.where(marks != "near", "<u>" + texts + "</u>")
+    texts = texts.reset_index()
+    align = ["left"] + ["right"] * (texts.shape[1] - 1)
+    return texts.to_markdown(index=False, colalign=align) + "\n"
+
+
+def confidence_to_latex(confidence: pd.DataFrame) -> str:
+    """LaTeX longtable of a confidence table, four decimals, \\multirow datasets and bit widths."""
+    return (
+        confidence.set_index(["dataset", "bits", "method"]).style
+        .format(precision=4)
+        .format("{:d}", subset=["n"])
+        .format_index(escape="latex", axis=0)
+        .to_latex(environment="longtable", hrules=True, multirow_align="t",
+                  clines="skip-last;data", column_format="lll" + "r" * 5)
+    )
+
+
+def _write_table(out_dir: Path, name: str, table: pd.DataFrame, marks: pd.DataFrame) -> list[Path]:
+    """Write one mean table as name.csv, name.tex and name.md; return the paths."""
+    paths = [out_dir / f"{name}.{ext}" for ext in ("csv", "tex", "md")]
+    write_text_atomic(paths[0], table.reset_index().to_csv(index=False))
+    write_text_atomic(paths[1], to_latex(table, marks))
+    write_text_atomic(paths[2], to_markdown(table, marks))
+    return paths
+
+
+def write_tables(frames: dict[str, pd.DataFrame], out_dir: Path) -> list[Path]:
+    """Write table2, ablation and confidence (.csv, .tex, .md) into out_dir; return the paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    long = long_losses(frames)
+    table2 = mean_table(long, TABLE2_METHODS)
+    paths = _write_table(out_dir, "table2", table2, row_marks(table2, TABLE2_METHODS[1:]))
+    ablation = mean_table(long, ABLATION_METHODS)
+    marks = row_marks(ablation, ABLATION_METHODS).reindex(with_relative_rows(ablation).index, fill_value="")
+    paths += _write_table(out_dir, "ablation", with_relative_rows(ablation), marks)
+    confidence = confidence_table(long)
+    paths += [out_dir / f"confidence.{ext}" for ext in ("csv", "tex", "md")]
+    write_text_atomic(paths[-3], confidence.to_csv(index=False))
+    write_text_atomic(paths[-2], confidence_to_latex(confidence))
+    write_text_atomic(paths[-1], confidence.to_markdown(index=False, floatfmt=".4f") + "\n")
+    return paths

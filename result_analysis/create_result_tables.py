@@ -1,0 +1,56 @@
+"""Write the paper's Table 2, the ablation table and the confidence table from best-setting result files.
+
+Usage: python result_analysis/create_result_tables.py [--results_dir DIR] [--out_dir OUT]
+       [--datasets NAME ...] [--bits B ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from result_analysis.analysis import DATASETS, BIT_RANGE, ResultFileError, load_results, write_tables  # noqa: E402
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options shared by the table and figure scripts."""
+    parser.add_argument("--results_dir", type=Path, default=Path("results/best_hyperparameter_multiple"),
+                        help="folder with the {dataset}_best_hyperparameter_test_multiple.csv files")
+    parser.add_argument("--out_dir", type=Path, default=Path("results/analysis"),
+                        help="folder the outputs are written to (created if needed)")
+    parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS),
+                        metavar="NAME", help=f"datasets to include (default: all of {', '.join(DATASETS)})")
+    parser.add_argument("--bits", nargs="+", type=int, choices=list(BIT_RANGE), metavar="B",
+                        help="bit widths to include (default: every bit width in the files)")
+
+
+def load_or_report(args: argparse.Namespace) -> dict[str, pd.DataFrame]:
+    """Load the result files named by args and print one line naming the missing datasets."""
+    frames, missing = load_results(args.results_dir, args.datasets, args.bits)
+    if missing:
+        print(f"missing in {args.results_dir}, skipped: {', '.join(missing)}")
+    return frames
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_common_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        paths = write_tables(load_or_report(args), args.out_dir)
+    except ResultFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(paths)} files to {args.out_dir}: {', '.join(p.name for p in paths)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""Draw the paper's Figure 4 (line plot) and Figure 6 (box plots per bit width) from best-setting result files.
+
+Usage: python result_analysis/line_and_box_plot_cummulative.py [--results_dir DIR] [--out_dir OUT]
+       [--datasets NAME ...] [--bits B ...] [--lineplot/--no-lineplot] [--boxplot/--no-boxplot]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from result_analysis.analysis import ResultFileError  # noqa: E402
+from result_analysis.create_result_tables import add_common_arguments, load_or_report  # noqa: E402
+from result_analysis.plots import write_figures  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_common_arguments(parser)
+    parser.add_argument("--lineplot", action=argparse.BooleanOptionalAction, default=True,
+                        help="write lineplot.png/.pdf (Figure 4)")
+    parser.add_argument("--boxplot", action=argparse.BooleanOptionalAction, default=True,
+                        help="write boxplot_{b}bits.png/.pdf per bit width (Figure 6)")
+    args = parser.parse_args(argv)
+    try:
+        paths = write_figures(load_or_report(args), args.out_dir, args.lineplot, args.boxplot)
+    except ResultFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(paths)} files to {args.out_dir}: {', '.join(p.name for p in paths)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

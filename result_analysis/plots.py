@@ -1,0 +1,128 @@
+"""The paper's figures from the best-setting result files (SPEC section 8).
+
+- Figure 4 (``lineplot``): one subplot per dataset, mean test MSE over the runs against bits,
+  one line per method (FP dashed, Bw-SQ thicker), one legend for the figure.
+- Figure 6 (``boxplot_{b}bits``): per bit width, one subplot per dataset with a box plot of the
+  per-run test MSEs of every method, the single runs as points on top, and a dashed
+  horizontal line at the FP median.
+
+Every figure is written as PNG and PDF; axis limits follow the data.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from result_analysis.analysis import (  # noqa: E402
+    REFERENCE_METHOD, TABLE2_METHODS, long_losses, write_atomic,
+)
+
+MARKERS = ("o", "s", "D", "^", "v", "P", "X", "*", "h", "<", ">", "p", "d")
+DPI = 150
+
+
+def method_colors(methods: Sequence[str]) -> dict[str, tuple[float, float, float]]:
+    """A colour per method: FP grey, Bw-SQ vermillion, the others from the colorblind palette."""
+    palette = sns.color_palette("colorblind")
+    others = iter(palette[i] for i in (0, 9, 2, 5, 4, 1, 7, 8, 6))
+    special = {"FP": (0.45, 0.45, 0.45), REFERENCE_METHOD: palette[3]}
+    return {m: special[m] if m in special else next(others) for m in methods}
+
+
+def dataset_axes(datasets: Sequence[str], width: float, height: float) -> tuple[Figure, list[Axes]]:
+    """A figure with one titled subplot per dataset (at most three per row, unused cells removed)."""
+    ncols = min(3, len(datasets))
+    nrows = math.ceil(len(datasets) / ncols)
+    fig, grid = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows),
+                             layout="constrained", squeeze=False)
+    cells = list(grid.flat)
+    for ax in cells[len(datasets):]:
+        fig.delaxes(ax)
+    for ax, dataset in zip(cells, datasets):
+        ax.set_title(dataset)
+        ax.grid(True, alpha=0.3)
+    return fig, cells[: len(datasets)]
+
+
+def plot_lines(long: pd.DataFrame, methods: Sequence[str] = TABLE2_METHODS) -> Figure:
+    """Figure 4: per dataset the mean test MSE against bits, one line per method."""
+    means = (long[long["method"].isin(methods)]
+             .groupby(["dataset", "method", "bits"], observed=True)["test_loss"].mean())
+    datasets = list(long["dataset"].cat.categories)
+    colors = method_colors(methods)
+    fig, axes = dataset_axes(datasets, 3.8, 2.9)
+    for ax, dataset in zip(axes, datasets):
+        for method, marker in zip(methods, MARKERS):
+            series = means.loc[(dataset, method)]
+            emphasis = method == REFERENCE_METHOD
+            ax.plot(series.index, series.to_numpy(), label=method, color=colors[method],
+                    marker=marker, linestyle="--" if method == "FP" else "-",
+                    linewidth=2.8 if emphasis else 1.4, markersize=7 if emphasis else 4,
+                    zorder=3 if emphasis else 2)
+        ax.set_xticks(sorted(long["bits"].unique()))
+        ax.set_xlabel("bits")
+        ax.set_ylabel("mean test MSE")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=len(methods), frameon=False)
+    return fig
+
+
+def plot_boxes(long: pd.DataFrame, bits: int, methods: Sequence[str] = TABLE2_METHODS) -> Figure:
+    """Figure 6 for one bit width: per dataset box plots of the per-run test MSE of every method."""
+    sub = long[(long["bits"] == bits) & long["method"].isin(methods)].astype({"method": str})
+    datasets = list(long["dataset"].cat.categories)
+    fig, axes = dataset_axes(datasets, 3.8, 3.2)
+    for ax, dataset in zip(axes, datasets):
+        data = sub[sub["dataset"] == dataset]
+        with warnings.catch_warnings():  # seaborn 0.13 passes the deprecated vert= to matplotlib >= 3.11
+            warnings.filterwarnings("ignore", message="vert: bool", category=DeprecationWarning)
+            sns.boxplot(data=data, x="method", y="test_loss", order=methods, hue="method",
+                        hue_order=methods, palette=method_colors(methods), dodge=False, legend=False,
+                        showfliers=False, width=0.6, linewidth=1, boxprops={"alpha": 0.8}, ax=ax)
+        sns.stripplot(data=data, x="method", y="test_loss", order=methods, color="black",
+                      size=2.5, alpha=0.7, jitter=0.15, ax=ax)
+        fp_median = data.loc[data["method"] == "FP", "test_loss"].median()
+        ax.axhline(fp_median, color="black", linestyle="--", linewidth=1)
+        ax.set_xlabel("")
+        ax.set_ylabel("test MSE")
+        ax.tick_params(axis="x", labelrotation=45)
+    fig.suptitle(f"{bits} bits (dashed: FP median)")
+    return fig
+
+
+def save_figure(fig: Figure, out_dir: Path, name: str) -> list[Path]:
+    """Write fig as name.png and name.pdf into out_dir atomically; return the paths."""
+    paths = [Path(out_dir) / f"{name}.{ext}" for ext in ("png", "pdf")]
+    for path in paths:
+        write_atomic(path, lambda tmp, ext=path.suffix[1:]: fig.savefig(tmp, format=ext, dpi=DPI))
+    return paths
+
+
+def write_figures(frames: dict[str, pd.DataFrame], out_dir: Path, lineplot: bool = True,
+                  boxplot: bool = True) -> list[Path]:
+    """Write Figure 4 and/or one Figure 6 per bit width into out_dir; return the paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    long = long_losses(frames)
+    figures: list[tuple[str, Figure]] = []
+    if lineplot:
+        figures.append(("lineplot", plot_lines(long)))
+    if boxplot:
+        figures += [(f"boxplot_{b}bits", plot_boxes(long, b)) for b in sorted(long["bits"].unique())]
+    paths = []
+    for name, fig in figures:
+        paths += save_figure(fig, out_dir, name)
+        plt.close(fig)
+    return paths

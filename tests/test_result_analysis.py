@@ -1,0 +1,314 @@
+"""Tests of result_analysis/: tables, figures, validation and the two command lines."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # importable also when pytest is run without a root conftest
+    sys.path.insert(0, str(REPO))
+
+from result_analysis import analysis, plots  # noqa: E402
+from result_analysis.analysis import (  # noqa: E402
+    ABLATION_METHODS, METHODS, RELATIVE_ROW, TABLE2_METHODS, ResultFileError,
+)
+from result_analysis.create_result_tables import main as tables_main  # noqa: E402
+from result_analysis.line_and_box_plot_cummulative import main as figures_main  # noqa: E402
+
+SHARED = REPO.parent / "shared"
+PAPER = SHARED / "paper_results" / "best_hyperparameter_multiple"
+PRESENT = ["california", "fried", "superconduct", "sulfur", "wine_quality"]
+needs_paper = pytest.mark.skipif(
+    not PAPER.is_dir(), reason=f"the paper's result files are not available at {PAPER}"
+)
+
+
+def raw_losses(dataset: str) -> dict[tuple[int, str], np.ndarray]:
+    """Test losses per (bits, method) read with the csv module, independently of the package."""
+    out: dict[tuple[int, str], list[float]] = {}
+    with open(PAPER / f"{dataset}_best_hyperparameter_test_multiple.csv", newline="") as fh:
+        for row in csv.DictReader(fh):
+            for m in METHODS:
+                out.setdefault((int(row["bits"]), m), []).append(float(row[f"test_loss_{m}"]))
+    return {k: np.array(v) for k, v in out.items()}
+
+
+def write_synthetic(path: Path, bits: tuple[int, ...] = (2, 3), runs: int = 3, seed: int = 0) -> Path:
+    """Write a small result file with the full schema and random losses."""
+    rng = np.random.default_rng(seed)
+    n = len(bits) * runs
+    columns: dict[str, object] = {}
+    for prefix in ("best_hyperparameter_id", "val_loss", "test_loss", "time"):
+        for m in METHODS:
+            columns[f"{prefix}_{m}"] = rng.integers(0, 100, n) if prefix.endswith("id") else rng.random(n)
+    columns["bits"] = np.repeat(bits, runs)
+    columns["step"] = np.tile(np.arange(runs), len(bits))
+    pd.DataFrame(columns).to_csv(path, index=False)
+    return path
+
+
+def tex_cells(tex: str, dataset: str, bits: int | str) -> list[str]:
+    """The method cells of the LaTeX row for (dataset, bits)."""
+    current = None
+    for line in tex.splitlines():
+        cells = [c.strip() for c in line.removesuffix("\\\\").split(" & ")]
+        if len(cells) < 3:
+            continue
+        if cells[0].startswith("\\multirow"):
+            current = cells[0].rsplit("{", 1)[1].rstrip("}").replace("\\_", "_")
+        if current == dataset and cells[1] == str(bits):
+            return cells[2:]
+    raise AssertionError(f"no LaTeX row for {dataset}, {bits}")
+
+
+@pytest.fixture(scope="module")
+def paper_frames() -> dict[str, pd.DataFrame]:
+    """The paper's files, loaded."""
+    if not PAPER.is_dir():
+        pytest.skip(f"the paper's result files are not available at {PAPER}")
+    frames, missing = analysis.load_results(PAPER)
+    assert missing == ["cpu_act"]
+    return frames
+
+
+@pytest.fixture(scope="module")
+def tables_dir(paper_frames, tmp_path_factory) -> Path:
+    """A folder with the tables written from the paper's files."""
+    out = tmp_path_factory.mktemp("tables")
+    analysis.write_tables(paper_frames, out)
+    return out
+
+
+@needs_paper
+def test_datasets_in_paper_order(paper_frames):
+    assert list(paper_frames) == PRESENT
+
+
+@needs_paper
+def test_table2_means_equal_raw_means(tables_dir):
+    table = pd.read_csv(tables_dir / "table2.csv")
+    assert list(table.columns) == ["dataset", "bits", "FP", "Pr-MQ", "Pr-QQ", "LLT4", "LLT9", "LSQ", "Bw-SQ"]
+    assert table["dataset"].unique().tolist() == PRESENT
+    for dataset in PRESENT:
+        raw = raw_losses(dataset)
+        rows = table[table["dataset"] == dataset]
+        assert rows["bits"].tolist() == list(range(2, 9))
+        for _, row in rows.iterrows():
+            for m in TABLE2_METHODS:
+                assert row[m] == pytest.approx(raw[(row["bits"], m)].mean(), rel=1e-12)
+
+
+@needs_paper
+@pytest.mark.parametrize("dataset,bits", [("california", 2), ("fried", 4), ("fried", 8),
+                                          ("superconduct", 7), ("sulfur", 2), ("wine_quality", 5)])
+def test_table2_latex_marks(tables_dir, dataset, bits):
+    raw = raw_losses(dataset)
+    means = {m: raw[(bits, m)].mean() for m in TABLE2_METHODS}
+    best = min(means[m] for m in TABLE2_METHODS[1:])
+    cells = tex_cells((tables_dir / "table2.tex").read_text(), dataset, bits)
+    assert len(cells) == len(TABLE2_METHODS)
+    for m, cell in zip(TABLE2_METHODS, cells):
+        text = f"{means[m]:.3f}"
+        if m != "FP" and means[m] == best:
+            assert cell == f"\\textbf{{{text}}}", m
+        elif m != "FP" and means[m] <= 1.025 * best:
+            assert cell == f"\\underline{{{text}}}", m
+        else:
+            assert cell == text, m
+
+
+@needs_paper
+def test_table2_latex_layout(tables_dir):
+    tex = (tables_dir / "table2.tex").read_text()
+    assert "\\toprule" in tex and "\\bottomrule" in tex
+    assert "\\multirow[c]{7}{*}{wine\\_quality}" in tex
+    assert tex.count("\\multirow") == len(PRESENT)
+    md = (tables_dir / "table2.md").read_text()
+    assert md.count("\n") == 2 + 7 * len(PRESENT)
+    assert "**" in md and "<u>" in md
+
+
+@needs_paper
+def test_ablation_table(tables_dir):
+    table = pd.read_csv(tables_dir / "ablation.csv", dtype={"bits": str})
+    assert list(table.columns) == ["dataset", "bits", *ABLATION_METHODS]
+    tex = (tables_dir / "ablation.tex").read_text()
+    for dataset in PRESENT:
+        raw = raw_losses(dataset)
+        rows = table[table["dataset"] == dataset]
+        assert rows["bits"].tolist() == [str(b) for b in range(2, 9)] + [RELATIVE_ROW]
+        relative = rows.iloc[-1]
+        for m in ABLATION_METHODS:
+            expected = np.mean([100 * raw[(b, m)].mean() / raw[(b, "Bw-SQ")].mean() for b in range(2, 9)])
+            assert relative[m] == pytest.approx(expected, rel=1e-12)
+        cells = tex_cells(tex, dataset, RELATIVE_ROW.replace("%", "\\%"))
+        assert cells == [f"{relative[m]:.1f}" for m in ABLATION_METHODS]
+        assert cells[-1] == "100.0"
+    cells = tex_cells(tex, "california", 2)
+    means = [raw_losses("california")[(2, m)].mean() for m in ABLATION_METHODS]
+    assert cells[int(np.argmin(means))].startswith("\\textbf{")
+
+
+@needs_paper
+def test_confidence_against_scipy(tables_dir):
+    table = pd.read_csv(tables_dir / "confidence.csv")
+    assert list(table.columns) == ["dataset", "bits", "method", "n", "mean", "sem", "ci_low", "ci_high"]
+    assert len(table) == len(PRESENT) * 7 * len(METHODS)
+    for dataset in PRESENT:
+        raw = raw_losses(dataset)
+        for row in table[table["dataset"] == dataset].itertuples():
+            values = raw[(row.bits, row.method)]
+            half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
+            assert row.n == len(values) == 10
+            assert row.ci_low == pytest.approx(values.mean() - half, rel=1e-10)
+            assert row.ci_high == pytest.approx(values.mean() + half, rel=1e-10)
+    assert "\\begin{longtable}" in (tables_dir / "confidence.tex").read_text()
+
+
+def test_confidence_degenerate_cases(tmp_path):
+    path = write_synthetic(tmp_path / "fried_best_hyperparameter_test_multiple.csv", bits=(2, 3), runs=2)
+    data = pd.read_csv(path)
+    data["test_loss_FP"] = 0.5
+    data = data.drop(index=3)  # 3 bits keeps a single run
+    data.to_csv(path, index=False)
+    frames, _ = analysis.load_results(tmp_path)
+    table = analysis.confidence_table(analysis.long_losses(frames)).set_index(["bits", "method"])
+    assert table.loc[(2, "FP"), ["ci_low", "ci_high"]].tolist() == [0.5, 0.5]
+    assert table.loc[(3, "SQ"), "n"] == 1
+    assert np.isnan(table.loc[(3, "SQ"), "ci_low"])
+
+
+@needs_paper
+def test_lineplot_figure(paper_frames):
+    fig = plots.plot_lines(analysis.long_losses(paper_frames))
+    try:
+        assert [ax.get_title() for ax in fig.axes] == PRESENT
+        for ax in fig.axes:
+            lines = {line.get_label(): line for line in ax.get_lines() if not line.get_label().startswith("_")}
+            assert list(lines) == list(TABLE2_METHODS)
+            assert lines["FP"].get_linestyle() == "--"
+            assert lines["Bw-SQ"].get_linewidth() > lines["LSQ"].get_linewidth()
+            assert list(lines["Bw-SQ"].get_xdata()) == list(range(2, 9))
+        assert len(fig.legends) == 1
+        assert [t.get_text() for t in fig.legends[0].get_texts()] == list(TABLE2_METHODS)
+    finally:
+        plots.plt.close(fig)
+
+
+@needs_paper
+def test_boxplot_figure(paper_frames):
+    long = analysis.long_losses(paper_frames)
+    fig = plots.plot_boxes(long, 3)
+    try:
+        assert [ax.get_title() for ax in fig.axes] == PRESENT
+        for ax, dataset in zip(fig.axes, PRESENT):
+            assert len(ax.patches) == len(TABLE2_METHODS)  # one PathPatch per box
+            assert len(ax.collections) == len(TABLE2_METHODS)  # one point cloud per method
+            assert [t.get_text() for t in ax.get_xticklabels()] == list(TABLE2_METHODS)
+            fp_median = np.median(raw_losses(dataset)[(3, "FP")])
+            dashed = [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]
+            assert len(dashed) == 1 and dashed[0].get_ydata()[0] == pytest.approx(fp_median)
+    finally:
+        plots.plt.close(fig)
+
+
+@needs_paper
+def test_write_figures(tmp_path):
+    frames, _ = analysis.load_results(PAPER, bits=[2, 8])
+    paths = plots.write_figures(frames, tmp_path)
+    names = {p.name for p in paths}
+    assert names == {f"{stem}.{ext}" for stem in ("lineplot", "boxplot_2bits", "boxplot_8bits")
+                     for ext in ("png", "pdf")}
+    assert {p.name for p in tmp_path.iterdir()} == names  # no temporary files left behind
+    assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def _bad_missing_column(path: Path) -> str:
+    pd.read_csv(write_synthetic(path)).drop(columns="test_loss_LSQ").to_csv(path, index=False)
+    return "test_loss_LSQ"
+
+
+def _bad_empty(path: Path) -> str:
+    path.write_text("")
+    return "empty"
+
+
+def _bad_header_only(path: Path) -> str:
+    pd.read_csv(write_synthetic(path)).iloc[:0].to_csv(path, index=False)
+    return "no rows"
+
+
+def _bad_non_numeric(path: Path) -> str:
+    data = pd.read_csv(write_synthetic(path)).astype({"test_loss_FP": object})
+    data.loc[1, "test_loss_FP"] = "abc"
+    data.to_csv(path, index=False)
+    return "'abc'"
+
+
+def _bad_missing_bits(path: Path) -> str:
+    write_synthetic(path.with_name("fried_best_hyperparameter_test_multiple.csv"), bits=(2, 3))
+    write_synthetic(path, bits=(2,))
+    return "no rows for 3 bits"
+
+
+BAD_FILES = [_bad_missing_column, _bad_empty, _bad_header_only, _bad_non_numeric, _bad_missing_bits]
+
+
+@pytest.mark.parametrize("make_bad", BAD_FILES, ids=lambda f: f.__name__.removeprefix("_bad_"))
+def test_bad_files_raise_and_exit_2(tmp_path, capsys, make_bad):
+    path = tmp_path / "sulfur_best_hyperparameter_test_multiple.csv"
+    problem = make_bad(path)
+    with pytest.raises(ResultFileError) as info:
+        analysis.load_results(tmp_path)
+    assert str(path) in str(info.value) and problem in str(info.value)
+    for main in (tables_main, figures_main):
+        assert main(["--results_dir", str(tmp_path), "--out_dir", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err
+        assert err == f"error: {info.value}\n"
+
+
+def test_no_files_exit_2(tmp_path, capsys):
+    assert tables_main(["--results_dir", str(tmp_path), "--out_dir", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path} contains no ")
+    assert not (tmp_path / "out").exists()
+
+
+def run_script(*args: str) -> subprocess.CompletedProcess:
+    """Run a command with the current interpreter from the repository root."""
+    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+@needs_paper
+def test_cli_tables(tmp_path):
+    done = run_script("result_analysis/create_result_tables.py", "--results_dir", str(PAPER),
+                      "--out_dir", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert "cpu_act" in done.stdout.splitlines()[0]
+    assert {p.name for p in tmp_path.iterdir()} == {
+        f"{n}.{e}" for n in ("table2", "ablation", "confidence") for e in ("csv", "tex", "md")
+    }
+
+
+@needs_paper
+def test_cli_figures_as_module(tmp_path):
+    done = run_script("-m", "result_analysis.line_and_box_plot_cummulative", "--results_dir", str(PAPER),
+                      "--out_dir", str(tmp_path), "--no-boxplot", "--datasets", "fried", "sulfur")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("\n") == 1  # nothing missing among the requested datasets
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lineplot.pdf", "lineplot.png"]
+
+
+def test_cli_error_without_traceback(tmp_path):
+    (tmp_path / "fried_best_hyperparameter_test_multiple.csv").write_text("")
+    done = run_script("result_analysis/line_and_box_plot_cummulative.py", "--results_dir", str(tmp_path),
+                      "--out_dir", str(tmp_path / "out"))
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: ") and "Traceback" not in done.stderr
