@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import os
-import tempfile
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
+
+from data.atomic import atomic_write_bytes
 
 from .methods import QuantizerContext, get_method
 from .mlp import SplitModel
@@ -47,8 +48,6 @@ class SavedModel:
 
 def save_model(saved: SavedModel, path: str | os.PathLike) -> None:
     """Write ``saved`` to ``path`` atomically (a temporary file, then a rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": FORMAT,
         "method": saved.method,
@@ -63,9 +62,9 @@ def save_model(saved: SavedModel, path: str | os.PathLike) -> None:
         "dataset": saved.dataset,
         "state_dict": {k: v.detach().cpu() for k, v in saved.model.state_dict().items()},
     }
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
-        torch.save(payload, tmp)
-    os.replace(tmp.name, path)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def load_model(path: str | os.PathLike) -> SavedModel:

@@ -1,0 +1,58 @@
+"""Splits and standardization of SPEC sections 5 and 6 (scikit-learn does the work)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+from sklearn.model_selection import KFold, train_test_split
+from sklearn.preprocessing import StandardScaler
+
+TEST_SIZE = 0.1
+SPLIT_SEED = 42
+
+
+@dataclass
+class ScaledSplits:
+    """Training rows and other parts, standardized with the training rows' mean and scale."""
+
+    parts: dict[str, tuple[np.ndarray, np.ndarray]]  # name -> (x [n, d], y [n]); "train" first
+    x_scaler: StandardScaler
+    y_scaler: StandardScaler
+
+    def tensors(self, device: torch.device | str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Every part as float32 tensors on ``device``."""
+        return {
+            name: (torch.as_tensor(x, dtype=torch.float32, device=device), torch.as_tensor(y, dtype=torch.float32, device=device))
+            for name, (x, y) in self.parts.items()
+        }
+
+
+def standardize(train: tuple[np.ndarray, np.ndarray], **others: tuple[np.ndarray, np.ndarray]) -> ScaledSplits:
+    """Fit StandardScalers on the training X and y separately; apply them to every part."""
+    x_scaler = StandardScaler().fit(train[0])
+    y_scaler = StandardScaler().fit(train[1].reshape(-1, 1))
+    parts = {
+        name: (x_scaler.transform(x), y_scaler.transform(y.reshape(-1, 1)).ravel())
+        for name, (x, y) in {"train": train, **others}.items()
+    }
+    return ScaledSplits(parts, x_scaler, y_scaler)
+
+
+def holdout_split(x: np.ndarray, y: np.ndarray, seed: int = SPLIT_SEED) -> ScaledSplits:
+    """``train_test_split(test_size=0.1, random_state=seed)``, standardized on the 90 % part."""
+    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=TEST_SIZE, random_state=seed)
+    return standardize((x_train, y_train), test=(x_test, y_test))
+
+
+def tuning_folds(x: np.ndarray, y: np.ndarray, k_folds: int) -> Iterator[ScaledSplits]:
+    """Per fold of the 90 % part (``KFold(k, shuffle=True, random_state=42)``): train, val and test."""
+    x_rest, x_test, y_rest, y_test = train_test_split(x, y, test_size=TEST_SIZE, random_state=SPLIT_SEED)
+    for train_rows, val_rows in KFold(n_splits=k_folds, shuffle=True, random_state=SPLIT_SEED).split(x_rest):
+        yield standardize(
+            (x_rest[train_rows], y_rest[train_rows]),
+            val=(x_rest[val_rows], y_rest[val_rows]),
+            test=(x_test, y_test),
+        )
