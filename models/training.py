@@ -8,7 +8,7 @@ evaluation runs under ``torch.inference_mode`` in large batches.
 import random
 import time
 from dataclasses import dataclass, field, fields
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -120,12 +120,14 @@ def run_methods(
     evaluations: Mapping[str, Split],
     bits: int,
     seed: int,
+    on_method: Callable[[str], None] | None = None,
 ) -> dict[str, MethodResult]:
     """Train and evaluate each named method with its setting on one split of the data.
 
     Every trained network is built right after seeding with ``seed``, so a method's result
     does not depend on which others run beside it. A post-training method quantizes the
     inputs of the FP network of its setting, trained once and shared (with FP itself too).
+    ``on_method(name)`` is called before each method starts (for progress bars).
     """
     ctx = QuantizerContext.from_training_rows(train[0], bits)
     fp_networks: dict[Setting, MethodResult] = {}
@@ -140,6 +142,8 @@ def run_methods(
 
     results = {}
     for name in names:
+        if on_method is not None:
+            on_method(name)
         method, setting = METHODS[name], settings[name]
         if method.post_training or method.quantizer is None:
             if setting not in fp_networks:

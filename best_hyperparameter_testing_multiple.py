@@ -1,0 +1,57 @@
+"""Rerun every method's best tuned setting several times on fresh splits (SPEC section 6).
+
+Reads ``{result_folder}/{dataset}/{dataset}_hyperparameter_tuning_{b}bits_*iterations.csv``,
+picks per bit width and method the setting with the smallest mean validation loss, and writes
+``{result_folder}/best_hyperparameter_multiple/{dataset}_best_hyperparameter_test_multiple.csv``,
+one row per (bits, run), atomically after every row; rerun the same command to continue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from data import DATASETS, default_scratch
+from models import METHOD_NAMES
+from protocol.best_settings import load_choices, run_best_settings, selection_frame
+from protocol.common import parse_bits, parse_positive, resolve_device, run_cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of the best-setting script."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", required=True, choices=list(DATASETS), help="dataset to test on")
+    parser.add_argument("--scratch", default=None, help=f"folder with <dataset>.csv.gz files (default: {default_scratch()})")
+    parser.add_argument("--n_steps", type=parse_positive, default=10, help="runs per bit width and method (default: 10)")
+    parser.add_argument("--result_folder", default="results", help="holds the tuning files; the output goes below it (default: results)")
+    parser.add_argument("--bits", nargs="+", type=parse_bits, default=None, help="bit widths (default: every one with a tuning file)")
+    parser.add_argument("--methods", nargs="+", choices=list(METHOD_NAMES), default=list(METHOD_NAMES), metavar="METHOD", help=f"methods to run (default: all of {' '.join(METHOD_NAMES)})")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="training device (default: auto)")
+    parser.add_argument("--select_only", action="store_true", help="print the selected settings as CSV and train nothing")
+    parser.add_argument("--save_models", default=None, metavar="DIR", help="keep every trained model in DIR (for quantization.export)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def main_with_args(args: argparse.Namespace) -> int:
+    """Select, and unless ``--select_only`` rerun, the best settings."""
+    if args.select_only:
+        choices = load_choices(args.result_folder, args.dataset, args.bits, args.methods)
+        selection_frame(choices).to_csv(sys.stdout, index=False, lineterminator="\n")
+        return 0
+    path = run_best_settings(
+        args.dataset, args.result_folder, args.n_steps, args.bits, args.methods,
+        args.scratch, resolve_device(args.device), args.save_models, progress=not args.quiet,
+    )
+    print(f"wrote {path}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    return run_cli(main_with_args, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

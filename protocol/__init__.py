@@ -1,0 +1,1 @@
+"""The paper's protocol: hyperparameter tuning and best-setting testing, writing its CSV files."""

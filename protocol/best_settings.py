@@ -1,0 +1,167 @@
+"""Best-setting testing (SPEC section 6): pick each method's best tuned setting, rerun it n times."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from data import load_dataset
+from data.splits import holdout_split
+from models import METHOD_NAMES, SETTING_KEYS, SavedModel, Setting, get_method, run_methods, save_model
+
+from .common import ProtocolError
+from .schema import BEST_COLUMNS, TUNING_COLUMNS, best_path, read_results, write_results
+
+BASE_SEED = 42
+_TUNING_NAME = re.compile(r"_hyperparameter_tuning_(\d+)bits_(\d+)iterations\.csv$")
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The setting a method's tuning chose for one bit width."""
+
+    setting_id: int
+    val_loss: float  # mean validation loss over the folds
+    setting: Setting
+
+
+def find_tuning_files(result_folder: str | os.PathLike, dataset: str) -> dict[int, Path]:
+    """Per bit width the most complete tuning file (most rows; then most iterations)."""
+    candidates: dict[int, list[tuple[int, int, Path]]] = {}
+    for path in (Path(result_folder) / dataset).glob(f"{dataset}_hyperparameter_tuning_*bits_*iterations.csv"):
+        match = _TUNING_NAME.search(path.name)
+        if match and path.name.startswith(f"{dataset}_hyperparameter"):
+            with path.open() as lines:
+                n_rows = sum(1 for _ in lines) - 1
+            candidates.setdefault(int(match[1]), []).append((n_rows, int(match[2]), path))
+    return {bits: max(found)[2] for bits, found in sorted(candidates.items())}
+
+
+def select_best(tuning: pd.DataFrame, methods: Sequence[str] = METHOD_NAMES) -> dict[str, Choice]:
+    """Average each setting over its folds, keep the smallest mean ``val_loss_<m>`` (first on ties).
+
+    Settings whose folds are not all present yet (a tuning still running) are left out.
+    """
+    per_setting = tuning.groupby("hyperparameter_setting_id", sort=True)
+    folds = per_setting["kFold_id"].nunique()
+    complete = folds.index[folds == tuning["kFold_id"].nunique()]
+    means = per_setting[[f"val_loss_{m}" for m in methods]].mean().loc[complete]
+    first_rows = per_setting[list(SETTING_KEYS)].first().loc[complete]
+    choices = {}
+    for m in methods:
+        setting_id = int(means[f"val_loss_{m}"].to_numpy().argmin())
+        setting_id = int(means.index[setting_id])
+        setting = Setting.from_mapping(first_rows.loc[setting_id])
+        choices[m] = Choice(setting_id, float(means.at[setting_id, f"val_loss_{m}"]), setting)
+    return choices
+
+
+def load_choices(result_folder: str | os.PathLike, dataset: str, bits: Sequence[int] | None, methods: Sequence[str]) -> dict[int, dict[str, Choice]]:
+    """The choices per bit width from the tuning files (all bit widths found, or ``bits``)."""
+    files = find_tuning_files(result_folder, dataset)
+    wanted = list(files) if bits is None else list(bits)
+    if not wanted:
+        raise ProtocolError(f"no tuning files {dataset}_hyperparameter_tuning_*bits_*iterations.csv in {Path(result_folder) / dataset}; run hyperparameter_tuning.py first")
+    missing = [b for b in wanted if b not in files]
+    if missing:
+        raise ProtocolError(f"no tuning file for {dataset} at {missing} bits in {Path(result_folder) / dataset}; run hyperparameter_tuning.py for them or drop them from --bits")
+    choices = {}
+    for b in wanted:
+        frame = read_results(files[b], TUNING_COLUMNS)
+        if frame.empty:
+            raise ProtocolError(f"{files[b]} has no rows yet; let the tuning finish some settings first")
+        choices[b] = select_best(frame, methods)
+    return choices
+
+
+def selection_frame(choices: dict[int, dict[str, Choice]]) -> pd.DataFrame:
+    """``bits,method,best_hyperparameter_id,val_loss`` rows, as ``--select_only`` prints them."""
+    return pd.DataFrame(
+        [(b, m, c.setting_id, c.val_loss) for b, per_method in choices.items() for m, c in per_method.items()],
+        columns=["bits", "method", "best_hyperparameter_id", "val_loss"],
+    )
+
+
+def _empty_row(bits: int, step: int) -> dict[str, object]:
+    return {**{c: np.nan for c in BEST_COLUMNS}, "bits": bits, "step": step}
+
+
+def run_best_settings(
+    dataset: str,
+    result_folder: str | os.PathLike,
+    n_steps: int = 10,
+    bits: Sequence[int] | None = None,
+    methods: Sequence[str] = METHOD_NAMES,
+    scratch: str | os.PathLike | None = None,
+    device: torch.device | str = "cpu",
+    save_models: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> Path:
+    """Rerun each method's best setting ``n_steps`` times per bit width; resumable per (bits, run).
+
+    Run ``s`` splits with ``random_state = 42 + s`` and seeds every network with ``42 + s``.
+    A row already in the output keeps its methods; only missing ones are computed.
+    """
+    for m in methods:
+        get_method(m)
+    if n_steps < 1:
+        raise ProtocolError(f"--n_steps must be at least 1, got {n_steps}")
+    choices = load_choices(result_folder, dataset, bits, methods)
+    path = best_path(result_folder, dataset)
+    rows = {(int(r["bits"]), int(r["step"])): r for r in read_results(path, BEST_COLUMNS).to_dict("records")} if path.exists() else {}
+    for (b, step), row in rows.items():
+        for m in methods:
+            stored = row[f"best_hyperparameter_id_{m}"]
+            if b in choices and not pd.isna(stored) and int(stored) != choices[b][m].setting_id:
+                raise ProtocolError(f"{path} was computed with setting {stored} for {m} at {b} bits, but the tuning now selects {choices[b][m].setting_id}; move it away to rerun")
+
+    def missing(b: int, step: int) -> list[str]:
+        row = rows.get((b, step))
+        return [m for m in methods if row is None or pd.isna(row[f"test_loss_{m}"])]
+
+    todo = [(b, s) for b in choices for s in range(n_steps) if missing(b, s)]
+    if not todo:
+        return path
+    data = load_dataset(dataset, scratch)
+    total = len(choices) * n_steps
+    with tqdm(total=total, initial=total - len(todo), desc=f"{dataset} best settings", unit="run", disable=not progress) as bar:
+        for b, step in todo:
+            names = missing(b, step)
+            splits = holdout_split(data.x, data.y, seed=BASE_SEED + step)
+            parts = splits.tensors(device)
+            results = run_methods(
+                names,
+                {m: choices[b][m].setting for m in names},
+                parts["train"],
+                {"test": parts["test"]},
+                b,
+                BASE_SEED + step,
+                on_method=lambda m: bar.set_postfix_str(f"{b} bits run {step} {m}"),
+            )
+            row = rows.setdefault((b, step), _empty_row(b, step))
+            for m, result in results.items():
+                row.update({
+                    f"best_hyperparameter_id_{m}": choices[b][m].setting_id,
+                    f"val_loss_{m}": choices[b][m].val_loss,
+                    f"test_loss_{m}": result.losses["test"],
+                    f"time_{m}": result.seconds,
+                })
+                if save_models is not None:
+                    assert result.model is not None
+                    saved = SavedModel(
+                        result.model.cpu(), m, b, choices[b][m].setting, data.feature_names,
+                        splits.x_scaler.mean_, splits.x_scaler.scale_,
+                        float(splits.y_scaler.mean_[0]), float(splits.y_scaler.scale_[0]), dataset,
+                    )
+                    save_model(saved, Path(save_models) / f"{dataset}_{b}bits_{m}_run{step}.pt")
+            write_results(pd.DataFrame([rows[key] for key in sorted(rows)]), path, BEST_COLUMNS)
+            bar.update()
+    return path

@@ -1,0 +1,59 @@
+"""What both protocol scripts share: errors, devices and the command-line wrapper."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Sequence
+
+import torch
+
+from data import DatasetError
+
+
+class ProtocolError(ValueError):
+    """Bad input to the protocol scripts; the message is one sentence that says what to do."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present; ``cuda`` without a GPU is refused."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ProtocolError("--device cuda was asked for but torch sees no CUDA device; use --device cpu or auto")
+    return torch.device(name)
+
+
+def parse_bits(text: str) -> int:
+    """argparse type for a bit width in 2..8."""
+    try:
+        bits = int(text)
+    except ValueError:
+        bits = None
+    if bits is None or not 2 <= bits <= 8:
+        raise argparse.ArgumentTypeError(f"bits must be an integer from 2 to 8, got {text!r}")
+    return bits
+
+
+def parse_positive(text: str) -> int:
+    """argparse type for an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer of at least 1, got {text!r}")
+    return value
+
+
+def run_cli(main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
+    """Parse ``argv`` and run ``main``; bad input and Ctrl-C end with one line, not a traceback."""
+    args = parser.parse_args(argv)
+    try:
+        return main(args)
+    except (ProtocolError, DatasetError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: every finished row is saved; run the same command again to continue", file=sys.stderr)
+        return 130

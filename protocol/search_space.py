@@ -1,0 +1,74 @@
+"""The paper's random search (SPEC section 5): the space and the reproducible draw of settings."""
+
+from __future__ import annotations
+
+import json
+import numbers
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from models import SETTING_KEYS
+
+from .common import ProtocolError
+
+PAPER_SEARCH_SPACE: dict[str, list] = {
+    "weight_decay": [0],
+    "learning_rate": [0.001, 0.0001],
+    "hidden_layers": [5, 6, 8, 10],
+    "hidden_neurons": [32, 64, 128, 256, 512, 1024, 2048, 4096, 8192],
+    "num_epochs": [30, 50, 70],
+    "decrease_factor": [0.001, 0.0001],
+    "dropout_rate": [0.0, 0.2, 0.4, 0.5],
+}
+DEBUG_OVERRIDES: dict[str, list] = {"hidden_neurons": [5], "num_epochs": [10], "hidden_layers": [1, 2]}
+INTEGER_KEYS = ("hidden_layers", "hidden_neurons", "num_epochs")
+SEARCH_SEED = 42
+assert tuple(PAPER_SEARCH_SPACE) == SETTING_KEYS
+
+
+def paper_search_space(debug: bool = False) -> dict[str, list]:
+    """The paper's Table 3, or with ``debug`` its small variant."""
+    return {**PAPER_SEARCH_SPACE, **(DEBUG_OVERRIDES if debug else {})}
+
+
+def load_search_space(path: str | os.PathLike) -> dict[str, list]:
+    """Read a JSON object of lists; keys it leaves out keep the paper's values."""
+    try:
+        user = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ProtocolError(f"cannot read the search space {path}: {error}") from None
+    if not isinstance(user, dict):
+        raise ProtocolError(f"{path} must hold a JSON object mapping hyperparameter names to lists")
+    unknown = sorted(set(user) - set(PAPER_SEARCH_SPACE))
+    if unknown:
+        raise ProtocolError(f"{path} has unknown keys {unknown}; allowed are {list(PAPER_SEARCH_SPACE)}")
+    for key, values in user.items():
+        _check_values(path, key, values)
+    return {key: user.get(key, default) for key, default in PAPER_SEARCH_SPACE.items()}
+
+
+def _check_values(path: str | os.PathLike, key: str, values: object) -> None:
+    if not isinstance(values, list) or not values:
+        raise ProtocolError(f"{path}: {key} must be a non-empty list")
+    integer = key in INTEGER_KEYS
+    for value in values:
+        kind = numbers.Integral if integer else numbers.Real
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise ProtocolError(f"{path}: {key} must list {'integers' if integer else 'numbers'}, got {value!r}")
+        if (integer and value < (0 if key == "hidden_layers" else 1)) or (not integer and value < 0):
+            raise ProtocolError(f"{path}: {key} has the out-of-range value {value!r}")
+
+
+def draw_settings(space: dict[str, list], n_steps: int) -> pd.DataFrame:
+    """``n_steps`` settings: ``numpy.random.seed(42)``, then one ``choice`` per key in order.
+
+    Returns a frame indexed by ``hyperparameter_setting_id`` with the seven keys as columns.
+    """
+    if n_steps < 1:
+        raise ProtocolError(f"--n_steps must be at least 1, got {n_steps}")
+    np.random.seed(SEARCH_SEED)
+    draws = {key: np.random.choice(space[key], size=n_steps, replace=True) for key in SETTING_KEYS}
+    return pd.DataFrame(draws, index=pd.RangeIndex(n_steps, name="hyperparameter_setting_id"))
