@@ -87,6 +87,7 @@ def train_model(model: SplitModel, x: torch.Tensor, y: torch.Tensor, setting: Se
             if last_epoch:
                 epoch_loss += loss.detach() * batch.numel()
         schedule.step()
+    model.set_temperature(schedule.tau)  # the soft-mode evaluations use the final temperature
     return epoch_loss.item() / n
 
 

@@ -58,7 +58,7 @@ def best_path(result_folder: str | os.PathLike, dataset: str) -> Path:
 def read_results(path: str | os.PathLike, columns: tuple[str, ...]) -> pd.DataFrame:
     """Read a result CSV and check that its header is exactly ``columns``."""
     try:
-        frame = pd.read_csv(path, float_precision="round_trip")
+        frame = pd.read_csv(path)
     except FileNotFoundError:
         raise ProtocolError(f"{path} does not exist") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:

@@ -13,6 +13,7 @@ from .thresholds import (
     steps_from_index,
     threshold_ranks,
 )
+from .wire import pack, payload_bytes, payload_table, unpack
 
 __all__ = [
     "LLTQuantizer",
@@ -25,8 +26,12 @@ __all__ = [
     "hard_index",
     "midpoints",
     "minmax_thresholds",
+    "pack",
+    "payload_bytes",
+    "payload_table",
     "n_thresholds",
     "quantile_thresholds",
     "steps_from_index",
     "threshold_ranks",
+    "unpack",
 ]

@@ -34,6 +34,7 @@ from .thresholds import (
 )
 
 READOUTS = ("index", "thermometer", "values", "midpoint")
+MIN_STATISTIC = 1e-8  # floor of the LSQ / LLT scale statistics, for constant features
 
 
 class Quantizer(nn.Module):
@@ -137,8 +138,8 @@ class LSQQuantizer(Quantizer):
 
     @torch.no_grad()
     def init_step(self, x: torch.Tensor) -> "LSQQuantizer":
-        """Set ``s_f = 2 mean|x_f| / sqrt(Q_p)`` from the training rows x [n, d]."""
-        self.step.copy_(2 * x.abs().mean(dim=0) / math.sqrt(self.q_max))
+        """Set ``s_f = 2 mean|x_f| / sqrt(Q_p)`` from the training rows x [n, d] (never 0)."""
+        self.step.copy_(2 * x.abs().mean(dim=0).clamp_min(MIN_STATISTIC) / math.sqrt(self.q_max))
         return self
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -205,7 +206,7 @@ class LLTQuantizer(Quantizer):
 
     @torch.no_grad()
     def _init_scale(self, x: torch.Tensor) -> None:
-        self.log_scale.copy_(torch.log(3 * x.std(dim=0)))
+        self.log_scale.copy_(torch.log(3 * x.std(dim=0).clamp_min(MIN_STATISTIC)))
         self.scale_initialized.fill_(True)
 
     def _gradient_weights(self, u: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,146 @@
+"""Time one tuning row of all 13 methods against the workload's arithmetic floor.
+
+Reference workload (issue 5): Friedman #1 data (``make_friedman1(n_samples=20000, noise=1.0,
+random_state=0)``), 4 bits, 60 % train / 20 % validation / 20 % test rows, an MLP with 3
+hidden layers of 128, 10 epochs, batch 512. The floor is the workload's matmul FLOPs (forward
+and backward of every trained network for every epoch, plus the evaluations) divided by the
+float32 matmul rate measured on the same machine in the same run.
+
+    python benchmarks/bench_methods.py                 # the reference workload
+    python benchmarks/bench_methods.py --scaling       # plus rows 5k/20k/80k and epochs 5/10/20
+    python benchmarks/bench_methods.py --device cuda --json bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from sklearn.datasets import make_friedman1
+from sklearn.model_selection import train_test_split
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from data.splits import standardize  # noqa: E402
+from models import METHOD_NAMES, METHODS, QuantizerContext, Setting, build_model, run_methods  # noqa: E402
+from protocol.common import resolve_device  # noqa: E402
+
+BITS = 4
+
+
+def matmul_rate(device: torch.device, size: int = 2048, repeats: int = 20) -> float:
+    """Best float32 GFLOP/s of a ``size``x``size`` matmul over ``repeats`` timed runs."""
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    best = float("inf")
+    for _ in range(repeats + 2):
+        _sync(device)
+        start = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def workload_flops(method: str, setting: Setting, ctx: QuantizerContext, n_train: int, n_eval: int) -> float:
+    """Matmul FLOPs of training ``method`` and evaluating it (hard, and soft where reported)."""
+    model = build_model(METHODS[method], setting, ctx)
+    linears = [m for m in model.mlp if isinstance(m, torch.nn.Linear)]
+    forward = sum(2 * m.in_features * m.out_features for m in linears)
+    input_grad_needed = model.quantizer is not None and any(p.requires_grad for p in model.quantizer.parameters())
+    first_input_grad = 2 * linears[0].in_features * linears[0].out_features if input_grad_needed else 0
+    backward = 2 * forward - 2 * linears[0].in_features * linears[0].out_features + first_input_grad
+    evaluations = 2 if METHODS[method].soft_eval else 1
+    trained = 0 if METHODS[method].post_training else n_train * setting.num_epochs * (forward + backward)
+    return trained + evaluations * n_eval * forward
+
+
+def reference_data(rows: int, device: torch.device) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Friedman #1 rows split 60/20/20 and standardized on the training part."""
+    x, y = make_friedman1(n_samples=rows, noise=1.0, random_state=0)
+    x_train, x_rest, y_train, y_rest = train_test_split(x, y, test_size=0.4, random_state=0)
+    x_val, x_test, y_val, y_test = train_test_split(x_rest, y_rest, test_size=0.5, random_state=0)
+    return standardize((x_train, y_train), val=(x_val, y_val), test=(x_test, y_test)).tensors(device)
+
+
+def run_workload(rows: int, epochs: int, device: torch.device) -> dict[str, object]:
+    """Time one tuning row of all methods; per-method wall times include their evaluations."""
+    parts = reference_data(rows, device)
+    setting = Setting(0.0, 1e-3, 3, 128, epochs, 1e-3, 0.0)
+    marks: list[tuple[str, float]] = []
+    _sync(device)
+    start = time.perf_counter()
+    results = run_methods(
+        METHOD_NAMES, {m: setting for m in METHOD_NAMES}, parts["train"], {"val": parts["val"], "test": parts["test"]},
+        BITS, seed=42, on_method=lambda m: marks.append((m, time.perf_counter())),
+    )
+    _sync(device)
+    total = time.perf_counter() - start
+    ends = [t for _, t in marks[1:]] + [start + total]
+    ctx = QuantizerContext.from_training_rows(parts["train"][0], BITS)
+    n_train, n_eval = parts["train"][0].shape[0], parts["val"][0].shape[0] + parts["test"][0].shape[0]
+    methods = {
+        name: {
+            "seconds": end - began,
+            "train_seconds": results[name].seconds if not METHODS[name].post_training else 0.0,
+            "samples_per_second": n_train * epochs / results[name].seconds if not METHODS[name].post_training else None,
+            "gflop": workload_flops(name, setting, ctx, n_train, n_eval) / 1e9,
+            "test_loss": results[name].losses["test"],
+        }
+        for (name, began), end in zip(marks, ends)
+    }
+    return {"rows": rows, "epochs": epochs, "seconds": total, "gflop": sum(m["gflop"] for m in methods.values()), "methods": methods}
+
+
+def print_workload(report: dict, rate: float) -> None:
+    """A table per method and the ratio of the whole row to its floor."""
+    print(f"\n{report['rows']} rows, {report['epochs']} epochs, {BITS} bits")
+    print(f"{'method':8} {'seconds':>8} {'train s':>8} {'samples/s':>10} {'GFLOP':>7} {'floor s':>8}")
+    for name, m in report["methods"].items():
+        sps = f"{m['samples_per_second']:10.0f}" if m["samples_per_second"] else f"{'(FP net)':>10}"
+        print(f"{name:8} {m['seconds']:8.3f} {m['train_seconds']:8.3f} {sps} {m['gflop']:7.2f} {m['gflop'] / rate:8.3f}")
+    floor = report["gflop"] / rate
+    print(f"{'total':8} {report['seconds']:8.3f} {'':8} {'':10} {report['gflop']:7.2f} {floor:8.3f}   ratio to floor {report['seconds'] / floor:.2f}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark and print (and optionally save) its tables."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
+    parser.add_argument("--rows", type=int, default=20000)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--scaling", action="store_true", help="also rows 5k/20k/80k and epochs 5/10/20")
+    parser.add_argument("--json", default=None, help="write the measurements to this JSON file")
+    args = parser.parse_args(argv)
+    device = resolve_device(args.device)
+    rate = matmul_rate(device)
+    print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"device {device}: 2048x2048 float32 matmul at {rate:.1f} GFLOP/s")
+    run_workload(5000, 2, device)  # warm-up: first-call costs are not the workload's
+    reports = [run_workload(args.rows, args.epochs, device)]
+    print_workload(reports[0], rate)
+    if args.scaling:
+        for rows, epochs in [(5000, 10), (80000, 10), (20000, 5), (20000, 20)]:
+            reports.append(run_workload(rows, epochs, device))
+        print("\nscaling (whole row of 13 methods)")
+        print(f"{'rows':>6} {'epochs':>6} {'seconds':>8} {'us per sample-epoch':>20} {'ratio to floor':>15}")
+        for r in sorted(reports, key=lambda r: (r["epochs"], r["rows"])):
+            per = r["seconds"] / (r["rows"] * 0.6 * r["epochs"]) * 1e6
+            print(f"{r['rows']:6} {r['epochs']:6} {r['seconds']:8.2f} {per:20.2f} {r['seconds'] / (r['gflop'] / rate):15.2f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"device": str(device), "threads": torch.get_num_threads(), "matmul_gflops": rate, "workloads": reports}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

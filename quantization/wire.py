@@ -1,0 +1,90 @@
+"""The wire format of SPEC section 7: ``b``-bit indices packed into bytes, and back.
+
+Bit order: the values are taken row by row (sample 0 feature 0, sample 0 feature 1, ...,
+then sample 1, ...); each value is written with ``b`` bits, most significant bit first; the
+bits are concatenated into one stream and the stream is cut into bytes, the first bit of the
+stream being the most significant bit of the first byte; the last byte is zero-padded. This is
+``np.packbits`` of the row-major ``[n, d, b]`` bit matrix. ``n`` samples of ``d`` features take
+``ceil(n * d * b / 8)`` bytes; one sample alone takes ``ceil(d * b / 8)`` bytes, which is what
+the exported C encoder writes per sample (``quantization.export``).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .thresholds import MAX_BITS, MIN_BITS, check_bits
+
+
+def payload_bytes(n_samples: int, n_features: int, bits: int) -> int:
+    """Bytes that ``n_samples`` samples of ``n_features`` ``bits``-bit values take on the wire."""
+    return -(-n_samples * n_features * check_bits(bits) // 8)
+
+
+def _msb_first(bits: int) -> np.ndarray:
+    """Bit positions of a ``bits``-bit value, most significant first."""
+    return np.arange(bits - 1, -1, -1, dtype=np.int64)
+
+
+def _as_indices(indices: np.ndarray | torch.Tensor, bits: int) -> np.ndarray:
+    """Validated int64 numpy indices [n, d] in ``0..2**bits - 1``."""
+    if isinstance(indices, torch.Tensor):
+        indices = indices.detach().cpu().numpy()
+    values = np.asarray(indices)
+    if values.ndim != 2:
+        raise ValueError(f"indices must have shape [n_samples, n_features], got shape {values.shape}")
+    if values.dtype == np.bool_ or not np.issubdtype(values.dtype, np.integer):
+        raise ValueError(f"indices must be integers, got dtype {values.dtype}")
+    values = values.astype(np.int64)
+    if values.size and (values.min() < 0 or values.max() >= 2**bits):
+        raise ValueError(f"indices must lie in 0..{2**bits - 1} for {bits} bits, got {values.min()}..{values.max()}")
+    return values
+
+
+def pack(indices: np.ndarray | torch.Tensor, bits: int) -> bytes:
+    """Indices [n, d] in ``0..2**bits - 1`` -> the ``ceil(n * d * bits / 8)``-byte payload."""
+    values = _as_indices(indices, check_bits(bits))
+    bit_matrix = ((values[..., None] >> _msb_first(bits)) & 1).astype(np.uint8)  # [n, d, bits]
+    return np.packbits(bit_matrix.ravel()).tobytes()
+
+
+def unpack(payload: bytes, bits: int, n_features: int, n_samples: int | None = None) -> np.ndarray:
+    """A payload of :func:`pack` -> int64 indices [n, d].
+
+    ``n`` defaults to ``floor(len(payload) * 8 / (d * bits))``; pass ``n_samples`` where
+    ``d * bits < 8``, since then the zero padding of the last byte can hold whole values.
+    """
+    check_bits(bits)
+    if isinstance(n_features, bool) or not isinstance(n_features, int) or n_features < 1:
+        raise ValueError(f"n_features must be a positive integer, got {n_features!r}")
+    data = np.frombuffer(payload, dtype=np.uint8)
+    sample_bits = n_features * bits
+    n = data.size * 8 // sample_bits if n_samples is None else n_samples
+    if n < 0 or data.size != payload_bytes(n, n_features, bits):
+        raise ValueError(
+            f"a payload of {data.size} bytes is not {'a whole number of' if n_samples is None else n} samples of "
+            f"{n_features} features at {bits} bits (n samples take ceil(n * {sample_bits} / 8) bytes)"
+        )
+    stream = np.unpackbits(data)
+    if stream[n * sample_bits :].any():
+        raise ValueError("the padding bits of the last payload byte must be zero")
+    bit_matrix = stream[: n * sample_bits].reshape(n, n_features, bits).astype(np.int64)
+    return bit_matrix @ (1 << _msb_first(bits))
+
+
+def payload_table(n_features: Mapping[str, int] | None = None) -> pd.DataFrame:
+    """Bytes per sample at every bit width, and as float32, per dataset (default: the paper's six)."""
+    if n_features is None:
+        from data.datasets import DATASETS, PAPER_DATASETS
+
+        n_features = {name: DATASETS[name].n_features for name in PAPER_DATASETS}
+    widths = range(MIN_BITS, MAX_BITS + 1)
+    rows = {
+        name: {"features": d, **{f"{b} bits": payload_bytes(1, d, b) for b in widths}, "float32": 4 * d}
+        for name, d in n_features.items()
+    }
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("dataset")

@@ -1,0 +1,222 @@
+"""The exported device encoder: C bytes equal Python's ``pack(model.edge(x))``, and the cloud
+reproduces the saved model's hard-mode predictions from them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models import METHODS, QuantizerContext, SavedModel, Setting, build_model, load_model, run_methods, save_model
+from quantization import LLTQuantizer, LSQQuantizer, threshold_ranks
+from quantization.export import build_encoder, cloud_predict, export_encoder, main
+from quantization.wire import pack, unpack
+
+D = 5  # odd, so most bit widths leave padding in the last byte
+SETTING = Setting(0.0, 1e-3, 2, 8, 1, 0.01, 0.0)
+X_MEAN = np.array([1.5, -2.0, 100.0, 0.0, 1e-3])
+X_SCALE = np.array([0.3, 2.0, 50.0, 1.0, 1e-4])
+C_PROGRAM = r"""
+#include <stdio.h>
+#include "encoder.h"
+int main(void) {
+    float x[BSQ_N_FEATURES];
+    uint8_t payload[BSQ_PAYLOAD_BYTES];
+    while (fread(x, sizeof(float), BSQ_N_FEATURES, stdin) == BSQ_N_FEATURES) {
+        bsq_encode(x, payload);
+        fwrite(payload, 1, BSQ_PAYLOAD_BYTES, stdout);
+    }
+    return 0;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def gcc() -> str:
+    path = shutil.which("gcc")
+    if path is None:
+        pytest.skip("gcc is not on PATH, so the exported C encoder cannot be compiled")
+    return path
+
+
+def _perturbed_model(name: str, bits: int, seed: int) -> SavedModel:
+    """An untrained model of ``name`` with randomised quantizer parameters (unsorted thresholds)."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(400, D, generator=generator)
+    model = build_model(METHODS[name], SETTING, QuantizerContext.from_training_rows(x, bits))
+    quantizer = model.quantizer
+    with torch.no_grad():
+        if isinstance(quantizer, LSQQuantizer):
+            quantizer.step.mul_(0.5 + torch.rand(D, generator=generator))
+        elif isinstance(quantizer, LLTQuantizer):
+            quantizer.logits.copy_(torch.randn(quantizer.logits.shape, generator=generator))
+            quantizer.log_scale.copy_(0.3 * torch.randn(D, generator=generator))
+        elif quantizer.trainable:
+            quantizer.thresholds.add_(0.5 * torch.randn(quantizer.thresholds.shape, generator=generator))
+            quantizer.thresholds[0, 1] = quantizer.thresholds[0, 0]  # a tie
+    names = [f"sensor {i}" for i in range(D)]
+    return SavedModel(model, name, bits, SETTING, names, X_MEAN, X_SCALE, 0.25, 3.0, "toy")
+
+
+def _naive_boundaries(saved: SavedModel) -> np.ndarray:
+    """Where the index changes in exact arithmetic, in raw units: [d, K] float64."""
+    quantizer = saved.model.quantizer
+    if isinstance(quantizer, LSQQuantizer):
+        z = (np.arange(quantizer.q_min, quantizer.q_max) + 0.5) * quantizer.step.detach().double().numpy()[:, None]
+    elif isinstance(quantizer, LLTQuantizer):
+        steps = quantizer.table_size - 1
+        u = (np.arange(steps) + 0.5) / (steps / 2) - 1
+        z = u * quantizer.log_scale.detach().double().exp().numpy()[:, None]
+    else:
+        z = quantizer.thresholds.detach().double().numpy()
+    return z * saved.x_scale[:, None] + saved.x_mean[:, None]
+
+
+def _raw_samples(saved: SavedModel, exported: np.ndarray, seed: int) -> np.ndarray:
+    """Raw float32 rows [n, d]: random values, every float32 within 3 steps of each boundary, extremes."""
+    rng = np.random.default_rng(seed)
+    boundaries = np.concatenate([_naive_boundaries(saved).astype(np.float32), exported], axis=1)  # [d, K]
+    around = (boundaries.view(np.int32)[..., None] + np.arange(-3, 4, dtype=np.int32)).view(np.float32)
+    around = around.reshape(D, -1).T  # [K * 7, d]
+    around = np.where(np.isfinite(around), around, np.float32(0))
+    typical = X_MEAN + X_SCALE * 3 * rng.standard_normal((500, D))
+    big = np.finfo(np.float32).max
+    extremes = np.array([-np.inf, -big, -1e30, -0.0, 0.0, 1e30, big, np.inf])
+    rows = [around, typical, np.repeat(extremes[:, None], D, axis=1)]
+    return rng.permutation(np.concatenate(rows).astype(np.float32))
+
+
+def _c_encode(gcc: str, header_dir: Path, raw: np.ndarray) -> bytes:
+    """Compile a reader around ``encoder.h`` and encode ``raw`` [n, d] float32 with it."""
+    source, program = header_dir / "encode.c", header_dir / "encode"
+    source.write_text(C_PROGRAM)
+    flags = ["-std=c99", "-O2", "-Wall", "-Wextra", "-pedantic", "-Werror"]
+    subprocess.run([gcc, *flags, "-I", str(header_dir), str(source), "-o", str(program)], check=True)
+    encoded = subprocess.run([str(program)], input=raw.astype(np.float32).tobytes(), capture_output=True, check=True)
+    return encoded.stdout
+
+
+def _python_indices(saved: SavedModel, raw: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        return saved.model.edge(saved.standardize(raw)).numpy()
+
+
+def _hard_output(saved: SavedModel, raw: np.ndarray) -> torch.Tensor:
+    saved.model.eval()
+    saved.model.set_hard(True)
+    with torch.inference_mode():
+        return saved.model(saved.standardize(raw))
+
+
+def _check_deployment(gcc: str, path: Path, out: Path, seed: int) -> None:
+    """Export ``path``, encode with C, decode in the cloud: bytes and predictions equal Python's."""
+    assert main([str(path), "--out", str(out)]) == 0
+    saved = load_model(path)
+    exported = np.array(json.loads((out / "encoder.json").read_text())["thresholds"], dtype=np.float32)
+    raw = _raw_samples(saved, exported, seed)
+    indices = _python_indices(saved, raw)
+    size = -(-D * saved.bits // 8)
+    c_bytes = _c_encode(gcc, out, raw)
+    assert len(c_bytes) == raw.shape[0] * size
+    messages = [c_bytes[i : i + size] for i in range(0, len(c_bytes), size)]
+    assert messages == [pack(row[None], saved.bits) for row in indices]
+    received = np.concatenate([unpack(message, saved.bits, D) for message in messages])
+    assert np.array_equal(received, indices)
+    expected = _hard_output(saved, raw)
+    saved.model.set_hard(False)  # the cloud must not depend on the mode flag
+    with torch.inference_mode():
+        assert torch.equal(saved.model.cloud(torch.from_numpy(received)), expected)
+    assert np.array_equal(cloud_predict(saved, pack(indices, saved.bits)), expected.numpy())
+    finite = np.isfinite(raw).all(axis=1)
+    raw_units = cloud_predict(saved, pack(indices[finite], saved.bits), raw_units=True)
+    assert np.array_equal(raw_units, saved.predict(raw[finite]))
+
+
+@pytest.mark.parametrize(
+    ("name", "bits"),
+    [
+        ("Bw-SQ", 3), ("Bw-SQ", 8), ("SQ", 5), ("Bw-QQ", 4), ("Pr-QQ", 2),
+        ("LSQ", 3), ("LSQ", 8), ("LLT4", 2), ("LLT9", 6),
+    ],
+)
+def test_saved_model_round_trip(gcc: str, tmp_path: Path, name: str, bits: int) -> None:
+    saved = _perturbed_model(name, bits, seed=bits)
+    if name in ("Bw-SQ", "SQ"):
+        thresholds = saved.model.quantizer.thresholds.detach()
+        assert (thresholds.diff(dim=-1) < 0).any(), "the test needs unsorted thresholds"
+    save_model(saved, tmp_path / "model.pt")
+    _check_deployment(gcc, tmp_path / "model.pt", tmp_path / "encoder", seed=bits)
+
+
+def test_trained_models(gcc: str, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(700, D)
+    y = x[:, 0] * x[:, 1] + x[:, 2].sin()
+    results = run_methods(["Bw-SQ", "LLT4"], {"Bw-SQ": SETTING, "LLT4": SETTING}, (x, y), {"val": (x, y)}, 3, 42)
+    for name, result in results.items():
+        saved = SavedModel(result.model, name, 3, SETTING, list("abcde"), X_MEAN, X_SCALE, 0.0, 1.0)
+        save_model(saved, tmp_path / f"{name}.pt")
+        _check_deployment(gcc, tmp_path / f"{name}.pt", tmp_path / name, seed=1)
+
+
+def test_threshold_encoding_matches_python_exactly(tmp_path: Path) -> None:
+    """The numpy twin of the C rule (also on NaN), and the raw thresholds beside ``t * scale + mean``."""
+    saved = _perturbed_model("Bw-SQ", 4, seed=3)
+    encoder = build_encoder(saved)
+    raw = _raw_samples(saved, encoder.thresholds, seed=3)
+    raw[::7, 2] = np.nan
+    assert np.array_equal(encoder.indices(raw), _python_indices(saved, raw))
+    thresholds = saved.model.quantizer.thresholds.detach().double().numpy()
+    naive = thresholds * X_SCALE[:, None] + X_MEAN[:, None]
+    # within the rounding of the standardized value (a float32 step of t, in raw units) and of the raw value
+    float32_step = np.spacing(np.abs(thresholds).astype(np.float32))
+    tolerance = X_SCALE[:, None] * float32_step + np.spacing(np.abs(naive).astype(np.float32))
+    assert (np.abs(encoder.thresholds - naive) <= tolerance).all()
+    assert np.array_equal(encoder.ranks, threshold_ranks(saved.model.quantizer.thresholds.detach()).numpy())
+
+
+def test_encoder_json(tmp_path: Path) -> None:
+    saved = _perturbed_model("SQ", 3, seed=5)
+    save_model(saved, tmp_path / "sq.pt")
+    assert main([str(tmp_path / "sq.pt"), "--out", str(tmp_path / "out")]) == 0
+    content = json.loads((tmp_path / "out" / "encoder.json").read_text())
+    assert content["method"] == "SQ" and content["bits"] == 3 and content["model_file"] == "sq.pt"
+    assert content["features"] == saved.feature_names and content["payload_bytes_per_sample"] == 2
+    assert {"bit_order", "encoding", "thresholds", "ranks", "x_mean", "x_scale"} <= set(content)
+    thresholds = np.array(content["thresholds"])
+    assert thresholds.shape == (D, 7) and np.array_equal(thresholds.astype(np.float32), thresholds)
+    assert np.array_equal(content["ranks"], threshold_ranks(saved.model.quantizer.thresholds.detach()).numpy())
+    header = (tmp_path / "out" / "encoder.h").read_text()
+    assert "#define BSQ_PAYLOAD_BYTES 2" in header and "sensor 4" in header
+
+
+def test_llt_unreached_level_is_infinite() -> None:
+    encoder = build_encoder(_perturbed_model("LLT4", 3, seed=7))
+    assert np.isposinf(encoder.thresholds[:, -1]).all()  # LLT uses levels 0..2**bits - 2 only
+    assert np.array_equal(encoder.ranks, np.tile(np.arange(7), (D, 1)))
+
+
+def test_full_precision_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    model = build_model(METHODS["FP"], SETTING, QuantizerContext.placeholder(3, D))
+    save_model(SavedModel(model, "FP", 3, SETTING, list("abcde"), X_MEAN, X_SCALE, 0.0, 1.0), tmp_path / "fp.pt")
+    assert main([str(tmp_path / "fp.pt"), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip() == "error: a full-precision model sends float features; nothing to export"
+    assert not (tmp_path / "out").exists()
+
+
+def test_unexportable_inputs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main([str(tmp_path / "missing.pt"), "--out", str(tmp_path / "out")]) == 2
+    assert "is not a readable saved model" in capsys.readouterr().err
+    saved = _perturbed_model("LSQ", 3, seed=2)
+    with torch.no_grad():
+        saved.model.quantizer.step[1] = -saved.model.quantizer.step[1]
+    with pytest.raises(ValueError, match="LSQ index of this model is not monotone"):
+        export_encoder(saved, tmp_path / "out")
+    saved.x_scale = np.array([1.0, 0.0, 1.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match="x_scale must be finite and positive"):
+        build_encoder(saved)

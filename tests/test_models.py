@@ -1,0 +1,453 @@
+"""Tests of models/: the MLP, the edge/cloud split, the method registry, training and persistence.
+
+Networks are tiny (a few neurons, one or two epochs) so the whole file runs in seconds.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from models import (
+    METHOD_NAMES,
+    METHODS,
+    MLP,
+    QuantizerContext,
+    SavedModel,
+    Setting,
+    SplitModel,
+    build_model,
+    evaluate,
+    get_method,
+    load_model,
+    run_methods,
+    save_model,
+    train_model,
+)
+from quantization import LLTQuantizer, LSQQuantizer, ThresholdQuantizer
+
+ORDER = ("FP", "Po-MQ", "Po-QQ", "Pr-MQ", "Pr-QQ", "SQ", "SQplus", "Bw-MQ", "Bw-QQ", "Bw-SQ", "LLT9", "LLT4", "LSQ")
+SOFT_EVAL = {"SQ", "SQplus", "Bw-SQ", "LLT9", "LLT4"}
+QUANTIZED = [name for name in ORDER if name != "FP"]
+
+SETTING = Setting(
+    weight_decay=0.0,
+    learning_rate=1e-3,
+    hidden_layers=2,
+    hidden_neurons=4,
+    num_epochs=2,
+    decrease_factor=0.001,
+    dropout_rate=0.2,
+)
+
+
+def tiny_data(n: int = 300, d: int = 3, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=gen)
+    y = torch.sin(x[:, 0]) + 0.5 * x[:, 1] * x[:, -1] + 0.1 * torch.randn(n, generator=gen)
+    y = (y - y.mean()) / y.std()
+    return x, y
+
+
+# =========================================================================== MLP
+def test_mlp_layer_structure():
+    mlp = MLP(5, 7, 3, 0.3)
+    kinds = [type(layer) for layer in mlp]
+    assert kinds == [nn.Linear, nn.ReLU, nn.Dropout] * 3 + [nn.Linear]
+    linears = [layer for layer in mlp if isinstance(layer, nn.Linear)]
+    assert [(lin.in_features, lin.out_features) for lin in linears] == [(5, 7), (7, 7), (7, 7), (7, 1)]
+    assert all(layer.p == 0.3 for layer in mlp if isinstance(layer, nn.Dropout))
+    out = mlp(torch.randn(11, 5))
+    assert out.shape == (11,)
+
+
+def test_mlp_without_hidden_layers_is_linear():
+    mlp = MLP(4, 9, 0, 0.5)
+    assert len(mlp) == 1 and isinstance(mlp[0], nn.Linear)
+    assert (mlp[0].in_features, mlp[0].out_features) == (4, 1)
+    x = torch.randn(6, 4)
+    torch.testing.assert_close(mlp(x), x @ mlp[0].weight[0] + mlp[0].bias[0])
+
+
+def test_mlp_dropout_only_in_training():
+    mlp = MLP(3, 64, 2, 0.5)
+    x = torch.randn(50, 3)
+    mlp.eval()
+    assert torch.equal(mlp(x), mlp(x))
+    mlp.train()
+    torch.manual_seed(0)
+    a = mlp(x)
+    b = mlp(x)
+    assert not torch.equal(a, b)
+
+
+# =========================================================================== registry
+def test_registry_names_and_flags():
+    assert METHOD_NAMES == ORDER
+    assert set(METHODS) == set(ORDER)
+    assert {n for n, m in METHODS.items() if m.soft_eval} == SOFT_EVAL
+    assert {n for n, m in METHODS.items() if m.post_training} == {"Po-MQ", "Po-QQ"}
+    assert METHODS["FP"].quantizer is None
+    with pytest.raises(ValueError, match="Bw-SQ"):
+        get_method("Bw-XX")
+    assert get_method("LSQ") is METHODS["LSQ"]
+
+
+def test_build_model_quantizers_and_input_widths():
+    bits, d = 3, 4
+    x, _ = tiny_data(200, d)
+    ctx = QuantizerContext.from_training_rows(x, bits)
+    m = 2**bits - 1
+    expected_q = np.quantile(x.numpy(), np.arange(1, m + 1) / 2**bits, axis=0).T
+    np.testing.assert_allclose(ctx.quantile.numpy(), expected_q, atol=1e-5)
+    lo, hi = x.numpy().min(0), x.numpy().max(0)
+    expected_mm = lo[:, None] + (hi - lo)[:, None] / m * (np.arange(1, m + 1) - 0.5)
+    np.testing.assert_allclose(ctx.minmax.numpy(), expected_mm, atol=1e-5)
+    widths = {}
+    for name in ORDER:
+        model = build_model(METHODS[name], SETTING, ctx)
+        widths[name] = model.mlp[0].in_features
+        q = model.quantizer
+        if name == "FP":
+            assert q is None
+            continue
+        assert q.bits == bits
+        if isinstance(q, ThresholdQuantizer):
+            kind = ctx.minmax if name.endswith("MQ") else ctx.quantile
+            assert torch.equal(q.thresholds.detach(), kind), name  # the exact same starting thresholds
+            assert q.trainable == (name in ("SQ", "SQplus", "Bw-SQ")), name
+    assert widths == {n: (d * m if n.startswith("Bw-") else d) for n in ORDER}
+    assert isinstance(build_model(METHODS["LSQ"], SETTING, ctx).quantizer, LSQQuantizer)
+    lsq = build_model(METHODS["LSQ"], SETTING, ctx).quantizer
+    np.testing.assert_allclose(lsq.step.detach().numpy(), 2 * np.abs(x.numpy()).mean(0) / math.sqrt(3), rtol=1e-5)
+    assert build_model(METHODS["LLT9"], SETTING, ctx).quantizer.granularity == 9
+    assert build_model(METHODS["LLT4"], SETTING, ctx).quantizer.granularity == 4
+
+
+# =========================================================================== edge / cloud
+def randomize(quantizer, gen: torch.Generator) -> None:
+    """Unsorted random thresholds and values, random LSQ steps and LLT tables."""
+    with torch.no_grad():
+        if isinstance(quantizer, ThresholdQuantizer) and quantizer.trainable:
+            quantizer.thresholds.copy_(torch.randn(quantizer.thresholds.shape, generator=gen))
+            if quantizer.readout == "values":
+                quantizer.interval_values.copy_(torch.randn(quantizer.interval_values.shape, generator=gen) * 3)
+        if isinstance(quantizer, LSQQuantizer):
+            quantizer.step.copy_(torch.rand(quantizer.step.shape, generator=gen) * 0.3 + 0.01)
+        if isinstance(quantizer, LLTQuantizer):
+            quantizer.logits.copy_(torch.randn(quantizer.logits.shape, generator=gen))
+            quantizer.log_scale.copy_(torch.randn(quantizer.log_scale.shape, generator=gen) * 0.5 + 1.0)
+
+
+@pytest.mark.parametrize("bits", range(2, 9))
+def test_cloud_of_edge_equals_hard_model_exactly(bits):
+    gen = torch.Generator().manual_seed(bits)
+    d = 3
+    train_x = torch.randn(400, d, generator=gen)
+    ctx = QuantizerContext.from_training_rows(train_x, bits)
+    setting = replace(SETTING, hidden_neurons=5, dropout_rate=0.5)
+    x = torch.randn(1000, d, generator=gen) * 1.5
+    for name in QUANTIZED:
+        torch.manual_seed(bits)
+        model = build_model(METHODS[name], setting, ctx)
+        randomize(model.quantizer, gen)
+        if isinstance(model.quantizer, ThresholdQuantizer) and model.quantizer.trainable:
+            t = model.quantizer.thresholds.detach()
+            assert not bool((t.diff(dim=1) >= 0).all()), name  # really out of order
+        model.eval()
+        model.set_hard(True)
+        with torch.no_grad():
+            expected = model(x)
+            index = model.edge(x)
+            got = model.cloud(index)
+        assert index.dtype == torch.int64 and index.shape == (1000, d), name
+        assert int(index.min()) >= 0 and int(index.max()) <= 2**bits - 1, name
+        assert torch.equal(got, expected), name
+
+
+@pytest.mark.parametrize("bits", [2, 5, 8])
+def test_bitwise_cloud_sees_the_steps_of_unsorted_thresholds(bits):
+    """The server rebuilds [x > t_k] for every threshold k from the index alone."""
+    gen = torch.Generator().manual_seed(50 + bits)
+    x = torch.randn(300, 2, generator=gen)
+    ctx = QuantizerContext.from_training_rows(x, bits)
+    model = build_model(METHODS["Bw-SQ"], SETTING, ctx)
+    randomize(model.quantizer, gen)
+    model.eval()
+    t = model.quantizer.thresholds.detach()
+    steps = (x[:, :, None] > t[None]).float().flatten(1)  # feature-major, threshold order
+    with torch.no_grad():
+        assert torch.equal(model.cloud(model.edge(x)), model.mlp(steps))
+        assert torch.equal(model.edge(x), (x[:, :, None] > t[None]).sum(-1))
+
+
+def test_set_hard_and_temperature_reach_the_quantizer():
+    x, _ = tiny_data(100, 2)
+    ctx = QuantizerContext.from_training_rows(x, 2)
+    model = build_model(METHODS["SQ"], SETTING, ctx)
+    model.set_temperature(0.25)
+    model.set_hard(True)
+    assert model.quantizer.tau == 0.25 and model.quantizer.hard is True
+    fp = build_model(METHODS["FP"], SETTING, ctx)
+    fp.set_hard(True)  # no quantizer: no effect, no error
+    fp.set_temperature(0.1)
+
+
+def test_full_precision_model_has_no_edge():
+    x, _ = tiny_data(50, 2)
+    model = build_model(METHODS["FP"], SETTING, QuantizerContext.from_training_rows(x, 2))
+    with pytest.raises(ValueError):
+        model.edge(x)
+    with pytest.raises(ValueError):
+        model.cloud(torch.zeros(5, 2, dtype=torch.int64))
+    model.eval()
+    assert torch.equal(model(x), model.mlp(x))
+
+
+# =========================================================================== training
+def test_setting_validation():
+    with pytest.raises(ValueError):
+        replace(SETTING, num_epochs=0)
+    with pytest.raises(ValueError):
+        replace(SETTING, dropout_rate=1.0)
+    with pytest.raises(ValueError):
+        replace(SETTING, learning_rate=0.0)
+    with pytest.raises(ValueError):
+        replace(SETTING, decrease_factor=0.0)
+    values = {"weight_decay": "0", "learning_rate": "0.001", "hidden_layers": "2", "hidden_neurons": "4",
+              "num_epochs": "2", "decrease_factor": "0.001", "dropout_rate": "0.2"}
+    setting = Setting.from_mapping(values)
+    assert setting == SETTING
+    assert isinstance(setting.hidden_layers, int) and isinstance(setting.num_epochs, int)
+
+
+@pytest.fixture(scope="module")
+def tiny_run():
+    x, y = tiny_data(300, 3)
+    xv, yv = tiny_data(120, 3, seed=1)
+    settings = {name: SETTING for name in ORDER}
+    evaluations = {"val": (xv, yv), "test": (xv[:60], yv[:60])}
+    results = run_methods(ORDER, settings, (x, y), evaluations, bits=3, seed=7)
+    return results, (x, y), evaluations, settings
+
+
+def test_run_methods_all_methods_finite(tiny_run):
+    results, *_ = tiny_run
+    assert list(results) == list(ORDER)
+    for name, result in results.items():
+        assert set(result.losses) == {"val", "test"}, name
+        assert all(math.isfinite(v) and v >= 0 for v in result.losses.values()), name
+        assert math.isfinite(result.train_loss) and result.train_loss >= 0, name
+        assert result.seconds >= 0, name
+        assert isinstance(result.model, SplitModel)
+
+
+def test_run_methods_post_training_shares_fp(tiny_run):
+    results, _, evaluations, _ = tiny_run
+    fp = results["FP"]
+    for name in ("Po-MQ", "Po-QQ"):
+        assert results[name].train_loss == fp.train_loss
+        assert results[name].seconds == fp.seconds
+        assert results[name].model.mlp is fp.model.mlp
+    # and the quantized FP network gives other losses than FP itself
+    assert results["Po-QQ"].losses["val"] != fp.losses["val"]
+
+
+def test_run_methods_post_training_loss_by_hand(tiny_run):
+    """Po-QQ = the FP network on quantile-midpoint inputs, computed with numpy."""
+    results, (x, _), evaluations, _ = tiny_run
+    xv, yv = evaluations["val"]
+    t = np.quantile(x.numpy().astype(np.float64), np.arange(1, 8) / 8, axis=0).T.astype(np.float32)  # [d, 7]
+    q = np.concatenate(
+        [t[:, :1] - (t[:, 1:2] - t[:, :1]) / 2, (t[:, 1:] + t[:, :-1]) / 2, t[:, -1:] + (t[:, -1:] - t[:, -2:-1]) / 2],
+        axis=1,
+    )
+    index = (xv.numpy()[:, :, None] > t[None]).sum(-1)
+    decoded = q[np.arange(3)[None], index]
+    mlp = results["FP"].model.mlp
+    mlp.eval()
+    with torch.no_grad():
+        pred = mlp(torch.tensor(decoded)).double().numpy()
+    expected = np.mean((pred - yv.double().numpy()) ** 2)
+    assert results["Po-QQ"].losses["val"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_run_methods_soft_losses_only_for_soft_methods(tiny_run):
+    results, *_ = tiny_run
+    for name, result in results.items():
+        if name in SOFT_EVAL:
+            assert set(result.soft_losses) == {"val", "test"}, name
+            assert all(math.isfinite(v) for v in result.soft_losses.values()), name
+        else:
+            assert result.soft_losses == {}, name
+
+
+def test_run_methods_fp_loss_is_eval_mode_mse(tiny_run):
+    results, _, evaluations, _ = tiny_run
+    xv, yv = evaluations["val"]
+    model = results["FP"].model
+    model.eval()
+    with torch.no_grad():
+        expected = ((model(xv).double() - yv.double()) ** 2).mean().item()
+    assert results["FP"].losses["val"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_run_methods_is_reproducible_and_independent_of_other_methods(tiny_run):
+    results, train, evaluations, settings = tiny_run
+    again = run_methods(ORDER, settings, train, evaluations, bits=3, seed=7)
+    for name in ORDER:
+        assert again[name].losses == results[name].losses, name
+        assert again[name].train_loss == results[name].train_loss, name
+        assert again[name].soft_losses == results[name].soft_losses, name
+    alone = run_methods(["Bw-SQ", "Po-MQ"], settings, train, evaluations, bits=3, seed=7)
+    assert alone["Bw-SQ"].losses == results["Bw-SQ"].losses
+    assert alone["Po-MQ"].losses == results["Po-MQ"].losses
+    other_seed = run_methods(["Bw-SQ"], settings, train, evaluations, bits=3, seed=8)
+    assert other_seed["Bw-SQ"].losses != results["Bw-SQ"].losses
+
+
+def test_run_methods_one_epoch_and_zero_hidden_layers():
+    x, y = tiny_data(200, 2)
+    setting = replace(SETTING, num_epochs=1, hidden_layers=0, dropout_rate=0.0)
+    results = run_methods(ORDER, {n: setting for n in ORDER}, (x, y), {"val": (x, y)}, bits=2, seed=0)
+    assert all(math.isfinite(r.losses["val"]) for r in results.values())
+
+
+def test_train_model_learns_and_leaves_hard_evaluation_possible():
+    x, y = tiny_data(600, 3)
+    ctx = QuantizerContext.from_training_rows(x, 4)
+    setting = replace(SETTING, num_epochs=20, hidden_neurons=16, learning_rate=1e-2, dropout_rate=0.0)
+    torch.manual_seed(0)
+    model = build_model(METHODS["Bw-SQ"], setting, ctx)
+    before = evaluate(model, x, y)
+    train_loss = train_model(model, x, y, setting)
+    after = evaluate(model, x, y)
+    assert math.isfinite(train_loss)
+    assert after < before
+    assert model.quantizer.hard is True and not model.training  # evaluate switched to eval + hard
+
+
+def test_llt_scale_initialised_by_training():
+    x, y = tiny_data(300, 3)
+    ctx = QuantizerContext.from_training_rows(x, 3)
+    torch.manual_seed(0)
+    model = build_model(METHODS["LLT4"], SETTING, ctx)
+    assert not bool(model.quantizer.scale_initialized)
+    train_model(model, x, y, replace(SETTING, learning_rate=1e-12))  # parameters barely move
+    assert bool(model.quantizer.scale_initialized)
+    # first batch: all 300 rows (fewer than 512), so log(3 std) of the whole training X
+    np.testing.assert_allclose(
+        model.quantizer.log_scale.detach().numpy(), np.log(3 * x.numpy().std(0, ddof=1)), rtol=1e-4
+    )
+
+
+def test_temperature_during_training_follows_schedule(monkeypatch):
+    """The quantizer sees tau = factor**(e / E) during epoch e (0-based)."""
+    seen = []
+    original = ThresholdQuantizer.soft
+
+    def spy(self, x):
+        seen.append(self.tau)
+        return original(self, x)
+
+    monkeypatch.setattr(ThresholdQuantizer, "soft", spy)
+    x, y = tiny_data(1100, 2)  # 3 batches per epoch
+    ctx = QuantizerContext.from_training_rows(x, 2)
+    model = build_model(METHODS["SQ"], SETTING, ctx)
+    train_model(model, x, y, replace(SETTING, num_epochs=3))
+    expected = [1.0] * 3 + [0.1] * 3 + [0.01] * 3
+    np.testing.assert_allclose(seen, expected, rtol=1e-9)
+
+
+def test_temperature_after_training_ends_at_decrease_factor():
+    x, y = tiny_data(300, 2)
+    ctx = QuantizerContext.from_training_rows(x, 2)
+    for epochs in (1, 3):
+        model = build_model(METHODS["SQ"], SETTING, ctx)
+        train_model(model, x, y, replace(SETTING, num_epochs=epochs, decrease_factor=0.001))
+        assert model.quantizer.tau == pytest.approx(0.001, rel=1e-9), epochs
+
+
+def test_training_on_device(device):
+    x, y = tiny_data(300, 3)
+    x, y = x.to(device), y.to(device)
+    results = run_methods(["FP", "Po-QQ", "Bw-SQ", "LLT4", "LSQ", "SQplus"], {n: SETTING for n in ORDER},
+                          (x, y), {"val": (x, y)}, bits=3, seed=0)
+    for name, result in results.items():
+        assert math.isfinite(result.losses["val"]), name
+        assert next(result.model.parameters()).device.type == device, name
+        if result.model.quantizer is not None:
+            result.model.eval()
+            result.model.set_hard(True)
+            with torch.no_grad():
+                index = result.model.edge(x)
+                assert index.device.type == device
+                assert torch.equal(result.model.cloud(index), result.model(x)), name
+
+
+# =========================================================================== persistence
+def saved(result, method: str, d: int) -> SavedModel:
+    rng = np.random.default_rng(0)
+    return SavedModel(
+        model=copy.deepcopy(result.model),  # leave the shared fixture's model untouched
+        method=method,
+        bits=3,
+        setting=SETTING,
+        feature_names=[f"f{i}" for i in range(d)],
+        x_mean=rng.normal(size=d),
+        x_scale=rng.uniform(0.5, 2.0, size=d),
+        y_mean=1.5,
+        y_scale=0.25,
+        dataset="tiny",
+    )
+
+
+@pytest.mark.parametrize("method", ["FP", "Po-MQ", "Pr-QQ", "SQ", "SQplus", "Bw-MQ", "Bw-SQ", "LLT9", "LLT4", "LSQ"])
+def test_save_load_round_trip(tiny_run, tmp_path, method):
+    results, *_ = tiny_run
+    original = saved(results[method], method, 3)
+    if isinstance(original.model.quantizer, ThresholdQuantizer) and original.model.quantizer.trainable:
+        randomize(original.model.quantizer, torch.Generator().manual_seed(1))  # unsorted thresholds survive
+    path = tmp_path / "sub" / f"{method}.pt"
+    save_model(original, path)
+    loaded = load_model(path)
+    assert (loaded.method, loaded.bits, loaded.setting, loaded.dataset) == (method, 3, SETTING, "tiny")
+    assert loaded.feature_names == ["f0", "f1", "f2"]
+    np.testing.assert_array_equal(loaded.x_mean, original.x_mean)
+    np.testing.assert_array_equal(loaded.x_scale, original.x_scale)
+    assert (loaded.y_mean, loaded.y_scale) == (1.5, 0.25)
+    raw = np.random.default_rng(2).normal(size=(200, 3)) * 2
+    expected = original.predict(raw)
+    got = loaded.predict(raw)
+    np.testing.assert_array_equal(got, expected)
+    # predict is the hard model in raw units: check the scaling by hand
+    original.model.eval()
+    original.model.set_hard(True)
+    with torch.no_grad():
+        std = torch.tensor((raw - original.x_mean) / original.x_scale, dtype=torch.float32)
+        by_hand = original.model(std).double().numpy() * 0.25 + 1.5
+    np.testing.assert_allclose(got, by_hand, rtol=1e-12)
+    if original.model.quantizer is not None:
+        assert torch.equal(loaded.model.edge(std), original.model.edge(std))
+    assert not list(tmp_path.glob("sub/*.tmp"))
+
+
+def test_load_model_refuses_foreign_files(tmp_path):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"this is not a model")
+    with pytest.raises(ValueError, match="junk.pt"):
+        load_model(junk)
+    other = tmp_path / "other.pt"
+    torch.save({"state_dict": {}, "method": "FP"}, other)
+    with pytest.raises(ValueError, match="other.pt"):
+        load_model(other)
+    plain = tmp_path / "plain.pt"
+    torch.save(torch.zeros(3), plain)
+    with pytest.raises(ValueError):
+        load_model(plain)

@@ -1,0 +1,227 @@
+"""The paper's protocol: settings, CSV schemas, resume, selection and the command lines."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import best_hyperparameter_testing_multiple as best_script
+import hyperparameter_tuning as tuning_script
+from models import SETTING_KEYS
+from protocol.best_settings import load_choices, run_best_settings
+from protocol.common import ProtocolError
+from protocol.schema import BEST_COLUMNS, TUNING_COLUMNS
+from protocol.search_space import draw_settings, paper_search_space
+from protocol.tuning import plan_tuning, run_tuning
+
+REPO = Path(__file__).resolve().parents[1]
+PAPER_BEST_DATASETS = ["california", "fried", "sulfur", "superconduct", "wine_quality"]
+
+
+def paper_file(shared: Path, dataset: str, bits: int) -> Path:
+    return shared / "paper_results" / dataset / f"{dataset}_hyperparameter_tuning_{bits}bits_400iterations.csv"
+
+
+def test_paper_settings_are_reproduced_exactly(shared_dir: Path) -> None:
+    drawn = draw_settings(paper_search_space(), 100)
+    for path in sorted((shared_dir / "paper_results").glob("*/*_hyperparameter_tuning_*bits_400iterations.csv")):
+        paper = pd.read_csv(path, usecols=["hyperparameter_setting_id", "kFold_id", *SETTING_KEYS])
+        first_fold = paper[paper.kFold_id == 0].set_index("hyperparameter_setting_id")[list(SETTING_KEYS)]
+        assert first_fold.index.tolist() == list(range(100)), path
+        np.testing.assert_array_equal(first_fold.to_numpy(), drawn.to_numpy(), err_msg=str(path))
+
+
+def test_list_settings_prints_the_paper_settings(shared_dir: Path, capsys) -> None:
+    assert tuning_script.main(["--dataset", "fried", "--n_bits", "3", "--n_steps", "100", "--list_settings"]) == 0
+    printed = pd.read_csv(__import__("io").StringIO(capsys.readouterr().out))
+    paper = pd.read_csv(paper_file(shared_dir, "fried", 3), nrows=1)
+    assert list(printed.columns) == ["hyperparameter_setting_id", *SETTING_KEYS]
+    assert len(printed) == 100
+    assert printed.iloc[0][list(SETTING_KEYS)].tolist() == paper.iloc[0][list(SETTING_KEYS)].tolist()
+
+
+@pytest.fixture(scope="module")
+def debug_results(tmp_path_factory, shared_dir: Path) -> Path:
+    """A --debug tuning of wine_quality at 3 bits with two settings (four rows)."""
+    folder = tmp_path_factory.mktemp("results")
+    code = tuning_script.main([
+        "--dataset", "wine_quality", "--n_bits", "3", "--n_steps", "2", "--debug", "--device", "cpu",
+        "--scratch", str(shared_dir / "datasets"), "--result_folder", str(folder), "--quiet",
+    ])
+    assert code == 0
+    return folder
+
+
+def test_debug_tuning_writes_the_paper_schema(debug_results: Path, shared_dir: Path) -> None:
+    path = debug_results / "wine_quality" / "wine_quality_hyperparameter_tuning_3bits_4iterations.csv"
+    ours = pd.read_csv(path)
+    paper_header = pd.read_csv(paper_file(shared_dir, "wine_quality", 3), nrows=0).columns.tolist()
+    assert ours.columns.tolist() == paper_header
+    assert list(zip(ours.hyperparameter_setting_id, ours.kFold_id)) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    losses = ours[[c for c in ours.columns if "loss" in c]].to_numpy()
+    assert np.isfinite(losses).all() and (losses > 0).all()
+    # Po-* evaluate the FP network: same training loss column does not exist, but their losses differ from FP's
+    assert not np.allclose(ours["val_loss_Po-QQ"], ours["val_loss_FP"])
+    assert ours.hidden_neurons.eq(5).all() and ours.num_epochs.eq(10).all()
+
+
+def test_rerun_of_a_finished_tuning_changes_nothing(debug_results: Path, shared_dir: Path) -> None:
+    path = debug_results / "wine_quality" / "wine_quality_hyperparameter_tuning_3bits_4iterations.csv"
+    before = path.read_bytes()
+    plan = plan_tuning("wine_quality", 3, 2, debug_results, debug=True)
+    run_tuning(plan, shared_dir / "datasets", progress=False)
+    assert path.read_bytes() == before
+
+
+def without_times(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame[[c for c in frame.columns if not c.startswith("time_")]]
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path, debug_results: Path, shared_dir: Path) -> None:
+    reference = pd.read_csv(debug_results / "wine_quality" / "wine_quality_hyperparameter_tuning_3bits_4iterations.csv")
+    path = tmp_path / "wine_quality" / "wine_quality_hyperparameter_tuning_3bits_4iterations.csv"
+    command = [
+        sys.executable, "hyperparameter_tuning.py", "--dataset", "wine_quality", "--n_bits", "3", "--n_steps", "2",
+        "--debug", "--device", "cpu", "--scratch", str(shared_dir / "datasets"), "--result_folder", str(tmp_path), "--quiet",
+    ]
+    worker = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (path.exists() and len(pd.read_csv(path)) >= 1):
+        time.sleep(0.05)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    interrupted = pd.read_csv(path)
+    assert 1 <= len(interrupted) < 4, "the worker should be killed part-way"
+    assert subprocess.run(command, cwd=REPO, capture_output=True).returncode == 0
+    resumed = pd.read_csv(path)
+    pd.testing.assert_frame_equal(without_times(resumed), without_times(reference))
+    assert not list(path.parent.glob("*.tmp")), "no temporary files are left behind"
+
+
+def test_select_only_reproduces_the_paper_choices(shared_dir: Path) -> None:
+    for dataset in PAPER_BEST_DATASETS:
+        paper = pd.read_csv(shared_dir / "paper_results" / "best_hyperparameter_multiple" / f"{dataset}_best_hyperparameter_test_multiple.csv")
+        choices = load_choices(shared_dir / "paper_results", dataset, None, list(tuning_script_methods()))
+        assert sorted(choices) == sorted(paper.bits.unique())
+        for bits, per_method in choices.items():
+            first = paper[paper.bits == bits].iloc[0]
+            for method, choice in per_method.items():
+                assert choice.setting_id == first[f"best_hyperparameter_id_{method}"], (dataset, bits, method)
+                assert choice.val_loss == pytest.approx(first[f"val_loss_{method}"], rel=1e-12)
+
+
+def tuning_script_methods() -> tuple[str, ...]:
+    from models import METHOD_NAMES
+
+    return METHOD_NAMES
+
+
+def test_select_only_prints_csv(shared_dir: Path, capsys) -> None:
+    code = best_script.main(["--dataset", "sulfur", "--result_folder", str(shared_dir / "paper_results"), "--bits", "2", "--select_only"])
+    assert code == 0
+    printed = pd.read_csv(__import__("io").StringIO(capsys.readouterr().out))
+    assert printed.columns.tolist() == ["bits", "method", "best_hyperparameter_id", "val_loss"]
+    assert len(printed) == 13 and printed.bits.eq(2).all()
+
+
+def test_tiny_best_setting_run_writes_the_paper_schema(debug_results: Path, shared_dir: Path, tmp_path: Path) -> None:
+    path = run_best_settings(
+        "wine_quality", debug_results, n_steps=2, methods=["FP", "Po-QQ", "Bw-SQ", "LLT4"],
+        scratch=shared_dir / "datasets", save_models=tmp_path, progress=False,
+    )
+    ours = pd.read_csv(path)
+    paper_header = pd.read_csv(shared_dir / "paper_results" / "best_hyperparameter_multiple" / "wine_quality_best_hyperparameter_test_multiple.csv", nrows=0)
+    assert ours.columns.tolist() == paper_header.columns.tolist() == list(BEST_COLUMNS)
+    assert ours[["bits", "step"]].values.tolist() == [[3, 0], [3, 1]]
+    assert np.isfinite(ours["test_loss_Bw-SQ"]).all() and ours["test_loss_SQ"].isna().all()
+    assert ours["time_Po-QQ"].tolist() == ours["time_FP"].tolist()  # Po-QQ reuses the FP network
+    assert len(list(tmp_path.glob("*.pt"))) == 8
+    # resuming with one more method fills it in and leaves the rest untouched
+    before = ours.copy()
+    run_best_settings("wine_quality", debug_results, n_steps=2, methods=["SQ"], scratch=shared_dir / "datasets", progress=False)
+    after = pd.read_csv(path)
+    assert np.isfinite(after["test_loss_SQ"]).all()
+    pd.testing.assert_series_equal(after["test_loss_Bw-SQ"], before["test_loss_Bw-SQ"])
+
+
+def run_script(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["hyperparameter_tuning.py", "--dataset", "fried", "--n_bits", "9"], "bits must be an integer from 2 to 8"),
+        (["hyperparameter_tuning.py", "--dataset", "fried", "--n_bits", "1"], "bits must be an integer from 2 to 8"),
+        (["hyperparameter_tuning.py", "--dataset", "nope", "--n_bits", "3"], "invalid choice"),
+        (["hyperparameter_tuning.py", "--dataset", "fried", "--n_bits", "3", "--n_steps", "0"], "at least 1"),
+        (["best_hyperparameter_testing_multiple.py", "--dataset", "fried", "--methods", "XQ"], "invalid choice"),
+    ],
+)
+def test_bad_arguments_are_refused(args: list[str], message: str) -> None:
+    result = run_script(*args)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_missing_tuning_file_is_refused(tmp_path: Path) -> None:
+    result = run_script("best_hyperparameter_testing_multiple.py", "--dataset", "fried", "--result_folder", str(tmp_path))
+    assert result.returncode == 2 and "run hyperparameter_tuning.py first" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_foreign_tuning_csv_is_refused_and_kept(tmp_path: Path) -> None:
+    folder = tmp_path / "fried"
+    folder.mkdir()
+    foreign = folder / "fried_hyperparameter_tuning_3bits_4iterations.csv"
+    foreign.write_text("a,b\n1,2\n")
+    for script in (["hyperparameter_tuning.py", "--dataset", "fried", "--n_bits", "3", "--n_steps", "2", "--debug"],
+                   ["best_hyperparameter_testing_multiple.py", "--dataset", "fried"]):
+        result = run_script(*script, "--result_folder", str(tmp_path))
+        assert result.returncode == 2 and "schema" in result.stderr, result.stderr
+    assert foreign.read_text() == "a,b\n1,2\n"
+
+
+def test_tuning_rows_of_other_settings_are_refused(debug_results: Path, tmp_path: Path) -> None:
+    path = debug_results / "wine_quality" / "wine_quality_hyperparameter_tuning_3bits_4iterations.csv"
+    target = tmp_path / "wine_quality" / path.name
+    target.parent.mkdir()
+    frame = pd.read_csv(path)
+    frame.loc[0, "learning_rate"] = 0.5
+    frame.to_csv(target, index=False)
+    with pytest.raises(ProtocolError, match="would not produce"):
+        run_tuning(plan_tuning("wine_quality", 3, 2, tmp_path, debug=True), progress=False)
+
+
+@pytest.mark.parametrize(
+    "space, message",
+    [
+        ({"foo": [1]}, "unknown keys"),
+        ({"hidden_layers": []}, "non-empty list"),
+        ({"hidden_neurons": [32.5]}, "integers"),
+        ({"learning_rate": ["fast"]}, "numbers"),
+        ({"num_epochs": [0]}, "out-of-range"),
+    ],
+)
+def test_bad_search_space_is_refused(tmp_path: Path, space: dict, message: str) -> None:
+    path = tmp_path / "space.json"
+    path.write_text(json.dumps(space))
+    result = run_script("hyperparameter_tuning.py", "--dataset", "fried", "--n_bits", "3", "--search_space", str(path), "--list_settings")
+    assert result.returncode == 2 and message in result.stderr
+
+
+def test_custom_search_space_is_used(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "space.json"
+    path.write_text(json.dumps({"hidden_neurons": [7], "num_epochs": [2, 3]}))
+    assert tuning_script.main(["--dataset", "fried", "--n_bits", "3", "--n_steps", "5", "--search_space", str(path), "--list_settings"]) == 0
+    printed = pd.read_csv(__import__("io").StringIO(capsys.readouterr().out))
+    assert printed.hidden_neurons.eq(7).all() and set(printed.num_epochs) <= {2, 3}
+    assert set(printed.hidden_layers) <= {5, 6, 8, 10}

@@ -1,0 +1,537 @@
+"""Tests of quantization/quantizers.py: ThresholdQuantizer (SQ, SQplus, Bw-*, Pr-/Po-*), LSQ and LLT.
+
+Expected values are worked out by hand (comments) or with numpy, independently of the code
+under test (SPEC sections 2, 3 and Appendix A).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from quantization import LLTQuantizer, LSQQuantizer, ThresholdQuantizer
+
+T3 = torch.tensor([[-1.0, 0.0, 1.0]])  # one feature, 2 bits
+X = torch.tensor([[-2.0], [-1.0], [-0.5], [0.0], [0.3], [1.0], [5.0]])
+INDEX = [0, 0, 1, 1, 2, 2, 3]  # strict ">": -1 exceeds nothing, 1 exceeds -1 and 0
+MID = [-1.5, -1.5, -0.5, -0.5, 0.5, 0.5, 1.5]  # midpoints of [-1, 0, 1]: -1.5, -0.5, 0.5, 1.5
+THERMO = {0: [0, 0, 0], 1: [1, 0, 0], 2: [1, 1, 0], 3: [1, 1, 1]}
+
+
+def sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def hard(q):
+    q.hard = True
+    return q
+
+
+# =========================================================================== ThresholdQuantizer
+@pytest.mark.parametrize("readout", ["index", "thermometer", "values", "midpoint"])
+def test_encode_hand_case(readout):
+    q = ThresholdQuantizer(T3, readout, trainable=readout != "midpoint")
+    assert q.bits == 2
+    assert q.encode(X).squeeze(1).tolist() == INDEX
+    assert q.encode(X).dtype == torch.int64
+
+
+def test_midpoint_readout_hand_case():
+    q = hard(ThresholdQuantizer(T3, "midpoint"))
+    assert q.out_features == 1
+    assert q(X).squeeze(1).tolist() == MID
+    assert q.decode(torch.tensor([[0], [1], [2], [3]])).squeeze(1).tolist() == [-1.5, -0.5, 0.5, 1.5]
+    # fixed thresholds: soft mode is the hard quantization too
+    q.hard = False
+    assert q(X).squeeze(1).tolist() == MID
+
+
+@pytest.mark.parametrize("trainable", [False, True])
+def test_thermometer_hard_hand_case(trainable):
+    q = hard(ThresholdQuantizer(T3, "thermometer", trainable=trainable))
+    assert q.out_features == 3
+    out = q(X)
+    assert out.shape == (7, 3)
+    assert out.tolist() == [THERMO[i] for i in INDEX]
+
+
+def test_thermometer_two_features_layout():
+    # feature-major: [f0 bits..., f1 bits...]
+    t = torch.tensor([[-1.0, 0.0, 1.0], [10.0, 20.0, 30.0]])
+    q = hard(ThresholdQuantizer(t, "thermometer", trainable=True))
+    assert q.out_features == 6
+    out = q(torch.tensor([[0.5, 25.0], [-3.0, 31.0]]))
+    assert out.tolist() == [[1, 1, 0, 1, 1, 0], [0, 0, 0, 1, 1, 1]]
+
+
+def test_sq_index_readout_hard_hand_case():
+    q = hard(ThresholdQuantizer(T3, "index", trainable=True))
+    assert q.out_features == 1
+    out = q(X)
+    assert out.dtype == torch.float32
+    assert out.squeeze(1).tolist() == [float(i) for i in INDEX]
+
+
+def test_sqplus_hard_output_is_value_of_interval():
+    q = hard(ThresholdQuantizer(T3, "values", trainable=True))
+    # initial values are the midpoints
+    np.testing.assert_allclose(q.interval_values.detach().numpy(), [[-1.5, -0.5, 0.5, 1.5]])
+    assert q(X).squeeze(1).tolist() == MID
+    v = [3.0, -7.0, 0.25, 11.0]
+    with torch.no_grad():
+        q.interval_values.copy_(torch.tensor([v]))
+    np.testing.assert_allclose(q(X).squeeze(1).detach().numpy(), [v[i] for i in INDEX], atol=1e-6)
+
+
+@pytest.mark.parametrize("tau", [1.0, 0.3])
+def test_soft_outputs_are_sigmoids(tau):
+    x = X.squeeze(1).numpy().astype(np.float64)
+    t = np.array([-1.0, 0.0, 1.0])
+    s = sigmoid((x[:, None] - t[None]) / tau)  # [7, 3]
+
+    q = ThresholdQuantizer(T3, "thermometer", trainable=True)
+    q.tau = tau
+    np.testing.assert_allclose(q(X).detach().numpy(), s, rtol=1e-5, atol=1e-6)
+
+    q = ThresholdQuantizer(T3, "index", trainable=True)
+    q.tau = tau
+    np.testing.assert_allclose(q(X).squeeze(1).detach().numpy(), s.sum(1), rtol=1e-5, atol=1e-6)
+
+    q = ThresholdQuantizer(T3, "values", trainable=True)
+    v = np.array([3.0, -7.0, 0.25, 11.0])
+    with torch.no_grad():
+        q.interval_values.copy_(torch.tensor(v[None], dtype=torch.float32))
+    q.tau = tau
+    expected = v[0] + (s * np.diff(v)[None]).sum(1)
+    np.testing.assert_allclose(q(X).squeeze(1).detach().numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_hard_mode_with_unsorted_thresholds_matches_steps():
+    """Bw-SQ / SQplus in hard mode equal [x > t_k] read out, even with unordered thresholds."""
+    rng = np.random.default_rng(3)
+    t = rng.normal(size=(3, 7))  # 3 bits, unsorted
+    t[1, 2] = t[1, 5]  # a tie
+    x = rng.normal(size=(400, 3))
+    x[:5, 1] = t[1, 2]  # values exactly on a threshold
+    steps = (x[:, :, None] > t[None]).astype(np.float32)  # [n, d, M]
+    xt = torch.tensor(x, dtype=torch.float32)
+    tt = torch.tensor(t, dtype=torch.float32)
+
+    q = hard(ThresholdQuantizer(tt, "thermometer", trainable=True))
+    np.testing.assert_array_equal(q(xt).numpy(), steps.reshape(400, 21))
+
+    q = hard(ThresholdQuantizer(tt, "values", trainable=True))
+    v = rng.normal(size=(3, 8))
+    with torch.no_grad():
+        q.interval_values.copy_(torch.tensor(v, dtype=torch.float32))
+    expected = v[:, 0][None] + (steps * np.diff(v, axis=1)[None]).sum(-1)
+    np.testing.assert_allclose(q(xt).detach().numpy(), expected, rtol=1e-5, atol=1e-5)
+
+    # hard equals the rounding of the soft sigmoids at a tiny temperature (0.5 rounds to 0)
+    q = ThresholdQuantizer(tt, "thermometer", trainable=True)
+    q.tau = 1e-4
+    away = np.abs(x[:, :, None] - t[None]).min(-1).min(-1) > 1e-2
+    rounded = torch.round(q(xt)).detach().numpy()
+    np.testing.assert_array_equal(rounded[away], steps.reshape(400, 21)[away])
+
+
+def test_threshold_quantizer_rejects_bad_arguments():
+    with pytest.raises(ValueError):
+        ThresholdQuantizer(torch.zeros(2, 4), "index")  # 4 is not 2**b - 1
+    with pytest.raises(ValueError):
+        ThresholdQuantizer(torch.zeros(2, 1), "index")  # 1 bit
+    with pytest.raises(ValueError):
+        ThresholdQuantizer(torch.zeros(2, 511), "index")  # 9 bits
+    with pytest.raises(ValueError):
+        ThresholdQuantizer(T3, "bogus")
+    with pytest.raises(ValueError):
+        ThresholdQuantizer(T3, "midpoint", trainable=True)
+
+
+def test_threshold_quantizer_copies_its_thresholds():
+    t = T3.clone()
+    q = ThresholdQuantizer(t, "index", trainable=True)
+    t.fill_(100.0)
+    assert q.thresholds.detach().tolist() == [[-1.0, 0.0, 1.0]]
+
+
+# --------------------------------------------------------------------------- gradients
+@pytest.mark.parametrize("readout", ["index", "values", "thermometer"])
+def test_gradients_reach_trainable_thresholds(readout):
+    rng = np.random.default_rng(1)
+    t = torch.tensor(np.sort(rng.normal(size=(2, 7)), axis=1), dtype=torch.float32)
+    q = ThresholdQuantizer(t, readout, trainable=True)
+    q.tau = 0.5
+    x = torch.tensor(rng.normal(size=(64, 2)), dtype=torch.float32)
+    w = torch.tensor(rng.normal(size=(64, q.out_features)), dtype=torch.float32)
+    (q(x) * w).sum().backward()
+    assert q.thresholds.grad is not None
+    assert torch.all(q.thresholds.grad != 0)
+    if readout == "values":
+        assert q.interval_values.grad is not None and torch.all(q.interval_values.grad != 0)
+    names = {n for n, _ in q.named_parameters()}
+    assert "thresholds" in names
+
+
+def test_threshold_gradient_value_hand_case():
+    # SQ, one feature: d/dt_k sigma((x - t_k)/tau) = -sigma'(z_k)/tau with sigma' = s(1 - s)
+    q = ThresholdQuantizer(T3, "index", trainable=True)
+    q.tau = 0.5
+    x = torch.tensor([[0.2]])
+    q(x).sum().backward()
+    z = (0.2 - np.array([-1.0, 0.0, 1.0])) / 0.5
+    expected = -sigmoid(z) * (1 - sigmoid(z)) / 0.5
+    np.testing.assert_allclose(q.thresholds.grad.numpy()[0], expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("readout", ["index", "thermometer", "midpoint"])
+def test_fixed_thresholds_are_buffers(readout):
+    q = ThresholdQuantizer(T3, readout, trainable=False)
+    assert "thresholds" in dict(q.named_buffers())
+    assert not q.thresholds.requires_grad
+    assert list(q.parameters()) == []
+    if readout == "midpoint":
+        assert "interval_values" in dict(q.named_buffers())
+    out = q(X)
+    assert not out.requires_grad
+    assert "thresholds" in q.state_dict()
+
+
+# =========================================================================== LSQ
+def test_lsq_levels_two_bits():
+    q = hard(LSQQuantizer(2, 1))
+    with torch.no_grad():
+        q.step.fill_(1.0)
+    # levels -2, -1, 0, 1; x/s rounded and clamped to -2..1
+    x = torch.tensor([[-9.0], [-1.6], [-0.7], [0.2], [0.6], [1.4], [7.0]])
+    assert q.encode(x).squeeze(1).tolist() == [0, 0, 1, 2, 3, 3, 3]
+    assert q(x).squeeze(1).tolist() == [-2.0, -2.0, -1.0, 0.0, 1.0, 1.0, 1.0]
+
+
+def test_lsq_levels_three_bits():
+    q = hard(LSQQuantizer(3, 1))
+    with torch.no_grad():
+        q.step.fill_(0.5)
+    assert (q.q_min, q.q_max) == (-4, 3)
+    # x/s: -20, -2.4, -0.52, 0, 0.48, 1.52, 2.98, 20 -> clamp/round -4, -2, -1, 0, 0, 2, 3, 3
+    x = torch.tensor([[-10.0], [-1.2], [-0.26], [0.0], [0.24], [0.76], [1.49], [10.0]])
+    assert q.encode(x).squeeze(1).tolist() == [0, 2, 3, 4, 4, 6, 7, 7]
+    assert q(x).squeeze(1).tolist() == [-2.0, -1.0, -0.5, 0.0, 0.0, 1.0, 1.5, 1.5]
+    levels = q.decode(torch.arange(8)[:, None]).squeeze(1).tolist()
+    assert levels == [-2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5]
+
+
+def test_lsq_per_feature_steps():
+    q = hard(LSQQuantizer(2, 2))
+    with torch.no_grad():
+        q.step.copy_(torch.tensor([1.0, 0.25]))
+    x = torch.tensor([[0.6, 0.6], [-0.6, -0.6]])
+    # feature 0: 0.6 -> 1 -> 1.0, -0.6 -> -1 -> -1.0; feature 1: 2.4 -> clamp 1 -> 0.25; -2.4 -> -2 -> -0.5
+    assert q(x).tolist() == [[1.0, 0.25], [-1.0, -0.5]]
+
+
+@pytest.mark.parametrize("bits", [2, 3, 8])
+def test_lsq_step_initialisation(bits):
+    rng = np.random.default_rng(bits)
+    x = rng.normal(size=(50, 3)) * np.array([1.0, 2.0, 0.5])
+    qp = 2 ** (bits - 1) - 1
+    expected = 2 * np.abs(x).mean(0) / math.sqrt(qp)
+    q = LSQQuantizer(bits, 3)
+    assert q.init_step(torch.tensor(x, dtype=torch.float32)) is q
+    np.testing.assert_allclose(q.step.detach().numpy(), expected, rtol=1e-5)
+
+
+def test_lsq_step_gradient_hand_case():
+    # 3 bits: Qn = -4, Qp = 3, s = 0.5; one feature, batch of 4
+    # x/s = 0.6, 3.4 (clamped to 3), -10 (clamped to -4), 1.48
+    # d xhat / ds = round(z) - z inside, Qp / Qn when clamped: 0.4, 3, -4, -0.48
+    # loss = sum(w * xhat), w = 1, 2, 3, 4 -> 0.4 + 6 - 12 - 1.92 = -7.52, times 1/sqrt(Qp * numel)
+    q = LSQQuantizer(3, 1)
+    with torch.no_grad():
+        q.step.fill_(0.5)
+    x = torch.tensor([[0.3], [1.7], [-5.0], [0.74]], requires_grad=True)
+    w = torch.tensor([[1.0], [2.0], [3.0], [4.0]])
+    out = q(x)
+    np.testing.assert_allclose(out.detach().squeeze(1).numpy(), [0.5, 1.5, -2.0, 0.5])
+    (out * w).sum().backward()
+    np.testing.assert_allclose(q.step.grad.numpy(), [-7.52 / math.sqrt(3 * 4)], rtol=1e-5)
+    # straight-through estimator: gradient 1 inside the range, 0 where clamped
+    np.testing.assert_allclose(x.grad.squeeze(1).numpy(), [1.0, 0.0, 0.0, 4.0], rtol=1e-6)
+
+
+def test_lsq_step_gradient_scale_uses_all_elements():
+    # two features, batch of 3: g = 1 / sqrt(Qp * 3 * 2); 2 bits -> Qp = 1, Qn = -2, s = (1, 2)
+    # f0: x/s = 0.3, -0.8, 5 (-> 1): grads 0 - 0.3, -1 + 0.8, Qp = 1 -> sum 0.5
+    # f1: x/s = 0.7, -3 (-> -2), 0.45: grads 1 - 0.7, Qn = -2, 0 - 0.45 -> sum -2.15
+    q = LSQQuantizer(2, 2)
+    with torch.no_grad():
+        q.step.copy_(torch.tensor([1.0, 2.0]))
+    x = torch.tensor([[0.3, 1.4], [-0.8, -6.0], [5.0, 0.9]])
+    q(x).sum().backward()
+    g = 1 / math.sqrt(1 * 6)
+    np.testing.assert_allclose(q.step.grad.numpy(), [0.5 * g, -2.15 * g], rtol=1e-5)
+
+
+def test_lsq_soft_value_equals_hard_value():
+    q = LSQQuantizer(4, 3)
+    x = torch.randn(200, 3, generator=torch.Generator().manual_seed(0))
+    q.init_step(x)
+    soft = q(x).detach()
+    q.hard = True
+    np.testing.assert_allclose(soft.numpy(), q(x).detach().numpy(), atol=1e-6)
+
+
+# =========================================================================== LLT
+def set_logits(q, logits):
+    with torch.no_grad():
+        q.logits.copy_(torch.as_tensor(logits, dtype=q.logits.dtype))
+
+
+def test_llt_sizes():
+    for bits, g in [(2, 4), (3, 9), (8, 4)]:
+        q = LLTQuantizer(bits, 5, g)
+        r = 2 ** (bits - 1) - 1
+        assert q.segments == r
+        assert q.table_size == 2 * r * g + 1
+        assert q.logits.shape == (5, r, g)
+        assert torch.all(q.logits == 0)
+        assert q.log_scale.shape == (5,)
+
+
+def test_llt_hard_table_hand_case():
+    # bits 2: R = 1, G = 4, K = 9. arg-max at position 2: p = 0 0 1 0, c = 0 0 1 1,
+    # T = [-(c reversed), 0, c] / R = [-1 -1 0 0 | 0 | 0 0 1 1]
+    q = LLTQuantizer(2, 1, 4)
+    set_logits(q, [[[0.1, -0.3, 2.0, 0.5]]])
+    assert q.table(hard=True).tolist() == [[-1.0, -1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0]]
+
+
+def test_llt_hard_table_three_bits_hand_case():
+    # bits 3: R = 3, G = 2, K = 13. arg-max per segment: 1, 0, 1
+    # p = 0 1 | 1 0 | 0 1, c = 0 1 2 2 2 3; T = [-3 -2 -2 -2 -1 0 | 0 | 0 1 2 2 2 3] / 3
+    q = LLTQuantizer(3, 1, 2)
+    set_logits(q, [[[0.0, 1.0], [5.0, -1.0], [-2.0, -1.5]]])
+    expected = np.array([-3, -2, -2, -2, -1, 0, 0, 0, 1, 2, 2, 2, 3]) / 3
+    np.testing.assert_allclose(q.table(hard=True).numpy()[0], expected, atol=1e-7)
+
+
+@pytest.mark.parametrize("tau", [1.0, 0.2])
+def test_llt_soft_table(tau):
+    rng = np.random.default_rng(5)
+    logits = rng.normal(size=(2, 3, 4))  # 3 bits, G = 4
+    q = LLTQuantizer(3, 2, 4).double()
+    set_logits(q, logits)
+    q.tau = tau
+    e = np.exp(logits / tau)
+    p = (e / e.sum(-1, keepdims=True)).reshape(2, 12)
+    c = np.cumsum(p, axis=1)
+    expected = np.concatenate([-c[:, ::-1], np.zeros((2, 1)), c], axis=1) / 3
+    got = q.table(hard=False).detach().numpy()
+    assert got.shape == (2, 25)
+    np.testing.assert_allclose(got, expected, atol=1e-12)
+    np.testing.assert_allclose(got[:, 0], -1.0, atol=1e-12)
+    np.testing.assert_allclose(got[:, -1], 1.0, atol=1e-12)
+
+
+def test_llt_scale_initialised_at_first_training_forward():
+    q = LLTQuantizer(2, 2, 4)
+    x = torch.tensor([[1.0, 0.5], [2.0, 0.5], [3.0, 1.0], [6.0, 2.0]])
+    # column 0: mean 3, squared deviations 4 1 0 9 -> sample std sqrt(14/3)
+    # column 1: mean 1, squared deviations .25 .25 0 1 -> sample std sqrt(1.5/3)
+    expected = np.log(3 * np.array([math.sqrt(14 / 3), math.sqrt(0.5)]))
+    q.eval()
+    q(x)  # evaluation does not initialise
+    assert not bool(q.scale_initialized)
+    assert q.log_scale.detach().tolist() == [0.0, 0.0]
+    q.train()
+    q(x)
+    assert bool(q.scale_initialized)
+    np.testing.assert_allclose(q.log_scale.detach().numpy(), expected, rtol=1e-6)
+    q(x * 10)  # only the first training batch sets it
+    np.testing.assert_allclose(q.log_scale.detach().numpy(), expected, rtol=1e-6)
+    assert "scale_initialized" in q.state_dict()
+
+
+@pytest.mark.parametrize("bits,g", [(2, 4), (3, 9), (5, 4), (8, 9)])
+def test_llt_hard_lookup_matches_numpy(bits, g):
+    rng = np.random.default_rng(bits * 10 + g)
+    d = 3
+    r = 2 ** (bits - 1) - 1
+    logits = rng.normal(size=(d, r, g))
+    log_s = np.log([0.5, 1.0, 2.5])
+    q = hard(LLTQuantizer(bits, d, g).double())
+    set_logits(q, logits)
+    with torch.no_grad():
+        q.log_scale.copy_(torch.tensor(log_s))
+    # hard table with numpy: one-hot arg-max, cumsum, [-c reversed, 0, c] / R
+    onehot = np.eye(g)[logits.argmax(-1)].reshape(d, r * g)
+    c = np.cumsum(onehot, axis=1)
+    table = np.concatenate([-c[:, ::-1], np.zeros((d, 1)), c], axis=1) / r  # [d, K]
+    x = rng.normal(size=(2000, d)) * 2
+    s = np.exp(log_s)
+    u = np.clip(x / s, -1, 1)
+    pos = np.round(r * g * (u + 1)).astype(int)
+    expected = table[np.arange(d)[None], pos] * s
+    got = q.decode(q.encode(torch.tensor(x))).detach().numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(q(torch.tensor(x)).detach().numpy(), expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(q.encode(torch.tensor(x)).numpy(), np.round(table[np.arange(d)[None], pos] * r) + r)
+
+
+def test_llt_table_gradient_is_rescaled_by_histogram():
+    """The gradient reaching table entry k is multiplied by N / (K (sqrt(h_k) + 1e-5))."""
+    q = LLTQuantizer(2, 1, 4).double()  # R = 1, G = 4, K = 9
+    q.train()
+    with torch.no_grad():
+        q.scale_initialized.fill_(True)  # s = 1
+    # u = x; positions round(4 (u + 1)): 0, 1, 1, 5, 5, 8
+    u = np.array([-0.9, -0.85, -0.75, 0.13, 0.2, 0.9])
+    w = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    pos = np.round(4 * (u + 1)).astype(int)
+    assert pos.tolist() == [0, 1, 1, 5, 5, 8]
+    # histogram with 9 bins over the batch's own min..max: bin width 0.2 -> bins 0 0 0 5 5 8
+    h, _ = np.histogram(u, bins=9, range=(u.min(), u.max()))
+    assert h.tolist() == [3, 0, 0, 0, 0, 2, 0, 0, 1]
+    table_values = np.linspace(-1.0, 1.0, 9) ** 3
+    table = torch.tensor(table_values[None], requires_grad=True)
+    q.table = lambda hard: table  # a leaf in place of the softmax table
+    out = q(torch.tensor(u[:, None]))
+    np.testing.assert_allclose(out.detach().numpy()[:, 0], table_values[pos], atol=1e-12)
+    (out[:, 0] * torch.tensor(w)).sum().backward()
+    raw = np.zeros(9)
+    np.add.at(raw, pos, w)  # d loss / d T[k] without rescaling (s = 1)
+    expected = raw * 6 / (9 * (np.sqrt(h) + 1e-5))
+    np.testing.assert_allclose(table.grad.numpy()[0], expected, rtol=1e-9)
+    # log_s: d/dlog_s of (T[i] + u - sg(u)) s = T[i] s - x (inside the range, s = 1)
+    np.testing.assert_allclose(q.log_scale.grad.numpy(), [(w * (table_values[pos] - u)).sum()], rtol=1e-9)
+
+
+def test_llt_gradients_reach_logits_and_scale():
+    q = LLTQuantizer(3, 2, 4)
+    q.train()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        q.logits.copy_(torch.randn(q.logits.shape, generator=gen))
+    x = torch.randn(256, 2, generator=gen)
+    w = torch.randn(256, 2, generator=gen)
+    (q(x) * w).sum().backward()
+    assert q.logits.grad is not None and q.logits.grad.abs().sum() > 0
+    assert q.log_scale.grad is not None and torch.all(q.log_scale.grad != 0)
+
+
+def test_llt_eval_soft_has_no_gradient_reweighting():
+    # outside training (soft evaluation) the output is the soft table lookup times s
+    q = LLTQuantizer(2, 1, 4).double()
+    q.eval()
+    set_logits(q, [[[0.3, -0.2, 1.0, 0.1]]])
+    q.tau = 0.5
+    x = np.array([-0.8, -0.1, 0.4, 0.95])
+    e = np.exp(np.array([0.3, -0.2, 1.0, 0.1]) / 0.5)
+    c = np.cumsum(e / e.sum())
+    table = np.concatenate([-c[::-1], [0.0], c])
+    pos = np.round(4 * (x + 1)).astype(int)
+    got = q(torch.tensor(x[:, None])).detach().numpy()[:, 0]
+    np.testing.assert_allclose(got, table[pos], atol=1e-12)
+
+
+# =========================================================================== all quantizers
+def all_quantizers(bits: int, d: int, gen: torch.Generator):
+    m = 2**bits - 1
+    t = torch.randn(d, m, generator=gen)  # unsorted
+    sorted_t = torch.sort(t, dim=1).values
+    out = {
+        "index": ThresholdQuantizer(t, "index", trainable=True),
+        "values": ThresholdQuantizer(t, "values", trainable=True),
+        "thermometer": ThresholdQuantizer(t, "thermometer", trainable=True),
+        "thermometer-fixed": ThresholdQuantizer(sorted_t, "thermometer"),
+        "midpoint": ThresholdQuantizer(sorted_t, "midpoint"),
+        "lsq": LSQQuantizer(bits, d),
+        "llt4": LLTQuantizer(bits, d, 4),
+        "llt9": LLTQuantizer(bits, d, 9),
+    }
+    with torch.no_grad():
+        out["lsq"].step.copy_(torch.rand(d, generator=gen) * 0.5 + 0.05)
+        for key in ("llt4", "llt9"):
+            out[key].logits.copy_(torch.randn(out[key].logits.shape, generator=gen))
+            out[key].log_scale.copy_(torch.randn(d, generator=gen) * 0.3 + 0.7)
+    return out
+
+
+@pytest.mark.parametrize("bits", range(2, 9))
+def test_encode_range_and_level_counts(bits):
+    gen = torch.Generator().manual_seed(100 + bits)
+    d = 3
+    x = torch.randn(8000, d, generator=gen) * 3
+    for name, q in all_quantizers(bits, d, gen).items():
+        q.hard = True
+        q.eval()
+        index = q.encode(x)
+        assert index.dtype == torch.int64, name
+        assert index.shape == (8000, d), name
+        assert int(index.min()) >= 0 and int(index.max()) <= 2**bits - 1, name
+        out = q(x)
+        assert torch.equal(out, q.decode(index)), name
+        if name == "lsq":
+            for f in range(d):
+                assert out[:, f].unique().numel() <= 2**bits
+            # inputs on every level use all 2**b indices
+            grid = torch.arange(-(2 ** (bits - 1)), 2 ** (bits - 1), dtype=torch.float32)[:, None]
+            on_levels = grid * q.step.detach()[None]
+            assert q.encode(on_levels).T.tolist() == [list(range(2**bits))] * d
+        if name.startswith("llt"):
+            for f in range(d):
+                assert out[:, f].unique().numel() <= 2**bits - 1, (name, f)
+            assert int(index.max()) <= 2**bits - 2
+        if name.startswith("thermometer"):
+            assert bool(((out == 0) | (out == 1)).all())
+            assert out.shape == (8000, d * (2**bits - 1))
+
+
+def test_bitwise_soft_quantizer_hard_outputs_are_binary():
+    gen = torch.Generator().manual_seed(9)
+    q = ThresholdQuantizer(torch.randn(4, 15, generator=gen), "thermometer", trainable=True)
+    q.tau = 1e-3
+    x = torch.randn(500, 4, generator=gen)
+    soft = q(x).detach()
+    assert float(soft.min()) >= 0.0 and float(soft.max()) <= 1.0
+    q.hard = True
+    assert set(q(x).unique().tolist()) == {0.0, 1.0}
+
+
+# --------------------------------------------------------------------------- devices
+def test_quantizers_on_device(device):
+    gen = torch.Generator().manual_seed(4)
+    x_cpu = torch.randn(300, 3, generator=gen)
+    x = x_cpu.to(device)
+    for name, q in all_quantizers(3, 3, gen).items():
+        reference = {}
+        q_dev = q.to(device)
+        for hard_mode in (True, False):
+            q_dev.hard = hard_mode
+            q_dev.train(not hard_mode)
+            if name.startswith("llt"):
+                q_dev.scale_initialized.fill_(True)
+            out = q_dev(x)
+            assert out.device.type == device, (name, hard_mode)
+            assert out.shape == (300, q.out_features)
+            reference[hard_mode] = out.detach().cpu()
+        index = q_dev.encode(x)
+        assert index.device.type == device and index.dtype == torch.int64
+        assert q_dev.decode(index).device.type == device
+        # training step: gradients arrive on the device
+        q_dev.hard = False
+        q_dev.train()
+        q_dev.zero_grad()
+        if list(q_dev.parameters()):
+            q_dev(x).sum().backward()
+        for pname, p in q_dev.named_parameters():
+            assert p.grad is not None and p.grad.device.type == device, (name, pname)
+        # same results as on the CPU (for the hard mode: the exact same indices)
+        q_cpu = q_dev.to("cpu")
+        q_cpu.hard = True
+        q_cpu.eval()
+        assert torch.equal(q_cpu.encode(x_cpu), index.cpu()), name
+        torch.testing.assert_close(q_cpu(x_cpu), reference[True], rtol=1e-5, atol=1e-5)
