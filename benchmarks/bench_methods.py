@@ -73,44 +73,46 @@ def reference_data(rows: int, device: torch.device) -> dict[str, tuple[torch.Ten
     return standardize((x_train, y_train), val=(x_val, y_val), test=(x_test, y_test)).tensors(device)
 
 
-def run_workload(rows: int, epochs: int, device: torch.device) -> dict[str, object]:
-    """Time one tuning row of all methods; per-method wall times include their evaluations."""
+def run_workload(rows: int, epochs: int, device: torch.device, per_method: bool = True) -> dict[str, object]:
+    """Time one tuning row of all methods (as the tuning runs it) and each method trained alone."""
     parts = reference_data(rows, device)
     setting = Setting(0.0, 1e-3, 3, 128, epochs, 1e-3, 0.0)
-    marks: list[tuple[str, float]] = []
+    evaluations = {"val": parts["val"], "test": parts["test"]}
     _sync(device)
     start = time.perf_counter()
-    results = run_methods(
-        METHOD_NAMES, {m: setting for m in METHOD_NAMES}, parts["train"], {"val": parts["val"], "test": parts["test"]},
-        BITS, seed=42, on_method=lambda m: marks.append((m, time.perf_counter())),
-    )
+    results = run_methods(METHOD_NAMES, {m: setting for m in METHOD_NAMES}, parts["train"], evaluations, BITS, seed=42)
     _sync(device)
     total = time.perf_counter() - start
-    ends = [t for _, t in marks[1:]] + [start + total]
     ctx = QuantizerContext.from_training_rows(parts["train"][0], BITS)
     n_train, n_eval = parts["train"][0].shape[0], parts["val"][0].shape[0] + parts["test"][0].shape[0]
-    methods = {
-        name: {
-            "seconds": end - began,
-            "train_seconds": results[name].seconds if not METHODS[name].post_training else 0.0,
-            "samples_per_second": n_train * epochs / results[name].seconds if not METHODS[name].post_training else None,
+    methods = {}
+    for name in METHOD_NAMES if per_method else ():
+        alone = None if METHODS[name].post_training else run_methods([name], {name: setting}, parts["train"], evaluations, BITS, seed=42)[name]
+        methods[name] = {
+            "train_seconds_alone": alone.seconds if alone else None,
+            "samples_per_second_alone": n_train * epochs / alone.seconds if alone else None,
             "gflop": workload_flops(name, setting, ctx, n_train, n_eval) / 1e9,
             "test_loss": results[name].losses["test"],
         }
-        for (name, began), end in zip(marks, ends)
-    }
-    return {"rows": rows, "epochs": epochs, "seconds": total, "gflop": sum(m["gflop"] for m in methods.values()), "methods": methods}
+    gflop = sum(workload_flops(m, setting, ctx, n_train, n_eval) for m in METHOD_NAMES) / 1e9
+    return {"rows": rows, "epochs": epochs, "seconds": total, "gflop": gflop, "methods": methods}
 
 
 def print_workload(report: dict, rate: float) -> None:
-    """A table per method and the ratio of the whole row to its floor."""
-    print(f"\n{report['rows']} rows, {report['epochs']} epochs, {BITS} bits")
-    print(f"{'method':8} {'seconds':>8} {'train s':>8} {'samples/s':>10} {'GFLOP':>7} {'floor s':>8}")
+    """A table per method (trained alone) and the whole row against its floor."""
+    print(f"\n{report['rows']} rows, {report['epochs']} epochs, {BITS} bits; per method trained alone:")
+    print(f"{'method':8} {'train s':>8} {'samples/s':>10} {'GFLOP':>7} {'floor s':>8} {'x floor':>8}")
     for name, m in report["methods"].items():
-        sps = f"{m['samples_per_second']:10.0f}" if m["samples_per_second"] else f"{'(FP net)':>10}"
-        print(f"{name:8} {m['seconds']:8.3f} {m['train_seconds']:8.3f} {sps} {m['gflop']:7.2f} {m['gflop'] / rate:8.3f}")
+        if m["train_seconds_alone"] is None:
+            print(f"{name:8} {'(evaluates the FP network)':>28} {m['gflop']:7.2f} {m['gflop'] / rate:8.3f}")
+            continue
+        floor = m["gflop"] / rate
+        print(f"{name:8} {m['train_seconds_alone']:8.3f} {m['samples_per_second_alone']:10.0f} {m['gflop']:7.2f} {floor:8.3f} {m['train_seconds_alone'] / floor:8.2f}")
+    alone = {name: m["train_seconds_alone"] for name, m in report["methods"].items()}
+    print(f"LLT4 / FP {alone['LLT4'] / alone['FP']:.2f}, LLT9 / FP {alone['LLT9'] / alone['FP']:.2f}, Bw-SQ / Pr-QQ {alone['Bw-SQ'] / alone['Pr-QQ']:.2f}")
     floor = report["gflop"] / rate
-    print(f"{'total':8} {report['seconds']:8.3f} {'':8} {'':10} {report['gflop']:7.2f} {floor:8.3f}   ratio to floor {report['seconds'] / floor:.2f}")
+    print(f"whole row of 13 methods (grouped as the tuning runs it): {report['seconds']:.3f} s, "
+          f"{report['gflop']:.1f} GFLOP, floor {floor:.3f} s, ratio to floor {report['seconds'] / floor:.2f}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -126,12 +128,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     rate = matmul_rate(device)
     print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"device {device}: 2048x2048 float32 matmul at {rate:.1f} GFLOP/s")
-    run_workload(5000, 2, device)  # warm-up: first-call costs are not the workload's
+    run_workload(5000, 2, device, per_method=False)  # warm-up: first-call costs are not the workload's
     reports = [run_workload(args.rows, args.epochs, device)]
     print_workload(reports[0], rate)
     if args.scaling:
         for rows, epochs in [(5000, 10), (80000, 10), (20000, 5), (20000, 20)]:
-            reports.append(run_workload(rows, epochs, device))
+            reports.append(run_workload(rows, epochs, device, per_method=False))
         print("\nscaling (whole row of 13 methods)")
         print(f"{'rows':>6} {'epochs':>6} {'seconds':>8} {'us per sample-epoch':>20} {'ratio to floor':>15}")
         for r in sorted(reports, key=lambda r: (r["epochs"], r["rows"])):

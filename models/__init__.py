@@ -3,7 +3,7 @@
 from .methods import METHOD_NAMES, METHODS, Method, QuantizerContext, get_method
 from .mlp import MLP, SplitModel
 from .persistence import SavedModel, load_model, save_model
-from .training import SETTING_KEYS, MethodResult, Setting, build_model, evaluate, run_methods, seed_everything, train_model
+from .training import SETTING_KEYS, MethodResult, Setting, StackedMLP, build_model, evaluate, run_methods, seed_everything, train_model, train_models
 
 __all__ = [
     "METHODS",
@@ -15,6 +15,7 @@ __all__ = [
     "SETTING_KEYS",
     "SavedModel",
     "Setting",
+    "StackedMLP",
     "SplitModel",
     "build_model",
     "evaluate",
@@ -24,4 +25,5 @@ __all__ = [
     "save_model",
     "seed_everything",
     "train_model",
+    "train_models",
 ]

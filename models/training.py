@@ -8,7 +8,7 @@ evaluation runs under ``torch.inference_mode`` in large batches.
 import random
 import time
 from dataclasses import dataclass, field, fields
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -68,27 +68,82 @@ def build_model(method: Method, setting: Setting, ctx: QuantizerContext) -> Spli
     return SplitModel(quantizer, mlp).to(ctx.train_x.device)
 
 
-def train_model(model: SplitModel, x: torch.Tensor, y: torch.Tensor, setting: Setting) -> float:
-    """Train with Adam on shuffled batches of 512; return the last epoch's mean training loss."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=setting.learning_rate, weight_decay=setting.weight_decay)
+class StackedMLP(nn.Module):
+    """``G`` MLPs of one shape as one module: batched matmuls over their stacked weights."""
+
+    def __init__(self, mlps: Sequence[MLP]) -> None:
+        super().__init__()
+        columns = list(zip(*([m for m in mlp if isinstance(m, nn.Linear)] for mlp in mlps)))
+        self.weights = nn.ParameterList(torch.stack([lin.weight.detach().T for lin in c]) for c in columns)  # [G, in, out]
+        self.biases = nn.ParameterList(torch.stack([lin.bias.detach() for lin in c])[:, None] for c in columns)  # [G, 1, out]
+        self.dropout = next((m.p for m in mlps[0] if isinstance(m, nn.Dropout)), 0.0)
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:  # [G, B, in] -> [G, B]
+        """In training, one dropout mask per layer is drawn from ``generator`` and shared by the G networks."""
+        for layer, (weight, bias) in enumerate(zip(self.weights, self.biases)):
+            x = torch.baddbmm(bias, x, weight)
+            if layer < len(self.weights) - 1:
+                x = torch.relu(x)
+                if self.training and self.dropout > 0:
+                    keep = torch.empty(x.shape[1:], device=x.device).bernoulli_(1 - self.dropout, generator=generator)
+                    x = x * (keep / (1 - self.dropout))
+        return x.squeeze(-1)
+
+    @torch.no_grad()
+    def unstack_into(self, mlps: Sequence[MLP]) -> None:
+        """Copy the trained weights back into the separate MLPs."""
+        for g, mlp in enumerate(mlps):
+            for linear, weight, bias in zip((m for m in mlp if isinstance(m, nn.Linear)), self.weights, self.biases):
+                linear.weight.copy_(weight[g].T)
+                linear.bias.copy_(bias[g, 0])
+
+
+def train_models(models: Sequence[SplitModel], x: torch.Tensor, y: torch.Tensor, setting: Setting, seed: int) -> list[float]:
+    """Train networks of one input width together; return each one's last-epoch mean training loss.
+
+    Adam on shuffled batches of 512, the temperature lowered after every epoch. The networks
+    see the same batches and dropout masks (drawn from one generator seeded with ``seed``, so a
+    network's training does not depend on the others in its group) and run as one
+    :class:`StackedMLP`: each network's gradients, Adam updates and results are its own, but
+    the per-operation overhead is paid once for the group.
+    """
+    stacked = StackedMLP([m.mlp for m in models]).to(x.device)
+    quantizers = [m.quantizer for m in models]
+    parameters = [*stacked.parameters(), *(p for q in quantizers if q is not None for p in q.parameters())]
+    optimizer = torch.optim.Adam(parameters, lr=setting.learning_rate, weight_decay=setting.weight_decay, fused=True)
+    generator = torch.Generator(device=x.device).manual_seed(seed)
     schedule = TemperatureSchedule(setting.decrease_factor, setting.num_epochs)
     n = x.shape[0]
-    model.train()
-    model.set_hard(False)
+    stacked.train()
+    for model in models:
+        model.train()
+        model.set_hard(False)
     for epoch in range(setting.num_epochs):
-        model.set_temperature(schedule.tau)
+        for model in models:
+            model.set_temperature(schedule.tau)
         last_epoch = epoch == setting.num_epochs - 1
-        epoch_loss = torch.zeros((), device=x.device)
-        for batch in torch.randperm(n, device=x.device).split(BATCH_SIZE):
-            loss = nn.functional.mse_loss(model(x[batch]), y[batch])
+        epoch_loss = torch.zeros(len(models), device=x.device)
+        for batch in torch.randperm(n, device=x.device, generator=generator).split(BATCH_SIZE):
+            rows = x[batch]
+            inputs = torch.stack([rows if q is None else q(rows) for q in quantizers])  # [G, B, in]
+            losses = (stacked(inputs, generator) - y[batch]).square().mean(dim=1)  # [G]
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            losses.sum().backward()
             optimizer.step()
             if last_epoch:
-                epoch_loss += loss.detach() * batch.numel()
+                epoch_loss += losses.detach() * batch.numel()
         schedule.step()
-    model.set_temperature(schedule.tau)  # the soft-mode evaluations use the final temperature
-    return epoch_loss.item() / n
+    stacked.unstack_into([m.mlp for m in models])
+    for model in models:
+        model.set_temperature(schedule.tau)  # the soft-mode evaluations use the final temperature
+    return (epoch_loss / n).tolist()
+
+
+def train_model(model: SplitModel, x: torch.Tensor, y: torch.Tensor, setting: Setting, seed: int | None = None) -> float:
+    """Train one network (see :func:`train_models`); without ``seed`` the batches follow torch's global seed."""
+    if seed is None:
+        seed = int(torch.randint(2**62, ()))
+    return train_models([model], x, y, setting, seed)[0]
 
 
 @torch.inference_mode()
@@ -125,39 +180,41 @@ def run_methods(
 ) -> dict[str, MethodResult]:
     """Train and evaluate each named method with its setting on one split of the data.
 
-    Every trained network is built right after seeding with ``seed``, so a method's result
-    does not depend on which others run beside it. A post-training method quantizes the
-    inputs of the FP network of its setting, trained once and shared (with FP itself too).
-    ``on_method(name)`` is called before each method starts (for progress bars).
+    Every network is built right after seeding with ``seed``, so its initial weights do not
+    depend on which other methods run. A post-training method quantizes the inputs of the FP
+    network of its setting, trained once and shared (with FP itself too). Networks of one
+    setting and input width train together (:func:`train_models`); each is charged an equal
+    share of the group's training time. ``on_method(label)`` reports progress.
     """
+    names = list(names)
     ctx = QuantizerContext.from_training_rows(train[0], bits)
-    fp_networks: dict[Setting, MethodResult] = {}
-
-    def fit(method: Method, setting: Setting) -> MethodResult:
+    networks: dict[tuple[str, Setting], SplitModel] = {}  # (trained method, setting) -> network
+    for name in names:
+        method = METHODS[name]
+        key = ("FP" if method.post_training else name, settings[name])
+        if key not in networks:
+            seed_everything(seed)
+            networks[key] = build_model(METHODS[key[0]], key[1], ctx)
+    groups: dict[tuple[Setting, int], list[tuple[str, Setting]]] = {}
+    for key, model in networks.items():
+        groups.setdefault((key[1], model.mlp[0].in_features), []).append(key)
+    trained: dict[tuple[str, Setting], tuple[float, float]] = {}  # key -> (train loss, seconds)
+    for (setting, _), keys in groups.items():
+        if on_method is not None:
+            on_method(" ".join(key[0] for key in keys))
         seed_everything(seed)
-        model = build_model(method, setting, ctx)
         start = time.perf_counter()
-        train_loss = train_model(model, *train, setting)
-        seconds = time.perf_counter() - start
-        return _evaluated(method, model, evaluations, train_loss, seconds)
-
+        losses = train_models([networks[key] for key in keys], *train, setting, seed)
+        seconds = (time.perf_counter() - start) / len(keys)
+        trained.update({key: (loss, seconds) for key, loss in zip(keys, losses)})
     results = {}
     for name in names:
-        if on_method is not None:
-            on_method(name)
         method, setting = METHODS[name], settings[name]
-        if method.post_training or method.quantizer is None:
-            if setting not in fp_networks:
-                fp_networks[setting] = fit(METHODS["FP"], setting)
-            fp = fp_networks[setting]
-            if method.quantizer is None:
-                results[name] = fp
-                continue
-            assert fp.model is not None
-            model = SplitModel(method.quantizer(ctx).to(train[0].device), fp.model.mlp)
-            results[name] = _evaluated(method, model, evaluations, fp.train_loss, fp.seconds)
-        else:
-            results[name] = fit(method, setting)
+        key = ("FP" if method.post_training else name, setting)
+        model = networks[key]
+        if method.post_training:
+            model = SplitModel(method.quantizer(ctx).to(train[0].device), model.mlp)
+        results[name] = _evaluated(method, model, evaluations, *trained[key])
     return results
 
 
