@@ -1,0 +1,203 @@
+"""Compare the test losses of two best-setting result files (a reproduction and the paper's) per bits and method.
+
+Usage: python result_analysis/compare_runs.py --ours FILE --theirs FILE [--methods M ...] [--bits B ...]
+       [--alpha A] [--out FILE.md] [--csv FILE.csv]
+
+Both files follow SPEC section 6 (one row per (bits, run); a method that was not run has empty
+cells). For every (bits, method) with test losses in both files the table holds, per file, the
+number of runs, the mean and the standard deviation (ddof=1) of ``test_loss_<m>``; the difference
+of the means in % of theirs; Welch's t-test (statistic, p-value, ``significant`` = p < alpha); and
+the best_hyperparameter_id(s) of both files with whether they agree. t and p are NaN where a file
+has a single run or both files have zero spread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from models import METHOD_NAMES  # noqa: E402
+from result_analysis.analysis import BIT_RANGE, ResultFileError, write_text_atomic  # noqa: E402
+
+COLUMNS: tuple[str, ...] = (
+    "method", "bits", "n_ours", "mean_ours", "std_ours", "n_theirs", "mean_theirs", "std_theirs",
+    "diff_pct", "t", "p", "significant", "id_ours", "id_theirs", "ids_agree",
+)
+
+
+def _check_methods(methods: Sequence[str] | None) -> list[str]:
+    """Return the requested methods in registry order (all of them for None); reject unknown names."""
+    if methods is None:
+        return list(METHOD_NAMES)
+    unknown = sorted(set(methods) - set(METHOD_NAMES))
+    if unknown:
+        raise ValueError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(METHOD_NAMES)}")
+    return [m for m in METHOD_NAMES if m in methods]
+
+
+def read_runs(path: Path, methods: Sequence[str] | None = None) -> pd.DataFrame:
+    """Read and validate a best-setting file; return bits, step and the methods' id and test-loss columns.
+
+    Empty cells become NaN (a method that was not run); any other non-numeric value is an error.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ResultFileError(f"{path} does not exist or is not a file.")
+    try:
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise ResultFileError(f"{path} is empty.") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise ResultFileError(f"{path} is not a readable CSV file ({exc}).") from None
+    needed = ["bits", "step"] + [f"{prefix}_{m}" for m in _check_methods(methods)
+                                 for prefix in ("best_hyperparameter_id", "test_loss")]
+    missing = [c for c in needed if c not in raw.columns]
+    if missing:
+        raise ResultFileError(f"{path} lacks the column(s) {', '.join(missing)}.")
+    if raw.empty:
+        raise ResultFileError(f"{path} has a header but no rows.")
+    text = raw[needed].apply(lambda column: column.str.strip())
+    data = text.apply(pd.to_numeric, errors="coerce")
+    bad = data.isna() & (text != "")
+    bad[["bits", "step"]] = data[["bits", "step"]].isna()
+    if bad.to_numpy().any():
+        row, col = (int(i[0]) for i in np.nonzero(bad.to_numpy()))
+        raise ResultFileError(
+            f"{path} has a non-numeric or empty value {text.iat[row, col]!r} in column "
+            f"{needed[col]} (line {row + 2})."
+        )
+    for column in ("bits", "step"):
+        if not (data[column] == data[column].round()).all():
+            raise ResultFileError(f"{path} has non-integer values in column {column}.")
+        data[column] = data[column].astype(int)
+    if data.duplicated(["bits", "step"]).any():
+        raise ResultFileError(f"{path} has more than one row for the same (bits, step).")
+    return data
+
+
+def _welch(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """Welch's t statistic and two-sided p-value; NaN where it is undefined."""
+    if min(len(a), len(b)) < 2 or (np.ptp(a) == 0 and np.ptp(b) == 0):
+        return float("nan"), float("nan")
+    result = stats.ttest_ind(a, b, equal_var=False)
+    return float(result.statistic), float(result.pvalue)
+
+
+def _ids(frame: pd.DataFrame, method: str, rows: pd.Series) -> str:
+    """The distinct best_hyperparameter_id values of the selected rows, joined by '/'."""
+    ids = frame.loc[rows, f"best_hyperparameter_id_{method}"].dropna().unique()
+    return "/".join(str(int(i)) if float(i).is_integer() else str(i) for i in sorted(ids))
+
+
+def compare(
+    ours: pd.DataFrame,
+    theirs: pd.DataFrame,
+    methods: Sequence[str] | None = None,
+    bits: Sequence[int] | None = None,
+    alpha: float = 0.05,
+) -> pd.DataFrame:
+    """One row (COLUMNS) per (method, bits) with test losses in both frames, in registry then bits order.
+
+    The frames need the columns bits, test_loss_<m> and best_hyperparameter_id_<m> (NaN where a
+    method was not run), as read_runs or pd.read_csv return them. An empty frame means no overlap.
+    """
+    wanted = set(ours["bits"]) | set(theirs["bits"])
+    if bits is not None:
+        wanted &= set(bits)
+    rows = []
+    for method in _check_methods(methods):
+        loss = f"test_loss_{method}"
+        for b in sorted(wanted):
+            ours_rows = (ours["bits"] == b) & ours[loss].notna()
+            theirs_rows = (theirs["bits"] == b) & theirs[loss].notna()
+            a = ours.loc[ours_rows, loss].to_numpy(dtype=float)
+            c = theirs.loc[theirs_rows, loss].to_numpy(dtype=float)
+            if not (len(a) and len(c)):
+                continue
+            t, p = _welch(a, c)
+            id_ours, id_theirs = _ids(ours, method, ours_rows), _ids(theirs, method, theirs_rows)
+            rows.append((
+                method, int(b), len(a), a.mean(), np.std(a, ddof=1) if len(a) > 1 else np.nan,
+                len(c), c.mean(), np.std(c, ddof=1) if len(c) > 1 else np.nan,
+                100 * (a.mean() - c.mean()) / c.mean(), t, p, bool(p < alpha),
+                id_ours, id_theirs, id_ours == id_theirs,
+            ))
+    return pd.DataFrame(rows, columns=list(COLUMNS))
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """Markdown table of a comparison: losses with 4 significant digits, p-values with 3."""
+    def fmt(spec: str) -> Callable[[float], str]:
+        """Formatter for one float column; NaN as 'n/a'."""
+        return lambda v: "n/a" if pd.isna(v) else format(v, spec)
+
+    formats = {"mean_ours": fmt(".4g"), "std_ours": fmt(".4g"), "mean_theirs": fmt(".4g"),
+               "std_theirs": fmt(".4g"), "diff_pct": fmt("+.2f"), "t": fmt(".3f"), "p": fmt(".3g"),
+               "significant": lambda v: "yes" if v else "no", "ids_agree": lambda v: "yes" if v else "no"}
+    texts = table.astype(object)
+    for column, formatter in formats.items():
+        texts[column] = table[column].map(formatter)
+    align = ["left"] + ["right"] * (texts.shape[1] - 1)
+    return texts.to_markdown(index=False, colalign=align, disable_numparse=True) + "\n"
+
+
+def _write(path: Path, text: str) -> None:
+    """Write text to path atomically, creating the parent folder; OSErrors become ResultFileError."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, text)
+    except OSError as exc:
+        raise ResultFileError(f"{path} cannot be written ({exc.strerror or exc}).") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ours", type=Path, required=True, help="best-setting file of the reproduction")
+    parser.add_argument("--theirs", type=Path, required=True,
+                        help="best-setting file to compare with (the paper's)")
+    parser.add_argument("--methods", nargs="+", choices=METHOD_NAMES, metavar="M",
+                        help=f"methods to compare (default: all of {', '.join(METHOD_NAMES)})")
+    parser.add_argument("--bits", nargs="+", type=int, choices=list(BIT_RANGE), metavar="B",
+                        help="bit widths to compare (default: every bit width in the files)")
+    parser.add_argument("--alpha", type=float, default=0.05, help="significance level (default: 0.05)")
+    parser.add_argument("--out", type=Path, help="also write the markdown table to this file")
+    parser.add_argument("--csv", type=Path, help="also write the table, full precision, to this CSV file")
+    args = parser.parse_args(argv)
+    if not 0 < args.alpha < 1:
+        parser.error("--alpha must lie strictly between 0 and 1")
+    methods = _check_methods(args.methods)
+    try:
+        table = compare(read_runs(args.ours, methods), read_runs(args.theirs, methods),
+                        methods, args.bits, args.alpha)
+        if table.empty:
+            among = f" among {', '.join(map(str, sorted(set(args.bits))))} bits" if args.bits else ""
+            raise ResultFileError(
+                f"{args.ours} and {args.theirs} have no (bits, method) with test losses in both files{among}."
+            )
+        text = to_markdown(table)
+        if args.out:
+            _write(args.out, text)
+        if args.csv:
+            _write(args.csv, table.to_csv(index=False))
+    except ResultFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    skipped = [m for m in methods if m not in set(table["method"])]
+    if skipped:
+        print(f"skipped, no runs in both files: {', '.join(skipped)}", file=sys.stderr)
+    print(text, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
