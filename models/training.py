@@ -83,7 +83,7 @@ class StackedMLP(nn.Module):
         for layer, (weight, bias) in enumerate(zip(self.weights, self.biases)):
             x = torch.baddbmm(bias, x, weight)
             if layer < len(self.weights) - 1:
-                x = torch.relu(x)
+                x = torch.relu_(x)
                 if self.training and self.dropout > 0:
                     keep = torch.empty(x.shape[1:], device=x.device).bernoulli_(1 - self.dropout, generator=generator)
                     x = x * (keep / (1 - self.dropout))

@@ -91,6 +91,7 @@ class ThresholdQuantizer(Quantizer):
             self.thresholds = nn.Parameter(thresholds)  # [d, M]
         else:
             self.register_buffer("thresholds", thresholds)  # [d, M]
+            self.register_buffer("fixed_ranks", threshold_ranks(thresholds))  # [d, M]
         if readout == "values":
             self.interval_values = nn.Parameter(midpoints(thresholds))  # [d, M + 1]
         elif readout == "midpoint":
@@ -110,7 +111,7 @@ class ThresholdQuantizer(Quantizer):
             return index.to(dtype)
         if self.readout == "midpoint":
             return decode_midpoints(index, self.interval_values)
-        ranks = threshold_ranks(self.thresholds.detach())
+        ranks = threshold_ranks(self.thresholds.detach()) if self.trainable else self.fixed_ranks
         return self._read(steps_from_index(index, ranks, dtype))
 
     def soft(self, x: torch.Tensor) -> torch.Tensor:
