@@ -172,7 +172,13 @@ class LLTQuantizer(Quantizer):
         self.table_size = 2 * self.segments * granularity + 1
         self.logits = nn.Parameter(torch.zeros(n_features, self.segments, granularity))
         self.log_scale = nn.Parameter(torch.zeros(n_features))  # [d]
-        self.register_buffer("scale_initialized", torch.tensor(False))
+        self.scale_initialized = False  # a Python flag (saved as extra state): no device sync per batch
+
+    def get_extra_state(self) -> dict[str, bool]:
+        return {"scale_initialized": self.scale_initialized}
+
+    def set_extra_state(self, state: dict[str, bool]) -> None:
+        self.scale_initialized = state["scale_initialized"]
 
     def table(self, hard: bool) -> torch.Tensor:
         """The lookup table ``[d, K]`` in ``[-1, 1]``: soft (softmax at tau) or hard (arg-max)."""
@@ -208,7 +214,7 @@ class LLTQuantizer(Quantizer):
     @torch.no_grad()
     def _init_scale(self, x: torch.Tensor) -> None:
         self.log_scale.copy_(torch.log(3 * x.std(dim=0).clamp_min(MIN_STATISTIC)))
-        self.scale_initialized.fill_(True)
+        self.scale_initialized = True
 
     def _gradient_weights(self, u: torch.Tensor) -> torch.Tensor:
         """``N / (K (sqrt(h) + 1e-5))`` per table entry [d, K], h the histogram of u per feature."""
