@@ -60,7 +60,7 @@ def save_model(saved: SavedModel, path: str | os.PathLike) -> None:
         "y_mean": float(saved.y_mean),
         "y_scale": float(saved.y_scale),
         "dataset": saved.dataset,
-        "state_dict": {k: v.detach().cpu() for k, v in saved.model.state_dict().items()},
+        "state_dict": {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in saved.model.state_dict().items()},
     }
     buffer = io.BytesIO()
     torch.save(payload, buffer)
