@@ -23,8 +23,7 @@ booktabs rules, one ``\\multirow`` per dataset, three decimals) and ``.md`` (pan
 
 from __future__ import annotations
 
-import os
-import tempfile
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -32,13 +31,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-DATASETS: tuple[str, ...] = (
-    "california", "fried", "superconduct", "cpu_act", "sulfur", "wine_quality",
-)
-METHODS: tuple[str, ...] = (
-    "FP", "Po-MQ", "Po-QQ", "Pr-MQ", "Pr-QQ", "SQ", "SQplus",
-    "Bw-MQ", "Bw-QQ", "Bw-SQ", "LLT9", "LLT4", "LSQ",
-)
+from data.atomic import atomic_write_text
+from data.datasets import PAPER_DATASETS
+from models.methods import METHOD_NAMES
+
 TABLE2_METHODS: tuple[str, ...] = ("FP", "Pr-MQ", "Pr-QQ", "LLT4", "LLT9", "LSQ", "Bw-SQ")
 ABLATION_METHODS: tuple[str, ...] = ("SQ", "Bw-MQ", "Bw-QQ", "Bw-SQ")
 REFERENCE_METHOD = "Bw-SQ"
@@ -46,10 +42,21 @@ RELATIVE_ROW = f"mean rel. to {REFERENCE_METHOD} (%)"
 NEAR_MIN_FACTOR = 1.025
 CONFIDENCE = 0.95
 BIT_RANGE = range(2, 9)
+KEY_COLUMNS: tuple[str, ...] = ("bits", "step")
 
 
 class ResultFileError(ValueError):
     """A result file or folder that cannot be analysed; the message names the file and the problem."""
+
+
+def exit_status(action: Callable[[], object]) -> int:
+    """Run action and return 0; a ResultFileError is printed as one 'error:' line on stderr and gives 2."""
+    try:
+        action()
+    except ResultFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def result_file(results_dir: Path, dataset: str) -> Path:
@@ -57,56 +64,63 @@ def result_file(results_dir: Path, dataset: str) -> Path:
     return Path(results_dir) / f"{dataset}_best_hyperparameter_test_multiple.csv"
 
 
-def read_result_file(path: Path) -> pd.DataFrame:
-    """Read and validate one result file; return its bits, step and test_loss_<m> columns."""
+def read_result_file(path: Path, columns: Sequence[str], allow_empty: bool = False) -> pd.DataFrame:
+    """Read and validate a result file; return bits, step (integers) and the given numeric columns.
+
+    With allow_empty, an empty cell of the given columns becomes NaN (a method that was not run);
+    any other non-numeric value, and any empty bits or step, is an error naming column and line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ResultFileError(f"{path} does not exist or is not a file.")
     try:
         raw = pd.read_csv(path, dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError:
         raise ResultFileError(f"{path} is empty.") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise ResultFileError(f"{path} is not a readable CSV file ({exc}).") from None
-    needed = ["bits", "step"] + [f"test_loss_{m}" for m in METHODS]
+    needed = [*KEY_COLUMNS, *columns]
     missing = [c for c in needed if c not in raw.columns]
     if missing:
         raise ResultFileError(f"{path} lacks the column(s) {', '.join(missing)}.")
     if raw.empty:
         raise ResultFileError(f"{path} has a header but no rows.")
-    data = pd.DataFrame({c: pd.to_numeric(raw[c].str.strip(), errors="coerce") for c in needed})
-    for column in needed:
-        bad = data[column].isna()
-        if bad.any():
-            row = int(np.flatnonzero(bad)[0])
-            raise ResultFileError(
-                f"{path} has a non-numeric or empty value {raw[column].iloc[row]!r} in column "
-                f"{column} (line {row + 2})."
-            )
-    for column in ("bits", "step"):
+    text = raw[needed].apply(lambda column: column.str.strip())
+    data = text.apply(pd.to_numeric, errors="coerce")
+    bad = data.isna()
+    if allow_empty:
+        bad[list(columns)] &= text[list(columns)] != ""
+    if bad.to_numpy().any():
+        row, col = (int(i[0]) for i in np.nonzero(bad.to_numpy()))
+        raise ResultFileError(
+            f"{path} has a non-numeric or empty value {text.iat[row, col]!r} in column "
+            f"{needed[col]} (line {row + 2})."
+        )
+    for column in KEY_COLUMNS:
         if not (data[column] == data[column].round()).all():
             raise ResultFileError(f"{path} has non-integer values in column {column}.")
         data[column] = data[column].astype(int)
-    outside = sorted(set(data["bits"]) - set(BIT_RANGE))
-    if outside:
-        raise ResultFileError(f"{path} has bit widths {outside} outside 2..8.")
-    if data.duplicated(["bits", "step"]).any():
+    if data.duplicated(list(KEY_COLUMNS)).any():
         raise ResultFileError(f"{path} has more than one row for the same (bits, step).")
     return data
 
 
 def load_results(
     results_dir: Path,
-    datasets: Sequence[str] = DATASETS,
+    datasets: Sequence[str] = PAPER_DATASETS,
     bits: Sequence[int] | None = None,
 ) -> tuple[dict[str, pd.DataFrame], list[str]]:
     """Load the result files present in results_dir; return {dataset: frame} and the missing datasets.
 
     The bit widths analysed are ``bits`` or, by default, every bit width found in any file;
-    every loaded file must have rows for each of them.
+    every loaded file must have rows for each of them, and only bit widths in BIT_RANGE.
     """
-    unknown = sorted(set(datasets) - set(DATASETS))
+    unknown = sorted(set(datasets) - set(PAPER_DATASETS))
     if unknown:
-        raise ValueError(f"unknown dataset(s) {', '.join(unknown)}; known: {', '.join(DATASETS)}")
-    order = [d for d in DATASETS if d in datasets]
-    frames = {d: read_result_file(result_file(results_dir, d))
+        raise ValueError(f"unknown dataset(s) {', '.join(unknown)}; known: {', '.join(PAPER_DATASETS)}")
+    order = [d for d in PAPER_DATASETS if d in datasets]
+    losses = [f"test_loss_{m}" for m in METHOD_NAMES]
+    frames = {d: read_result_file(result_file(results_dir, d), losses)
               for d in order if result_file(results_dir, d).is_file()}
     missing = [d for d in order if d not in frames]
     if not frames:
@@ -116,6 +130,11 @@ def load_results(
         )
     wanted = sorted(set(bits)) if bits else sorted(set().union(*(set(f["bits"]) for f in frames.values())))
     for dataset, frame in frames.items():
+        outside = sorted(set(frame["bits"]) - set(BIT_RANGE))
+        if outside:
+            raise ResultFileError(
+                f"{result_file(results_dir, dataset)} has bit widths {outside} outside 2..8."
+            )
         absent = [b for b in wanted if b not in set(frame["bits"])]
         if absent:
             raise ResultFileError(
@@ -136,7 +155,7 @@ def long_losses(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
         parts.append(part)
     long = pd.concat(parts, ignore_index=True)
     long["dataset"] = pd.Categorical(long["dataset"], categories=list(frames))
-    long["method"] = pd.Categorical(long["method"], categories=list(METHODS))
+    long["method"] = pd.Categorical(long["method"], categories=list(METHOD_NAMES))
     return long
 
 
@@ -180,27 +199,6 @@ def confidence_table(long: pd.DataFrame, confidence: float = CONFIDENCE) -> pd.D
     table["ci_low"] = table["mean"] + low_q * table["sem"]
     table["ci_high"] = table["mean"] + high_q * table["sem"]
     return table
-
-
-def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Call write(tmp) on a temporary file next to path, then move it onto path."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write text to path atomically."""
-    write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def _relative_rows(table: pd.DataFrame) -> np.ndarray:
@@ -251,9 +249,9 @@ def confidence_to_latex(confidence: pd.DataFrame) -> str:
 def _write_table(out_dir: Path, name: str, table: pd.DataFrame, marks: pd.DataFrame) -> list[Path]:
     """Write one mean table as name.csv, name.tex and name.md; return the paths."""
     paths = [out_dir / f"{name}.{ext}" for ext in ("csv", "tex", "md")]
-    write_text_atomic(paths[0], table.reset_index().to_csv(index=False))
-    write_text_atomic(paths[1], to_latex(table, marks))
-    write_text_atomic(paths[2], to_markdown(table, marks))
+    atomic_write_text(paths[0], table.reset_index().to_csv(index=False))
+    atomic_write_text(paths[1], to_latex(table, marks))
+    atomic_write_text(paths[2], to_markdown(table, marks))
     return paths
 
 
@@ -269,7 +267,7 @@ def write_tables(frames: dict[str, pd.DataFrame], out_dir: Path) -> list[Path]:
     paths += _write_table(out_dir, "ablation", with_relative_rows(ablation), marks)
     confidence = confidence_table(long)
     paths += [out_dir / f"confidence.{ext}" for ext in ("csv", "tex", "md")]
-    write_text_atomic(paths[-3], confidence.to_csv(index=False))
-    write_text_atomic(paths[-2], confidence_to_latex(confidence))
-    write_text_atomic(paths[-1], confidence.to_markdown(index=False, floatfmt=".4f") + "\n")
+    atomic_write_text(paths[-3], confidence.to_csv(index=False))
+    atomic_write_text(paths[-2], confidence_to_latex(confidence))
+    atomic_write_text(paths[-1], confidence.to_markdown(index=False, floatfmt=".4f") + "\n")
     return paths

@@ -25,8 +25,9 @@ from scipy import stats
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models import METHOD_NAMES  # noqa: E402
-from result_analysis.analysis import BIT_RANGE, ResultFileError, write_text_atomic  # noqa: E402
+from data.atomic import atomic_write_text  # noqa: E402
+from models.methods import METHOD_NAMES  # noqa: E402
+from result_analysis.analysis import BIT_RANGE, ResultFileError, exit_status, read_result_file  # noqa: E402
 
 COLUMNS: tuple[str, ...] = (
     "method", "bits", "n_ours", "mean_ours", "std_ours", "n_theirs", "mean_theirs", "std_theirs",
@@ -49,39 +50,9 @@ def read_runs(path: Path, methods: Sequence[str] | None = None) -> pd.DataFrame:
 
     Empty cells become NaN (a method that was not run); any other non-numeric value is an error.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ResultFileError(f"{path} does not exist or is not a file.")
-    try:
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except pd.errors.EmptyDataError:
-        raise ResultFileError(f"{path} is empty.") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise ResultFileError(f"{path} is not a readable CSV file ({exc}).") from None
-    needed = ["bits", "step"] + [f"{prefix}_{m}" for m in _check_methods(methods)
-                                 for prefix in ("best_hyperparameter_id", "test_loss")]
-    missing = [c for c in needed if c not in raw.columns]
-    if missing:
-        raise ResultFileError(f"{path} lacks the column(s) {', '.join(missing)}.")
-    if raw.empty:
-        raise ResultFileError(f"{path} has a header but no rows.")
-    text = raw[needed].apply(lambda column: column.str.strip())
-    data = text.apply(pd.to_numeric, errors="coerce")
-    bad = data.isna() & (text != "")
-    bad[["bits", "step"]] = data[["bits", "step"]].isna()
-    if bad.to_numpy().any():
-        row, col = (int(i[0]) for i in np.nonzero(bad.to_numpy()))
-        raise ResultFileError(
-            f"{path} has a non-numeric or empty value {text.iat[row, col]!r} in column "
-            f"{needed[col]} (line {row + 2})."
-        )
-    for column in ("bits", "step"):
-        if not (data[column] == data[column].round()).all():
-            raise ResultFileError(f"{path} has non-integer values in column {column}.")
-        data[column] = data[column].astype(int)
-    if data.duplicated(["bits", "step"]).any():
-        raise ResultFileError(f"{path} has more than one row for the same (bits, step).")
-    return data
+    columns = [f"{prefix}_{m}" for m in _check_methods(methods)
+               for prefix in ("best_hyperparameter_id", "test_loss")]
+    return read_result_file(path, columns, allow_empty=True)
 
 
 def _welch(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
@@ -153,10 +124,29 @@ def to_markdown(table: pd.DataFrame) -> str:
 def _write(path: Path, text: str) -> None:
     """Write text to path atomically, creating the parent folder; OSErrors become ResultFileError."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(path, text)
+        atomic_write_text(path, text)
     except OSError as exc:
         raise ResultFileError(f"{path} cannot be written ({exc.strerror or exc}).") from None
+
+
+def _run(args: argparse.Namespace, methods: list[str]) -> None:
+    """Compare the files named by args, write the requested outputs and print the markdown table."""
+    table = compare(read_runs(args.ours, methods), read_runs(args.theirs, methods),
+                    methods, args.bits, args.alpha)
+    if table.empty:
+        among = f" among {', '.join(map(str, sorted(set(args.bits))))} bits" if args.bits else ""
+        raise ResultFileError(
+            f"{args.ours} and {args.theirs} have no (bits, method) with test losses in both files{among}."
+        )
+    text = to_markdown(table)
+    if args.out:
+        _write(args.out, text)
+    if args.csv:
+        _write(args.csv, table.to_csv(index=False))
+    skipped = [m for m in methods if m not in set(table["method"])]
+    if skipped:
+        print(f"skipped, no runs in both files: {', '.join(skipped)}", file=sys.stderr)
+    print(text, end="")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,28 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 0 < args.alpha < 1:
         parser.error("--alpha must lie strictly between 0 and 1")
-    methods = _check_methods(args.methods)
-    try:
-        table = compare(read_runs(args.ours, methods), read_runs(args.theirs, methods),
-                        methods, args.bits, args.alpha)
-        if table.empty:
-            among = f" among {', '.join(map(str, sorted(set(args.bits))))} bits" if args.bits else ""
-            raise ResultFileError(
-                f"{args.ours} and {args.theirs} have no (bits, method) with test losses in both files{among}."
-            )
-        text = to_markdown(table)
-        if args.out:
-            _write(args.out, text)
-        if args.csv:
-            _write(args.csv, table.to_csv(index=False))
-    except ResultFileError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    skipped = [m for m in methods if m not in set(table["method"])]
-    if skipped:
-        print(f"skipped, no runs in both files: {', '.join(skipped)}", file=sys.stderr)
-    print(text, end="")
-    return 0
+    return exit_status(lambda: _run(args, _check_methods(args.methods)))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -15,7 +16,8 @@ import pandas as pd
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from result_analysis.analysis import DATASETS, BIT_RANGE, ResultFileError, load_results, write_tables  # noqa: E402
+from data.datasets import PAPER_DATASETS  # noqa: E402
+from result_analysis.analysis import BIT_RANGE, exit_status, load_results, write_tables  # noqa: E402
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,18 +26,21 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder with the {dataset}_best_hyperparameter_test_multiple.csv files")
     parser.add_argument("--out_dir", type=Path, default=Path("results/analysis"),
                         help="folder the outputs are written to (created if needed)")
-    parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS),
-                        metavar="NAME", help=f"datasets to include (default: all of {', '.join(DATASETS)})")
+    parser.add_argument("--datasets", nargs="+", choices=PAPER_DATASETS, default=list(PAPER_DATASETS),
+                        metavar="NAME",
+                        help=f"datasets to include (default: all of {', '.join(PAPER_DATASETS)})")
     parser.add_argument("--bits", nargs="+", type=int, choices=list(BIT_RANGE), metavar="B",
                         help="bit widths to include (default: every bit width in the files)")
 
 
-def load_or_report(args: argparse.Namespace) -> dict[str, pd.DataFrame]:
-    """Load the result files named by args and print one line naming the missing datasets."""
+def load_and_write(args: argparse.Namespace,
+                   write: Callable[[dict[str, pd.DataFrame], Path], list[Path]]) -> None:
+    """Load the result files named by args, write(frames, out_dir) the outputs and print what was done."""
     frames, missing = load_results(args.results_dir, args.datasets, args.bits)
     if missing:
         print(f"missing in {args.results_dir}, skipped: {', '.join(missing)}")
-    return frames
+    paths = write(frames, args.out_dir)
+    print(f"wrote {len(paths)} files to {args.out_dir}: {', '.join(p.name for p in paths)}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,13 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_arguments(parser)
     args = parser.parse_args(argv)
-    try:
-        paths = write_tables(load_or_report(args), args.out_dir)
-    except ResultFileError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"wrote {len(paths)} files to {args.out_dir}: {', '.join(p.name for p in paths)}")
-    return 0
+    return exit_status(lambda: load_and_write(args, write_tables))
 
 
 if __name__ == "__main__":

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from result_analysis.analysis import ResultFileError  # noqa: E402
-from result_analysis.create_result_tables import add_common_arguments, load_or_report  # noqa: E402
+from result_analysis.analysis import exit_status  # noqa: E402
+from result_analysis.create_result_tables import add_common_arguments, load_and_write  # noqa: E402
 from result_analysis.plots import write_figures  # noqa: E402
 
 
@@ -27,13 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--boxplot", action=argparse.BooleanOptionalAction, default=True,
                         help="write boxplot_{b}bits.png/.pdf per bit width (Figure 6)")
     args = parser.parse_args(argv)
-    try:
-        paths = write_figures(load_or_report(args), args.out_dir, args.lineplot, args.boxplot)
-    except ResultFileError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"wrote {len(paths)} files to {args.out_dir}: {', '.join(p.name for p in paths)}")
-    return 0
+    write = partial(write_figures, lineplot=args.lineplot, boxplot=args.boxplot)
+    return exit_status(lambda: load_and_write(args, write))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ Every figure is written as PNG and PDF; axis limits follow the data.
 
 from __future__ import annotations
 
+import io
 import math
 import warnings
 from collections.abc import Sequence
@@ -25,9 +26,8 @@ import seaborn as sns  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from result_analysis.analysis import (  # noqa: E402
-    REFERENCE_METHOD, TABLE2_METHODS, long_losses, write_atomic,
-)
+from data.atomic import atomic_write_bytes  # noqa: E402
+from result_analysis.analysis import REFERENCE_METHOD, TABLE2_METHODS, long_losses  # noqa: E402
 
 MARKERS = ("o", "s", "D", "^", "v", "P", "X", "*", "h", "<", ">", "p", "d")
 DPI = 150
@@ -106,7 +106,9 @@ def save_figure(fig: Figure, out_dir: Path, name: str) -> list[Path]:
     """Write fig as name.png and name.pdf into out_dir atomically; return the paths."""
     paths = [Path(out_dir) / f"{name}.{ext}" for ext in ("png", "pdf")]
     for path in paths:
-        write_atomic(path, lambda tmp, ext=path.suffix[1:]: fig.savefig(tmp, format=ext, dpi=DPI))
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format=path.suffix[1:], dpi=DPI)
+        atomic_write_bytes(path, buffer.getvalue())
     return paths
 
 

@@ -16,9 +16,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # importable also when pytest is run without a root conftest
     sys.path.insert(0, str(REPO))
 
+from models import METHOD_NAMES  # noqa: E402
 from result_analysis import analysis, plots  # noqa: E402
 from result_analysis.analysis import (  # noqa: E402
-    ABLATION_METHODS, METHODS, RELATIVE_ROW, TABLE2_METHODS, ResultFileError,
+    ABLATION_METHODS, RELATIVE_ROW, TABLE2_METHODS, ResultFileError,
 )
 from result_analysis.create_result_tables import main as tables_main  # noqa: E402
 from result_analysis.line_and_box_plot_cummulative import main as figures_main  # noqa: E402
@@ -36,7 +37,7 @@ def raw_losses(dataset: str) -> dict[tuple[int, str], np.ndarray]:
     out: dict[tuple[int, str], list[float]] = {}
     with open(PAPER / f"{dataset}_best_hyperparameter_test_multiple.csv", newline="") as fh:
         for row in csv.DictReader(fh):
-            for m in METHODS:
+            for m in METHOD_NAMES:
                 out.setdefault((int(row["bits"]), m), []).append(float(row[f"test_loss_{m}"]))
     return {k: np.array(v) for k, v in out.items()}
 
@@ -47,7 +48,7 @@ def write_synthetic(path: Path, bits: tuple[int, ...] = (2, 3), runs: int = 3, s
     n = len(bits) * runs
     columns: dict[str, object] = {}
     for prefix in ("best_hyperparameter_id", "val_loss", "test_loss", "time"):
-        for m in METHODS:
+        for m in METHOD_NAMES:
             columns[f"{prefix}_{m}"] = rng.integers(0, 100, n) if prefix.endswith("id") else rng.random(n)
     columns["bits"] = np.repeat(bits, runs)
     columns["step"] = np.tile(np.arange(runs), len(bits))
@@ -161,7 +162,7 @@ def test_ablation_table(tables_dir):
 def test_confidence_against_scipy(tables_dir):
     table = pd.read_csv(tables_dir / "confidence.csv")
     assert list(table.columns) == ["dataset", "bits", "method", "n", "mean", "sem", "ci_low", "ci_high"]
-    assert len(table) == len(PRESENT) * 7 * len(METHODS)
+    assert len(table) == len(PRESENT) * 7 * len(METHOD_NAMES)
     for dataset in PRESENT:
         raw = raw_losses(dataset)
         for row in table[table["dataset"] == dataset].itertuples():
