@@ -190,8 +190,7 @@ def run_methods(
     ctx = QuantizerContext.from_training_rows(train[0], bits)
     networks: dict[tuple[str, Setting], SplitModel] = {}  # (trained method, setting) -> network
     for name in names:
-        method = METHODS[name]
-        key = ("FP" if method.post_training else name, settings[name])
+        key = _network_key(name, settings[name])
         if key not in networks:
             seed_everything(seed)
             networks[key] = build_model(METHODS[key[0]], key[1], ctx)
@@ -202,20 +201,23 @@ def run_methods(
     for (setting, _), keys in groups.items():
         if on_method is not None:
             on_method(" ".join(key[0] for key in keys))
-        seed_everything(seed)
         start = time.perf_counter()
         losses = train_models([networks[key] for key in keys], *train, setting, seed)
         seconds = (time.perf_counter() - start) / len(keys)
         trained.update({key: (loss, seconds) for key, loss in zip(keys, losses)})
     results = {}
     for name in names:
-        method, setting = METHODS[name], settings[name]
-        key = ("FP" if method.post_training else name, setting)
+        method, key = METHODS[name], _network_key(name, settings[name])
         model = networks[key]
         if method.post_training:
             model = SplitModel(method.quantizer(ctx).to(train[0].device), model.mlp)
         results[name] = _evaluated(method, model, evaluations, *trained[key])
     return results
+
+
+def _network_key(name: str, setting: Setting) -> tuple[str, Setting]:
+    """The network a method needs: its own, or for post-training methods FP's of that setting."""
+    return ("FP" if METHODS[name].post_training else name, setting)
 
 
 def _evaluated(
