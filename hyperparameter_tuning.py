@@ -1,8 +1,10 @@
 """Random-search hyperparameter tuning of all 13 methods for one dataset and bit width.
 
 Writes ``{result_folder}/{dataset}/{dataset}_hyperparameter_tuning_{b}bits_{k*n_steps}iterations.csv``
-(SPEC section 5), one row per (setting, fold), rewritten atomically after every row; run the
-same command again after an interruption and it continues where it stopped.
+(SPEC section 5), one row per (setting, fold). The rows are kept in an optuna study in --storage
+(default: a journal file beside the CSV) and the CSV is rewritten from it after every row.
+Any number of workers started with the same arguments, on one machine or many, share the work;
+run the same command again after an interruption and it continues where it stopped.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ import sys
 from typing import Sequence
 
 from data import DATASETS, default_scratch
-from models import SETTING_KEYS
-from protocol.common import parse_bits, parse_positive, resolve_device, run_cli
+from models import METHOD_NAMES, SETTING_KEYS
+from protocol.common import ProtocolError, parse_bits, parse_positive, resolve_device, run_cli
 from protocol.search_space import load_search_space
-from protocol.tuning import plan_tuning, run_tuning
+from protocol.study import HEARTBEAT_SECONDS, STALE_BEATS
+from protocol.tuning import DEFAULT_OBJECTIVE, SAMPLERS, export_tuning, plan_tuning, run_tuning
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,17 +34,32 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--search_space", default=None, help="JSON file of lists replacing the paper's search space (missing keys keep the paper's values)")
     parser.add_argument("--list_settings", action="store_true", help="print the settings that would run as CSV and exit")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--storage", metavar="URL", default=None, help=(
+        "optuna storage the workers share: journal:PATH, sqlite:///PATH or postgresql://USER:PASSWORD@HOST/DATABASE "
+        "(default: a journal file beside the CSV, named like it)"))
+    parser.add_argument("--sampler", choices=SAMPLERS, default="paper", help=(
+        "paper: the paper's settings (default); random or tpe: optuna's samplers on the same lists, written to a CSV named after them"))
+    parser.add_argument("--objective", metavar="METHOD", choices=METHOD_NAMES, default=DEFAULT_OBJECTIVE, help=(
+        f"method whose mean validation loss over the folds is a trial's value (default: {DEFAULT_OBJECTIVE})"))
+    parser.add_argument("--export_csv", action="store_true", help="rewrite the CSV from the storage and exit")
+    parser.add_argument("--heartbeat", metavar="SECONDS", type=parse_positive, default=HEARTBEAT_SECONDS, help=(
+        f"seconds between a worker's heartbeats; the setting of a worker silent for {STALE_BEATS} goes to another (default: {HEARTBEAT_SECONDS})"))
     return parser
 
 
 def main_with_args(args: argparse.Namespace) -> int:
-    """Run (or list) the tuning described by parsed arguments."""
+    """Run, list or export the tuning described by parsed arguments."""
     space = load_search_space(args.search_space) if args.search_space else None
-    plan = plan_tuning(args.dataset, args.n_bits, args.n_steps, args.result_folder, args.debug, space)
+    plan = plan_tuning(args.dataset, args.n_bits, args.n_steps, args.result_folder, args.debug, space, args.sampler, args.objective)
     if args.list_settings:
+        if args.sampler != "paper":
+            raise ProtocolError("--list_settings needs --sampler paper: the other samplers draw their settings as results come in")
         plan.settings.loc[:, list(SETTING_KEYS)].to_csv(sys.stdout, lineterminator="\n")
         return 0
-    path = run_tuning(plan, args.scratch, resolve_device(args.device), progress=not args.quiet)
+    if args.export_csv:
+        path = export_tuning(plan, args.storage)
+    else:
+        path = run_tuning(plan, args.scratch, resolve_device(args.device), not args.quiet, args.storage, args.heartbeat)
     print(f"wrote {path}")
     return 0
 

@@ -1,37 +1,71 @@
-"""Hyperparameter tuning (SPEC section 5): every (setting, fold) row trains all 13 methods."""
+"""Hyperparameter tuning (SPEC section 5): every (setting, fold) row trains all 13 methods.
+
+The rows live in an optuna study (:mod:`protocol.study`) that any number of workers share; a
+worker stores each row there as soon as it ends and rewrites the CSV from the study after it.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import time
 from dataclasses import dataclass
+from functools import cached_property, partial
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
 from data import load_dataset, tuning_folds
-from models import METHOD_NAMES, METHODS, SETTING_KEYS, MethodResult, Setting, run_methods
+from models import METHOD_NAMES, SETTING_KEYS, MethodResult, Setting, run_methods
 from quantization import check_bits
 
 from .common import ProtocolError
 from .schema import SOFT_EVALUATED, TRAINED, TUNING_COLUMNS, UNTIMED_IN_TUNING, read_results, tuning_path, write_results
 from .search_space import draw_settings, paper_search_space
+from .study import (
+    HEARTBEAT_SECONDS,
+    Claim,
+    Row,
+    StudySpec,
+    TuningStudy,
+    claim_setting,
+    finish,
+    finished,
+    open_storage,
+    open_study,
+    store_fold,
+    stored_rows,
+    working,
+)
 
 K_FOLDS, DEBUG_K_FOLDS = 4, 2
 BASE_SEED = 42
+SAMPLERS = ("paper", "random", "tpe")
+DEFAULT_OBJECTIVE = "Bw-SQ"
+POLL_SECONDS = 5  # how often a worker with nothing to take looks again
 
 
 @dataclass(frozen=True)
 class TuningPlan:
-    """The settings of one tuning run, its folds and where its CSV goes."""
+    """The settings of one tuning run, its folds, how it samples and where its CSV goes."""
 
     dataset: str
     bits: int
-    settings: pd.DataFrame  # index hyperparameter_setting_id, columns SETTING_KEYS
+    settings: pd.DataFrame  # the paper's draws: index hyperparameter_setting_id, columns SETTING_KEYS
     k_folds: int
     path: Path
+    space: dict[str, list]
+    sampler: str = "paper"
+    objective: str = DEFAULT_OBJECTIVE  # the method whose mean validation loss is a trial's value
+
+    @property
+    def n_steps(self) -> int:
+        """The number of settings."""
+        return len(self.settings)
 
     def rows(self) -> Iterator[tuple[int, int]]:
         """(setting id, fold) in the paper's setting-major order."""
@@ -44,8 +78,15 @@ class TuningPlan:
         return BASE_SEED + fold + (setting_id * self.k_folds + fold) * self.k_folds
 
     def setting_values(self, setting_id: int) -> dict[str, object]:
-        """The seven hyperparameters of a setting with the types they were drawn with."""
+        """The seven hyperparameters of a paper setting with the types they were drawn with."""
         return {key: self.settings.at[setting_id, key].item() for key in SETTING_KEYS}
+
+    def spec(self) -> StudySpec:
+        """The plan's optuna study, named after everything that shapes its rows."""
+        digest = hashlib.sha256(json.dumps(self.space, sort_keys=True).encode()).hexdigest()[:8]
+        name = f"{self.dataset}-{self.bits}bits-{self.n_steps}steps-{self.k_folds}folds-{self.sampler}-{self.objective}-space{digest}"
+        initial = tuple(self.setting_values(s) for s in self.settings.index) if self.sampler == "paper" else ()
+        return StudySpec(name, self.space, self.k_folds, self.n_steps, self.sampler, initial)
 
 
 def plan_tuning(
@@ -55,19 +96,28 @@ def plan_tuning(
     result_folder: str | os.PathLike,
     debug: bool = False,
     search_space: dict[str, list] | None = None,
+    sampler: str = "paper",
+    objective: str = DEFAULT_OBJECTIVE,
 ) -> TuningPlan:
-    """Draw the settings (``--debug``: 2 folds and, without a custom space, the debug space)."""
+    """Draw the settings (``--debug``: 2 folds and, without a custom space, the debug space).
+
+    Samplers other than ``paper`` write ``…iterations_<sampler>_<objective>.csv`` beside the paper's file.
+    """
     check_bits(bits)
+    if sampler not in SAMPLERS or objective not in METHOD_NAMES:
+        raise ProtocolError(f"the sampler must be one of {SAMPLERS} and the objective one of {METHOD_NAMES}")
     space = search_space if search_space is not None else paper_search_space(debug)
-    settings = draw_settings(space, n_steps)
     k_folds = DEBUG_K_FOLDS if debug else K_FOLDS
-    return TuningPlan(dataset, bits, settings, k_folds, tuning_path(result_folder, dataset, bits, k_folds * n_steps))
+    path = tuning_path(result_folder, dataset, bits, k_folds * n_steps)
+    if sampler != "paper":
+        path = path.with_name(f"{path.stem}_{sampler}_{objective}{path.suffix}")
+    return TuningPlan(dataset, bits, draw_settings(space, n_steps), k_folds, path, space, sampler, objective)
 
 
-def tuning_row(plan: TuningPlan, setting_id: int, fold: int, results: dict[str, MethodResult]) -> dict[str, object]:
-    """One CSV row of SPEC section 5 from the methods' results."""
-    row: dict[str, object] = {"hyperparameter_setting_id": setting_id, "kFold_id": fold, "bits": plan.bits}
-    row.update(plan.setting_values(setting_id))
+def tuning_row(plan: TuningPlan, setting_id: int, fold: int, values: dict[str, object], results: dict[str, MethodResult]) -> Row:
+    """One CSV row of SPEC section 5 from a setting's values and the methods' results."""
+    row: Row = {"hyperparameter_setting_id": setting_id, "kFold_id": fold, "bits": plan.bits}
+    row.update({key: values[key] for key in SETTING_KEYS})
     for split in ("val", "test"):
         row.update({f"{split}_loss_{m}": results[m].losses[split] for m in METHOD_NAMES})
     row.update({f"train_loss_{m}": results[m].train_loss for m in TRAINED})
@@ -77,7 +127,7 @@ def tuning_row(plan: TuningPlan, setting_id: int, fold: int, results: dict[str, 
     return row
 
 
-def finished_rows(plan: TuningPlan) -> list[dict[str, object]]:
+def finished_rows(plan: TuningPlan) -> list[Row]:
     """Rows already in the plan's CSV, after checking that they belong to this plan."""
     if not plan.path.exists():
         return []
@@ -96,36 +146,116 @@ def finished_rows(plan: TuningPlan) -> list[dict[str, object]]:
     return frame.to_dict("records")
 
 
+def rows_to_import(plan: TuningPlan) -> dict[int, dict[int, Row]]:
+    """The rows of a paper-sampler CSV from before (checked), by setting and fold, for a new study."""
+    if plan.sampler != "paper":
+        return {}
+    imported: dict[int, dict[int, Row]] = {}
+    for row in finished_rows(plan):
+        imported.setdefault(int(row["hyperparameter_setting_id"]), {})[int(row["kFold_id"])] = row
+    return imported
+
+
+def open_tuning(plan: TuningPlan, storage: str | None = None, heartbeat: int = HEARTBEAT_SECONDS, create: bool = True) -> TuningStudy:
+    """Open the plan's study in ``storage`` (default: a journal file beside the CSV)."""
+    url = storage or f"journal:{plan.path.with_suffix('.journal')}"
+    return open_study(open_storage(url, create), plan.spec(), heartbeat, create)
+
+
+def export_csv(plan: TuningPlan, tuning: TuningStudy) -> int:
+    """Rewrite the plan's CSV atomically from the study; returns its number of rows."""
+    rows = stored_rows(tuning)
+    write_results(pd.DataFrame(rows, columns=list(TUNING_COLUMNS)), plan.path, TUNING_COLUMNS)
+    return len(rows)
+
+
+def export_tuning(plan: TuningPlan, storage: str | None = None) -> Path:
+    """Regenerate the plan's CSV from an existing study."""
+    export_csv(plan, open_tuning(plan, storage, create=False))
+    return plan.path
+
+
+@dataclass
+class _Folds:
+    """The plan's folds as tensors, loaded on first use (a worker with nothing to do loads nothing)."""
+
+    plan: TuningPlan
+    scratch: str | os.PathLike | None
+    device: torch.device | str
+
+    @cached_property
+    def parts(self) -> list[dict]:
+        """Per fold its ``train``, ``val`` and ``test`` tensors."""
+        data = load_dataset(self.plan.dataset, self.scratch)
+        return [splits.tensors(self.device) for splits in tuning_folds(data.x, data.y, self.plan.k_folds)]
+
+    def row(self, claim: Claim, fold: int, on_method: Callable[[str], None]) -> Row:
+        """Train and evaluate all methods on one fold of the claimed setting."""
+        setting, parts = Setting.from_mapping(claim.values), self.parts[fold]
+        results = run_methods(
+            METHOD_NAMES,
+            {m: setting for m in METHOD_NAMES},
+            parts["train"],
+            {"val": parts["val"], "test": parts["test"]},
+            self.plan.bits,
+            self.plan.seed(claim.setting_id, fold),
+            on_method=on_method,
+        )
+        return tuning_row(self.plan, claim.setting_id, fold, claim.values, results)
+
+
 def run_tuning(
     plan: TuningPlan,
     scratch: str | os.PathLike | None = None,
     device: torch.device | str = "cpu",
     progress: bool = True,
+    storage: str | None = None,
+    heartbeat: int = HEARTBEAT_SECONDS,
 ) -> Path:
-    """Run every row of ``plan`` not yet in its CSV, rewriting the CSV atomically after each."""
-    rows = finished_rows(plan)
-    done = {(r["hyperparameter_setting_id"], r["kFold_id"]) for r in rows}
-    todo = [key for key in plan.rows() if key not in done]
-    if not todo:
-        return plan.path
-    data = load_dataset(plan.dataset, scratch)
-    folds = [splits.tensors(device) for splits in tuning_folds(data.x, data.y, plan.k_folds)]
-    total = plan.k_folds * len(plan.settings)
-    with tqdm(total=total, initial=total - len(todo), desc=f"{plan.dataset} {plan.bits} bits", unit="row", disable=not progress) as bar:
-        for setting_id, fold in todo:
-            setting = Setting.from_mapping(plan.setting_values(setting_id))
-            parts = folds[fold]
-            results = run_methods(
-                METHOD_NAMES,
-                {m: setting for m in METHOD_NAMES},
-                parts["train"],
-                {"val": parts["val"], "test": parts["test"]},
-                plan.bits,
-                plan.seed(setting_id, fold),
-                on_method=lambda m: bar.set_postfix_str(f"setting {setting_id} fold {fold} {m}"),
-            )
-            rows.append(tuning_row(plan, setting_id, fold, results))
-            rows.sort(key=lambda r: (r["hyperparameter_setting_id"], r["kFold_id"]))
-            write_results(pd.DataFrame(rows), plan.path, TUNING_COLUMNS)
-            bar.update()
+    """Work on the plan's study, beside any other workers, until every row is stored; then write the CSV."""
+    imported = rows_to_import(plan)
+    tuning = open_tuning(plan, storage, heartbeat)
+    _check_foreign_export(plan, tuning)
+    folds = _Folds(plan, scratch, device)
+    total, done = plan.k_folds * plan.n_steps, len(stored_rows(tuning))
+    with tqdm(total=total, initial=done, desc=f"{plan.dataset} {plan.bits} bits", unit="row", disable=not progress) as bar:
+        while not finished(tuning):
+            claim = claim_setting(tuning, imported)
+            if claim is None:
+                _show(bar, len(stored_rows(tuning)), "waiting for the settings other workers run")
+                time.sleep(min(POLL_SECONDS, heartbeat))
+            else:
+                _work(plan, claim, folds, bar)
+    export_csv(plan, tuning)
     return plan.path
+
+
+def _check_foreign_export(plan: TuningPlan, tuning: TuningStudy) -> None:
+    """Refuse to overwrite a sampler's CSV with rows that its (empty) study does not hold."""
+    if plan.sampler != "paper" and plan.path.exists() and len(read_results(plan.path, TUNING_COLUMNS)) and not stored_rows(tuning):
+        raise ProtocolError(f"{plan.path} exists but {tuning.storage.label} holds none of its rows; move it away or pass the --storage it was made with")
+
+
+def _show(bar: tqdm, done: int, postfix: str | None = None) -> None:
+    bar.n = done
+    if postfix is not None:
+        bar.set_postfix_str(postfix, refresh=False)
+    bar.refresh()
+
+
+def _show_method(bar: tqdm, label: str, method: str) -> None:
+    bar.set_postfix_str(f"{label} {method}")
+
+
+def _work(plan: TuningPlan, claim: Claim, folds: _Folds, bar: tqdm) -> None:
+    """Compute the claimed setting's missing folds, storing each as it ends, then finish its trial."""
+    with working(claim):
+        for fold in range(plan.k_folds):
+            if fold in claim.stored:
+                continue
+            row = folds.row(claim, fold, on_method=partial(_show_method, bar, f"setting {claim.setting_id} fold {fold}"))
+            if not store_fold(claim, fold, row):
+                return  # declared dead meanwhile: the setting went to another worker
+            _show(bar, export_csv(plan, claim.tuning))
+        losses = [row[f"val_loss_{plan.objective}"] for row in claim.stored.values()]
+        finish(claim, sum(losses) / len(losses))

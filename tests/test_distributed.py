@@ -1,0 +1,222 @@
+"""Tuning with many workers on real optuna storages: shared work, kills, stale workers, resume.
+
+PostgreSQL runs where ``BSQ_TEST_POSTGRES_URL`` names a server (``.ci/postgres.sh`` starts one).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+from optuna.trial import TrialState
+
+import hyperparameter_tuning as tuning_script
+from protocol.common import ProtocolError
+from protocol.study import FOLD_PREFIX, OWNER_ATTR, SETTING_ATTR, claim_setting, open_storage
+from protocol.tuning import TuningPlan, open_tuning, plan_tuning
+
+REPO = Path(__file__).resolve().parents[1]
+N_STEPS, N_ROWS = 2, 4  # --debug: two folds per setting
+# Every run that trains is a worker process with one thread: the results depend on the number of
+# threads, and two workers with two threads each on two cores spin-wait each other to a crawl.
+WORKER_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+POSTGRES_URL = os.environ.get("BSQ_TEST_POSTGRES_URL")
+needs_postgres = pytest.mark.skipif(not POSTGRES_URL, reason="BSQ_TEST_POSTGRES_URL is unset; run .ci/postgres.sh and export its URL")
+
+
+def arguments(shared: Path, folder: Path, storage: str | None) -> list[str]:
+    storage_args = ["--storage", storage] if storage else []
+    return [
+        "--dataset", "wine_quality", "--n_bits", "3", "--n_steps", str(N_STEPS), "--debug", "--device", "cpu",
+        "--scratch", str(shared / "datasets"), "--result_folder", str(folder),
+        "--quiet", "--heartbeat", "1", *storage_args,
+    ]
+
+
+def start_worker(args: list[str]) -> subprocess.Popen:
+    command = [sys.executable, "hyperparameter_tuning.py", *args]
+    return subprocess.Popen(command, cwd=REPO, env=WORKER_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish_worker(worker: subprocess.Popen) -> None:
+    output, _ = worker.communicate(timeout=240)
+    assert worker.returncode == 0, output
+
+
+def debug_plan(folder: Path, n_steps: int = N_STEPS, sampler: str = "paper", objective: str = "Bw-SQ") -> TuningPlan:
+    return plan_tuning("wine_quality", 3, n_steps, folder, debug=True, sampler=sampler, objective=objective)
+
+
+def trials(plan: TuningPlan, storage: str | None) -> list[optuna.trial.FrozenTrial]:
+    return open_tuning(plan, storage, create=False).study.get_trials()
+
+
+def stored_folds(trial: optuna.trial.FrozenTrial) -> list[int]:
+    return sorted(int(key.removeprefix(FOLD_PREFIX)) for key in trial.user_attrs if key.startswith(FOLD_PREFIX))
+
+
+def without_times(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame[[c for c in frame.columns if not c.startswith("time_")]]
+
+
+def assert_same_rows(path: Path, reference: pd.DataFrame) -> None:
+    pd.testing.assert_frame_equal(without_times(pd.read_csv(path)), without_times(reference), check_exact=True)
+
+
+def assert_each_row_stored_once(plan: TuningPlan, storage: str | None) -> list[optuna.trial.FrozenTrial]:
+    """Every (setting, fold) is stored by exactly one trial, and no trial is left running."""
+    found = trials(plan, storage)
+    stored = [(t.user_attrs[SETTING_ATTR], fold) for t in found for fold in stored_folds(t)]
+    assert sorted(stored) == list(plan.rows())
+    assert not [t.number for t in found if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    return found
+
+
+def fresh_postgres(plan: TuningPlan) -> str:
+    """The test server's URL, without the study a previous test run left there."""
+    assert POSTGRES_URL
+    with contextlib.suppress(KeyError):
+        optuna.delete_study(study_name=plan.spec().name, storage=open_storage(POSTGRES_URL).backend)
+    return POSTGRES_URL
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, shared_dir: Path) -> pd.DataFrame:
+    """The CSV of one uninterrupted single-process run (default storage)."""
+    folder = tmp_path_factory.mktemp("reference")
+    finish_worker(start_worker(arguments(shared_dir, folder, None)))
+    return pd.read_csv(debug_plan(folder).path)
+
+
+def storage_url(kind: str, plan: TuningPlan, folder: Path) -> str:
+    return {"journal": f"journal:{folder / 'shared.journal'}", "sqlite": f"sqlite:///{folder / 'shared.db'}"}.get(kind) or fresh_postgres(plan)
+
+
+@pytest.mark.parametrize("kind", ["journal", "sqlite", pytest.param("postgres", marks=needs_postgres)])
+def test_two_workers_share_the_work(kind: str, tmp_path: Path, shared_dir: Path, reference: pd.DataFrame) -> None:
+    plan = debug_plan(tmp_path)
+    storage = storage_url(kind, plan, tmp_path)
+    workers = [start_worker(arguments(shared_dir, tmp_path, storage)) for _ in range(2)]
+    for worker in workers:
+        finish_worker(worker)
+    assert_same_rows(plan.path, reference)
+    found = assert_each_row_stored_once(plan, storage)
+    assert [t.user_attrs[SETTING_ATTR] for t in found] == list(range(N_STEPS)), "one trial per setting, in order"
+    assert all(t.state == TrialState.COMPLETE for t in found)
+    # the trial's value is the mean validation loss of the objective (Bw-SQ)
+    means = reference.groupby("hyperparameter_setting_id")["val_loss_Bw-SQ"].mean()
+    assert [t.value for t in found] == pytest.approx(means.tolist(), rel=1e-12)
+    # --export_csv regenerates the CSV from the storage alone
+    plan.path.unlink()
+    assert tuning_script.main([*arguments(shared_dir, tmp_path, storage), "--export_csv"]) == 0
+    assert_same_rows(plan.path, reference)
+
+
+def wait_for_first_row(path: Path) -> None:
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and not (path.exists() and len(pd.read_csv(path)) >= 1):
+        time.sleep(0.02)
+
+
+def test_killed_worker_loses_only_its_fold(tmp_path: Path, shared_dir: Path, reference: pd.DataFrame) -> None:
+    args, plan = arguments(shared_dir, tmp_path, None), debug_plan(tmp_path)
+    victim = start_worker(args)
+    wait_for_first_row(plan.path)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert 1 <= len(pd.read_csv(plan.path)) < N_ROWS, "the worker should be killed part-way"
+    killed = [t for t in trials(plan, None) if t.state == TrialState.RUNNING]
+    assert len(killed) == 1 and stored_folds(killed[0]) == [0], "killed in the second fold of its setting"
+    finish_worker(start_worker(args))
+    assert_same_rows(plan.path, reference)
+    found = assert_each_row_stored_once(plan, None)  # the killed fold alone was computed twice
+    assert found[killed[0].number].state == TrialState.FAIL
+    retry = [t for t in found if t.user_attrs[SETTING_ATTR] == killed[0].user_attrs[SETTING_ATTR] and t.state == TrialState.COMPLETE]
+    assert len(retry) == 1 and stored_folds(retry[0]) == [1], "the stored fold is not recomputed"
+
+
+def test_silent_worker_is_taken_over(tmp_path: Path, shared_dir: Path, reference: pd.DataFrame) -> None:
+    """A frozen worker (its PID alive, its heartbeat silent) loses its setting after 5 beats; awake, it stores nothing."""
+    storage = f"journal:{tmp_path / 'shared.journal'}"
+    args, plan = arguments(shared_dir, tmp_path, storage), debug_plan(tmp_path)
+    frozen = start_worker(args)
+    wait_for_first_row(plan.path)
+    frozen.send_signal(signal.SIGSTOP)
+    try:
+        finish_worker(start_worker(args))
+    finally:
+        frozen.send_signal(signal.SIGCONT)
+    finish_worker(frozen)
+    assert_same_rows(plan.path, reference)
+    found = assert_each_row_stored_once(plan, storage)
+    owners = {t.user_attrs[OWNER_ATTR]["pid"]: t.state for t in found if t.state != TrialState.COMPLETE}
+    assert owners == {frozen.pid: TrialState.FAIL}
+
+
+def claim_one(plan: TuningPlan, storage: str, barrier, results) -> None:
+    tuning = open_tuning(plan, storage)
+    barrier.wait()
+    claim = claim_setting(tuning, {})
+    results.put(None if claim is None else claim.setting_id)
+
+
+@pytest.mark.parametrize("kind", ["journal", "sqlite", pytest.param("postgres", marks=needs_postgres)])
+def test_simultaneous_workers_enqueue_the_settings_once(kind: str, tmp_path: Path) -> None:
+    n_workers, n_steps = 4, 6
+    plan = debug_plan(tmp_path, n_steps)
+    storage = storage_url(kind, plan, tmp_path)
+    context = multiprocessing.get_context("fork")
+    barrier, results = context.Barrier(n_workers), context.Queue()
+    processes = [context.Process(target=claim_one, args=(plan, storage, barrier, results)) for _ in range(n_workers)]
+    for process in processes:
+        process.start()
+    claimed = [results.get(timeout=120) for _ in processes]
+    for process in processes:
+        process.join(timeout=60)
+    assert sorted(claimed) == list(range(n_workers)), "each worker took another setting"
+    found = trials(plan, storage)
+    assert [(t.number, t.user_attrs[SETTING_ATTR]) for t in found] == [(i, i) for i in range(n_steps)]
+    assert [t.params for t in found[:n_workers]] == [plan.setting_values(i) for i in range(n_workers)]
+
+
+def test_old_csv_is_imported_not_recomputed(tmp_path: Path, shared_dir: Path, reference: pd.DataFrame) -> None:
+    plan = debug_plan(tmp_path)
+    plan.path.parent.mkdir(parents=True)
+    reference.iloc[:2].to_csv(plan.path, index=False)  # setting 0 done before there was a storage
+    finish_worker(start_worker(arguments(shared_dir, tmp_path, None)))
+    result = pd.read_csv(plan.path)
+    assert_same_rows(plan.path, reference)
+    pd.testing.assert_frame_equal(result.iloc[:2], reference.iloc[:2])  # training times too: not retrained
+
+
+def test_tpe_sampler_draws_from_the_space(tmp_path: Path, shared_dir: Path) -> None:
+    finish_worker(start_worker([*arguments(shared_dir, tmp_path, None), "--sampler", "tpe", "--objective", "LSQ"]))
+    plan = debug_plan(tmp_path, sampler="tpe", objective="LSQ")
+    assert plan.path.name.endswith("_tpe_LSQ.csv")
+    rows = pd.read_csv(plan.path)
+    assert list(zip(rows.hyperparameter_setting_id, rows.kFold_id, strict=True)) == list(plan.rows())
+    for key, values in plan.space.items():
+        assert set(rows[key]) <= set(values)
+    found = trials(plan, None)
+    assert [t.value for t in found] == pytest.approx(rows.groupby("hyperparameter_setting_id")["val_loss_LSQ"].mean().tolist(), rel=1e-12)
+
+
+def test_storage_errors_are_one_sentence(tmp_path: Path, shared_dir: Path, capsys) -> None:
+    base = arguments(shared_dir, tmp_path, None)
+    assert tuning_script.main([*base, "--storage", "mysql://user:secret@host/db"]) == 2
+    assert tuning_script.main([*base, "--export_csv"]) == 2
+    assert tuning_script.main([*base, "--sampler", "random", "--list_settings"]) == 2
+    errors = capsys.readouterr().err.splitlines()
+    assert len(errors) == 3 and "not supported" in errors[0] and "secret" not in errors[0]
+    assert "does not exist" in errors[1] and "--sampler paper" in errors[2]
+    with pytest.raises(ProtocolError, match="does not exist"):
+        open_tuning(debug_plan(tmp_path), f"sqlite:///{tmp_path / 'missing.db'}", create=False)
