@@ -15,7 +15,7 @@ from typing import Sequence
 from data import DATASETS, default_scratch
 from models import METHOD_NAMES
 from protocol.best_settings import load_choices, run_best_settings, selection_frame
-from protocol.common import parse_bits, parse_positive, resolve_device, run_cli
+from protocol.common import add_runtime_arguments, apply_runtime, parse_bits, parse_positive, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--result_folder", default="results", help="holds the tuning files; the output goes below it (default: results)")
     parser.add_argument("--bits", nargs="+", type=parse_bits, default=None, help="bit widths (default: every one with a tuning file)")
     parser.add_argument("--methods", nargs="+", choices=list(METHOD_NAMES), default=list(METHOD_NAMES), metavar="METHOD", help=f"methods to run (default: all of {' '.join(METHOD_NAMES)})")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="training device (default: auto)")
+    add_runtime_arguments(parser)
     parser.add_argument("--select_only", action="store_true", help="print the selected settings as CSV and train nothing")
     parser.add_argument("--save_models", default=None, metavar="DIR", help="keep every trained model in DIR (for quantization.export)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -42,7 +42,7 @@ def main_with_args(args: argparse.Namespace) -> int:
         return 0
     path = run_best_settings(
         args.dataset, args.result_folder, args.n_steps, args.bits, args.methods,
-        args.scratch, resolve_device(args.device), args.save_models, progress=not args.quiet,
+        args.scratch, apply_runtime(args), args.save_models, progress=not args.quiet,
     )
     print(f"wrote {path}")
     return 0

@@ -15,7 +15,7 @@ from typing import Sequence
 
 from data import DATASETS, default_scratch
 from models import METHOD_NAMES, SETTING_KEYS
-from protocol.common import ProtocolError, parse_bits, parse_positive, resolve_device, run_cli
+from protocol.common import ProtocolError, add_runtime_arguments, apply_runtime, parse_bits, parse_positive, run_cli
 from protocol.search_space import load_search_space
 from protocol.study import HEARTBEAT_SECONDS, STALE_BEATS
 from protocol.tuning import DEFAULT_OBJECTIVE, SAMPLERS, export_tuning, plan_tuning, run_tuning
@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scratch", default=None, help=f"folder with <dataset>.csv.gz files, downloads go there (default: {default_scratch()})")
     parser.add_argument("--result_folder", default="results", help="where the CSV goes (default: results)")
     parser.add_argument("--debug", action="store_true", help="2 folds and a tiny network space, for a quick check")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="training device (default: auto)")
+    add_runtime_arguments(parser)
     parser.add_argument("--search_space", default=None, help="JSON file of lists replacing the paper's search space (missing keys keep the paper's values)")
     parser.add_argument("--list_settings", action="store_true", help="print the settings that would run as CSV and exit")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -59,7 +59,7 @@ def main_with_args(args: argparse.Namespace) -> int:
     if args.export_csv:
         path = export_tuning(plan, args.storage)
     else:
-        path = run_tuning(plan, args.scratch, resolve_device(args.device), not args.quiet, args.storage, args.heartbeat)
+        path = run_tuning(plan, args.scratch, apply_runtime(args), not args.quiet, args.storage, args.heartbeat)
     print(f"wrote {path}")
     return 0
 

@@ -24,6 +24,21 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--threads``, shared by the protocol scripts."""
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="training device (default: auto, CUDA when present)")
+    parser.add_argument("--threads", type=parse_positive, default=None, help=(
+        "CPU threads of this process (default: torch's choice, one per core); "
+        "with several workers on one machine give each cores / workers, e.g. 1"))
+
+
+def apply_runtime(args: argparse.Namespace) -> torch.device:
+    """Set the thread count and return the training device of parsed arguments."""
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    return resolve_device(args.device)
+
+
 def parse_bits(text: str) -> int:
     """argparse type for a bit width in 2..8."""
     try:
