@@ -232,6 +232,7 @@ class LLTQuantizer(Quantizer):
         scale = self.log_scale.exp()
         u, position = self._table_position(x)
         table = self.table(hard=False)
-        if self.training and torch.is_grad_enabled():
-            table = table.detach() + (table - table.detach()) * self._gradient_weights(u)
+        if self.training and table.requires_grad:
+            weights = self._gradient_weights(u)
+            table.register_hook(lambda grad: grad * weights)  # the value stays, the gradient is reweighted
         return (self._lookup(table, position) + u - u.detach()) * scale
