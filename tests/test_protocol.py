@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -16,7 +17,7 @@ import pytest
 
 import best_hyperparameter_testing_multiple as best_script
 import hyperparameter_tuning as tuning_script
-from models import SETTING_KEYS
+from models import METHOD_NAMES, SETTING_KEYS
 from protocol.best_settings import load_choices, run_best_settings
 from protocol.common import ProtocolError
 from protocol.schema import BEST_COLUMNS, TUNING_COLUMNS
@@ -42,7 +43,7 @@ def test_paper_settings_are_reproduced_exactly(shared_dir: Path) -> None:
 
 def test_list_settings_prints_the_paper_settings(shared_dir: Path, capsys) -> None:
     assert tuning_script.main(["--dataset", "fried", "--n_bits", "3", "--n_steps", "100", "--list_settings"]) == 0
-    printed = pd.read_csv(__import__("io").StringIO(capsys.readouterr().out))
+    printed = pd.read_csv(io.StringIO(capsys.readouterr().out))
     paper = pd.read_csv(paper_file(shared_dir, "fried", 3), nrows=1)
     assert list(printed.columns) == ["hyperparameter_setting_id", *SETTING_KEYS]
     assert len(printed) == 100
@@ -69,7 +70,7 @@ def test_debug_tuning_writes_the_paper_schema(debug_results: Path, shared_dir: P
     assert list(zip(ours.hyperparameter_setting_id, ours.kFold_id)) == [(0, 0), (0, 1), (1, 0), (1, 1)]
     losses = ours[[c for c in ours.columns if "loss" in c]].to_numpy()
     assert np.isfinite(losses).all() and (losses > 0).all()
-    # Po-* evaluate the FP network: same training loss column does not exist, but their losses differ from FP's
+    # Po-* evaluate the FP network on quantized inputs: their losses differ from FP's
     assert not np.allclose(ours["val_loss_Po-QQ"], ours["val_loss_FP"])
     assert ours.hidden_neurons.eq(5).all() and ours.num_epochs.eq(10).all()
 
@@ -110,7 +111,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path, debug_re
 def test_select_only_reproduces_the_paper_choices(shared_dir: Path) -> None:
     for dataset in PAPER_BEST_DATASETS:
         paper = pd.read_csv(shared_dir / "paper_results" / "best_hyperparameter_multiple" / f"{dataset}_best_hyperparameter_test_multiple.csv")
-        choices = load_choices(shared_dir / "paper_results", dataset, None, list(tuning_script_methods()))
+        choices = load_choices(shared_dir / "paper_results", dataset, None, METHOD_NAMES)
         assert sorted(choices) == sorted(paper.bits.unique())
         for bits, per_method in choices.items():
             first = paper[paper.bits == bits].iloc[0]
@@ -119,16 +120,10 @@ def test_select_only_reproduces_the_paper_choices(shared_dir: Path) -> None:
                 assert choice.val_loss == pytest.approx(first[f"val_loss_{method}"], rel=1e-12)
 
 
-def tuning_script_methods() -> tuple[str, ...]:
-    from models import METHOD_NAMES
-
-    return METHOD_NAMES
-
-
 def test_select_only_prints_csv(shared_dir: Path, capsys) -> None:
     code = best_script.main(["--dataset", "sulfur", "--result_folder", str(shared_dir / "paper_results"), "--bits", "2", "--select_only"])
     assert code == 0
-    printed = pd.read_csv(__import__("io").StringIO(capsys.readouterr().out))
+    printed = pd.read_csv(io.StringIO(capsys.readouterr().out))
     assert printed.columns.tolist() == ["bits", "method", "best_hyperparameter_id", "val_loss"]
     assert len(printed) == 13 and printed.bits.eq(2).all()
 
@@ -222,6 +217,6 @@ def test_custom_search_space_is_used(tmp_path: Path, capsys) -> None:
     path = tmp_path / "space.json"
     path.write_text(json.dumps({"hidden_neurons": [7], "num_epochs": [2, 3]}))
     assert tuning_script.main(["--dataset", "fried", "--n_bits", "3", "--n_steps", "5", "--search_space", str(path), "--list_settings"]) == 0
-    printed = pd.read_csv(__import__("io").StringIO(capsys.readouterr().out))
+    printed = pd.read_csv(io.StringIO(capsys.readouterr().out))
     assert printed.hidden_neurons.eq(7).all() and set(printed.num_epochs) <= {2, 3}
     assert set(printed.hidden_layers) <= {5, 6, 8, 10}
