@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import hyperparameter_tuning as tuning_script
 from models import METHOD_NAMES, SETTING_KEYS
 from protocol.best_settings import load_choices, run_best_settings
 from protocol.common import ProtocolError
-from protocol.schema import BEST_COLUMNS, TUNING_COLUMNS
+from protocol.schema import BEST_COLUMNS
 from protocol.search_space import draw_settings, paper_search_space
 from protocol.tuning import plan_tuning, run_tuning
 
