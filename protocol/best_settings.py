@@ -17,10 +17,9 @@ from data import load_dataset
 from data.splits import holdout_split
 from models import METHOD_NAMES, SETTING_KEYS, SavedModel, Setting, get_method, run_methods, save_model
 
-from .common import ProtocolError
+from .common import BASE_SEED, ProtocolError
 from .schema import BEST_COLUMNS, TUNING_COLUMNS, best_path, read_results, write_results
 
-BASE_SEED = 42
 _TUNING_NAME = re.compile(r"_hyperparameter_tuning_(\d+)bits_(\d+)iterations\.csv$")
 
 
@@ -38,7 +37,7 @@ def find_tuning_files(result_folder: str | os.PathLike, dataset: str) -> dict[in
     candidates: dict[int, list[tuple[int, int, Path]]] = {}
     for path in (Path(result_folder) / dataset).glob(f"{dataset}_hyperparameter_tuning_*bits_*iterations.csv"):
         match = _TUNING_NAME.search(path.name)
-        if match and path.name.startswith(f"{dataset}_hyperparameter"):
+        if match:
             with path.open() as lines:
                 n_rows = sum(1 for _ in lines) - 1
             candidates.setdefault(int(match[1]), []).append((n_rows, int(match[2]), path))

@@ -11,6 +11,9 @@ import torch
 from data import DatasetError
 
 
+BASE_SEED = 42  # the protocol's seeds are offsets from it (SPEC sections 5 and 6)
+
+
 class ProtocolError(ValueError):
     """Bad input to the protocol scripts; the message is one sentence that says what to do."""
 

@@ -23,7 +23,7 @@ from data import load_dataset, tuning_folds
 from models import METHOD_NAMES, SETTING_KEYS, MethodResult, Setting, run_methods
 from quantization import check_bits
 
-from .common import ProtocolError
+from .common import BASE_SEED, ProtocolError
 from .schema import SOFT_EVALUATED, TRAINED, TUNING_COLUMNS, UNTIMED_IN_TUNING, read_results, tuning_path, write_results
 from .search_space import draw_settings, paper_search_space
 from .study import (
@@ -43,7 +43,6 @@ from .study import (
 )
 
 K_FOLDS, DEBUG_K_FOLDS = 4, 2
-BASE_SEED = 42
 SAMPLERS = ("paper", "random", "tpe")
 DEFAULT_OBJECTIVE = "Bw-SQ"
 POLL_SECONDS = 5  # how often a worker with nothing to take looks again
