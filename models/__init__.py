@@ -3,7 +3,7 @@
 from .methods import METHOD_NAMES, METHODS, Method, QuantizerContext, get_method
 from .mlp import MLP, SplitModel
 from .persistence import SavedModel, load_model, save_model
-from .training import SETTING_KEYS, MethodResult, Setting, StackedMLP, build_model, evaluate, run_methods, seed_everything, train_model, train_models
+from .training import SETTING_KEYS, MethodResult, Setting, StackedMLP, build_model, evaluate, evaluate_splits, run_methods, seed_everything, train_model, train_models
 
 __all__ = [
     "METHODS",
@@ -19,6 +19,7 @@ __all__ = [
     "SplitModel",
     "build_model",
     "evaluate",
+    "evaluate_splits",
     "get_method",
     "load_model",
     "run_methods",

@@ -68,75 +68,182 @@ def build_model(method: Method, setting: Setting, ctx: QuantizerContext) -> Spli
     return SplitModel(quantizer, mlp).to(ctx.train_x.device)
 
 
-class StackedMLP(nn.Module):
-    """``G`` MLPs of one shape as one module: batched matmuls over their stacked weights."""
+class StackedMLP:
+    """``G`` MLPs of one setting trained as one: batched matmuls and a hand-written backward.
 
-    def __init__(self, mlps: Sequence[MLP]) -> None:
-        super().__init__()
-        columns = list(zip(*([m for m in mlp if isinstance(m, nn.Linear)] for mlp in mlps)))
-        self.weights = nn.ParameterList(torch.stack([lin.weight.detach().T for lin in c]) for c in columns)  # [G, in, out]
-        self.biases = nn.ParameterList(torch.stack([lin.bias.detach() for lin in c])[:, None] for c in columns)  # [G, 1, out]
+    The networks may differ in input width: the first layer runs per block of equal width (the
+    MLPs must come with equal widths adjacent), every later layer as one batched matmul over all
+    ``G``. All weights live in one flat parameter (``flat``, viewed as ``[G, in, out]`` weights
+    and ``[G, 1, out]`` biases) whose gradient :meth:`backward` writes in place, so one optimizer
+    step updates every network. Activations live in buffers reused from step to step.
+    """
+
+    def __init__(self, mlps: Sequence[MLP], input_grad: Sequence[bool]) -> None:
+        layers = [[m for m in mlp if isinstance(m, nn.Linear)] for mlp in mlps]
+        widths = [linears[0].in_features for linears in layers]
+        self.blocks: list[tuple[int, int]] = []  # [start, stop) of each run of equal input width
+        for g, width in enumerate(widths):
+            if g > 0 and width == widths[g - 1]:
+                self.blocks[-1] = (self.blocks[-1][0], g + 1)
+            else:
+                self.blocks.append((g, g + 1))
+        if len(self.blocks) != len(set(widths)):
+            raise ValueError(f"MLPs of equal input width must be adjacent, got widths {widths}")
+        # how many networks at the start of each block need the gradient of their input
+        self.input_grad_rows = [sum(input_grad[start:stop]) for start, stop in self.blocks]
+        if any(any(input_grad[start + k :stop]) for (start, stop), k in zip(self.blocks, self.input_grad_rows)):
+            raise ValueError("within a block, the networks that need input gradients must come first")
+        columns = [[(lin.weight.detach().T, lin.bias.detach()[None]) for lin in column] for column in zip(*layers)]
+        tensors = [torch.stack(ws) for start, stop in self.blocks for ws in zip(*columns[0][start:stop])]
+        tensors += [torch.stack(ws) for column in columns[1:] for ws in zip(*column)]
+        self.flat = nn.Parameter(torch.cat([t.reshape(-1) for t in tensors]))
+        self.flat.grad = torch.zeros_like(self.flat)
+        values, grads = (self._views(t, [t.shape for t in tensors]) for t in (self.flat.detach(), self.flat.grad))
+        self.first = list(zip(values[0 : 2 * len(self.blocks) : 2], values[1 : 2 * len(self.blocks) : 2]))  # per block
+        self.first_grad = list(zip(grads[0 : 2 * len(self.blocks) : 2], grads[1 : 2 * len(self.blocks) : 2]))
+        self.later = list(zip(values[2 * len(self.blocks) :: 2], values[2 * len(self.blocks) + 1 :: 2]))  # per layer
+        self.later_grad = list(zip(grads[2 * len(self.blocks) :: 2], grads[2 * len(self.blocks) + 1 :: 2]))
         self.dropout = next((m.p for m in mlps[0] if isinstance(m, nn.Dropout)), 0.0)
+        self.size = len(mlps)
+        self._buffers: dict[int, list[torch.Tensor]] = {}
+        self._inputs: list[torch.Tensor] = []  # per block [G_b, B, in_b], saved for backward
+        self._activations: list[torch.Tensor] = []  # per hidden layer [G, B, H] after ReLU and dropout
+        self._keep: list[torch.Tensor | None] = []  # per hidden layer, the scaled dropout mask [B, H]
 
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:  # [G, B, in] -> [G, B]
-        """In training, one dropout mask per layer is drawn from ``generator`` and shared by the G networks."""
-        for layer, (weight, bias) in enumerate(zip(self.weights, self.biases)):
-            x = torch.baddbmm(bias, x, weight)
-            if layer < len(self.weights) - 1:
-                x = torch.relu_(x)
-                if self.training and self.dropout > 0:
-                    keep = torch.empty(x.shape[1:], device=x.device).bernoulli_(1 - self.dropout, generator=generator)
-                    x = x * (keep / (1 - self.dropout))
+    @staticmethod
+    def _views(flat: torch.Tensor, shapes: Sequence[torch.Size]) -> list[torch.Tensor]:
+        return [part.view(shape) for part, shape in zip(flat.split([s.numel() for s in shapes]), shapes)]
+
+    def _buffers_for(self, batch: int) -> list[torch.Tensor]:
+        """One output buffer [G, B, out] per layer, and two gradient buffers [G, B, H]."""
+        if batch not in self._buffers:
+            outs = [self.first[0][0].shape[-1]] + [w.shape[-1] for w, _ in self.later]
+            new = [self.flat.new_empty(self.size, batch, out) for out in outs]
+            self._buffers[batch] = new + [self.flat.new_empty(self.size, batch, outs[0]) for _ in range(2)]
+        return self._buffers[batch]
+
+    @torch.no_grad()
+    def forward(self, inputs: Sequence[torch.Tensor], generator: torch.Generator | None = None) -> torch.Tensor:  # G x [B, in_g] -> [G, B]
+        """The training forward pass: one dropout mask per layer, drawn from ``generator``, shared by the G networks."""
+        batch = inputs[0].shape[0]
+        buffers = self._buffers_for(batch)
+        self._inputs = [torch.stack(inputs[start:stop]) for start, stop in self.blocks]
+        x = buffers[0]
+        for (start, stop), block_input, (weight, bias) in zip(self.blocks, self._inputs, self.first):
+            torch.baddbmm(bias, block_input, weight, out=x[start:stop])
+        self._activations, self._keep = [], []
+        for layer, (weight, bias) in enumerate(self.later):
+            x.relu_()
+            keep = None
+            if self.dropout > 0:
+                keep = x.new_empty(x.shape[1:]).bernoulli_(1 - self.dropout, generator=generator)
+                keep = keep / (1 - self.dropout)
+                x.mul_(keep)
+            self._activations.append(x)
+            self._keep.append(keep)
+            x = torch.baddbmm(bias, x, weight, out=buffers[layer + 1])
         return x.squeeze(-1)
+
+    @torch.no_grad()
+    def backward(self, grad_output: torch.Tensor) -> list[torch.Tensor]:  # [G, B] -> per block [k_b, B, in_b]
+        """Write d(sum of grad_output * output)/d(flat) into ``flat.grad``; return the input gradients.
+
+        Only the first ``k_b`` networks of each block (those that asked for it) get an input gradient.
+        """
+        buffers = self._buffers_for(grad_output.shape[1])
+        grad = grad_output.unsqueeze(-1)  # [G, B, out]
+        spare = buffers[-2:]
+        for layer in reversed(range(len(self.later))):
+            (weight, _), (weight_grad, bias_grad) = self.later[layer], self.later_grad[layer]
+            below = self._activations[layer]
+            torch.bmm(below.transpose(1, 2), grad, out=weight_grad)
+            torch.sum(grad, dim=1, keepdim=True, out=bias_grad)
+            grad = torch.bmm(grad, weight.transpose(1, 2), out=spare[layer % 2])
+            if self._keep[layer] is not None:
+                grad.mul_(self._keep[layer])
+            torch.ops.aten.threshold_backward.grad_input(grad, below, 0, grad_input=grad)  # ReLU
+        input_grads = []
+        for (start, stop), rows, block_input, (weight, _), (weight_grad, bias_grad) in zip(
+            self.blocks, self.input_grad_rows, self._inputs, self.first, self.first_grad
+        ):
+            torch.bmm(block_input.transpose(1, 2), grad[start:stop], out=weight_grad)
+            torch.sum(grad[start:stop], dim=1, keepdim=True, out=bias_grad)
+            input_grads.append(torch.bmm(grad[start : start + rows], weight[:rows].transpose(1, 2)) if rows else None)
+        return input_grads
 
     @torch.no_grad()
     def unstack_into(self, mlps: Sequence[MLP]) -> None:
         """Copy the trained weights back into the separate MLPs."""
+        for (start, stop), (weight, bias) in zip(self.blocks, self.first):
+            for g in range(start, stop):
+                first = mlps[g][0]
+                first.weight.copy_(weight[g - start].T)
+                first.bias.copy_(bias[g - start, 0])
         for g, mlp in enumerate(mlps):
-            for linear, weight, bias in zip((m for m in mlp if isinstance(m, nn.Linear)), self.weights, self.biases):
+            for linear, (weight, bias) in zip([m for m in mlp if isinstance(m, nn.Linear)][1:], self.later):
                 linear.weight.copy_(weight[g].T)
                 linear.bias.copy_(bias[g, 0])
 
 
+def _needs_input_grad(quantizer: nn.Module | None) -> bool:
+    return quantizer is not None and any(p.requires_grad for p in quantizer.parameters())
+
+
 def train_models(models: Sequence[SplitModel], x: torch.Tensor, y: torch.Tensor, setting: Setting, seed: int) -> list[float]:
-    """Train networks of one input width together; return each one's last-epoch mean training loss.
+    """Train networks of one setting together; return each one's last-epoch mean training loss.
 
     Adam on shuffled batches of 512, the temperature lowered after every epoch. The networks
     see the same batches and dropout masks (drawn from one generator seeded with ``seed``, so a
     network's training does not depend on the others in its group) and run as one
     :class:`StackedMLP`: each network's gradients, Adam updates and results are its own, but
-    the per-operation overhead is paid once for the group.
+    the per-operation overhead is paid once for the group. Quantizers without trainable
+    parameters quantize the training rows once, before the first epoch.
     """
-    stacked = StackedMLP([m.mlp for m in models]).to(x.device)
+    order = sorted(range(len(models)), key=lambda g: (models[g].mlp[0].in_features, not _needs_input_grad(models[g].quantizer)))
+    models = [models[g] for g in order]
     quantizers = [m.quantizer for m in models]
-    parameters = [*stacked.parameters(), *(p for q in quantizers if q is not None for p in q.parameters())]
-    optimizer = torch.optim.Adam(parameters, lr=setting.learning_rate, weight_decay=setting.weight_decay, fused=True)
+    trainable = [_needs_input_grad(q) for q in quantizers]
+    stacked = StackedMLP([m.mlp for m in models], trainable)
+    quantizer_parameters = [p for q in quantizers if q is not None for p in q.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam([stacked.flat, *quantizer_parameters], lr=setting.learning_rate,
+                                 weight_decay=setting.weight_decay, fused=True)
     generator = torch.Generator(device=x.device).manual_seed(seed)
     schedule = TemperatureSchedule(setting.decrease_factor, setting.num_epochs)
     n = x.shape[0]
-    stacked.train()
     for model in models:
         model.train()
         model.set_hard(False)
+    with torch.no_grad():  # what the fixed quantizers send never changes
+        fixed_inputs = {g: q(x) for g, q in enumerate(quantizers) if q is not None and not trainable[g]}
     for epoch in range(setting.num_epochs):
         for model in models:
             model.set_temperature(schedule.tau)
         last_epoch = epoch == setting.num_epochs - 1
-        epoch_loss = torch.zeros(len(models), device=x.device)
-        for batch in torch.randperm(n, device=x.device, generator=generator).split(BATCH_SIZE):
-            rows = x[batch]
-            inputs = torch.stack([rows if q is None else q(rows) for q in quantizers])  # [G, B, in]
-            losses = (stacked(inputs, generator) - y[batch]).square().mean(dim=1)  # [G]
-            optimizer.zero_grad(set_to_none=True)
-            losses.sum().backward()
-            optimizer.step()
+        squared_error = torch.zeros(len(models), device=x.device)
+        shuffled = torch.randperm(n, device=x.device, generator=generator)  # shuffled once: batches are slices
+        x_epoch, y_epoch = x[shuffled], y[shuffled]
+        fixed_epoch = {g: inputs[shuffled] for g, inputs in fixed_inputs.items()}
+        for start in range(0, n, BATCH_SIZE):
+            batch = slice(start, start + BATCH_SIZE)
+            rows = x_epoch[batch]
+            inputs = [fixed_epoch[g][batch] if g in fixed_epoch else rows if q is None else q(rows) for g, q in enumerate(quantizers)]
+            error = stacked.forward(inputs, generator) - y_epoch[batch]  # [G, B]
             if last_epoch:
-                epoch_loss += losses.detach() * batch.numel()
+                squared_error += error.square().sum(dim=1)
+            for p in quantizer_parameters:
+                p.grad = None
+            input_grads = stacked.backward(error * (2 / rows.shape[0]))  # d(mean squared error)/d(prediction)
+            outputs = [out for (start, stop), rows_with_grad in zip(stacked.blocks, stacked.input_grad_rows)
+                       for out in inputs[start : start + rows_with_grad]]
+            if outputs:
+                torch.autograd.backward(outputs, [g for block in input_grads if block is not None for g in block])
+            optimizer.step()
         schedule.step()
     stacked.unstack_into([m.mlp for m in models])
     for model in models:
         model.set_temperature(schedule.tau)  # the soft-mode evaluations use the final temperature
-    return (epoch_loss / n).tolist()
+    losses = (squared_error / n).tolist()
+    return [losses[order.index(g)] for g in range(len(models))]
 
 
 def train_model(model: SplitModel, x: torch.Tensor, y: torch.Tensor, setting: Setting, seed: int | None = None) -> float:
@@ -146,16 +253,21 @@ def train_model(model: SplitModel, x: torch.Tensor, y: torch.Tensor, setting: Se
     return train_models([model], x, y, setting, seed)[0]
 
 
-@torch.inference_mode()
 def evaluate(model: SplitModel, x: torch.Tensor, y: torch.Tensor, hard: bool = True) -> float:
     """Sample-weighted MSE over the whole split, in eval mode (dropout off)."""
+    return evaluate_splits(model, {"split": (x, y)}, hard)["split"]
+
+
+@torch.inference_mode()
+def evaluate_splits(model: SplitModel, splits: Mapping[str, Split], hard: bool = True) -> dict[str, float]:
+    """:func:`evaluate` on every split, with one forward pass over all their rows."""
     model.eval()
     model.set_hard(hard)
-    squared_error = torch.zeros((), dtype=torch.float64, device=x.device)
-    for start in range(0, x.shape[0], EVAL_BATCH_SIZE):
-        error = model(x[start : start + EVAL_BATCH_SIZE]) - y[start : start + EVAL_BATCH_SIZE]
-        squared_error += error.double().square().sum()
-    return squared_error.item() / x.shape[0]
+    x = torch.cat([x for x, _ in splits.values()])
+    error = torch.cat([model(x[start : start + EVAL_BATCH_SIZE]) for start in range(0, x.shape[0], EVAL_BATCH_SIZE)])
+    error -= torch.cat([y for _, y in splits.values()])
+    parts = error.double().split([y.shape[0] for _, y in splits.values()])
+    return {name: part.square().sum().item() / part.shape[0] for name, part in zip(splits, parts)}
 
 
 @dataclass
@@ -183,7 +295,7 @@ def run_methods(
     Every network is built right after seeding with ``seed``, so its initial weights do not
     depend on which other methods run. A post-training method quantizes the inputs of the FP
     network of its setting, trained once and shared (with FP itself too). Networks of one
-    setting and input width train together (:func:`train_models`); each is charged an equal
+    setting train together (:func:`train_models`); each is charged an equal
     share of the group's training time. ``on_method(label)`` reports progress.
     """
     names = list(names)
@@ -194,11 +306,11 @@ def run_methods(
         if key not in networks:
             seed_everything(seed)
             networks[key] = build_model(METHODS[key[0]], key[1], ctx)
-    groups: dict[tuple[Setting, int], list[tuple[str, Setting]]] = {}
-    for key, model in networks.items():
-        groups.setdefault((key[1], model.mlp[0].in_features), []).append(key)
+    groups: dict[Setting, list[tuple[str, Setting]]] = {}
+    for key in networks:
+        groups.setdefault(key[1], []).append(key)
     trained: dict[tuple[str, Setting], tuple[float, float]] = {}  # key -> (train loss, seconds)
-    for (setting, _), keys in groups.items():
+    for setting, keys in groups.items():
         if on_method is not None:
             on_method(" ".join(key[0] for key in keys))
         start = time.perf_counter()
@@ -223,6 +335,6 @@ def _network_key(name: str, setting: Setting) -> tuple[str, Setting]:
 def _evaluated(
     method: Method, model: SplitModel, evaluations: Mapping[str, Split], train_loss: float, seconds: float
 ) -> MethodResult:
-    losses = {split: evaluate(model, x, y, hard=True) for split, (x, y) in evaluations.items()}
-    soft = {split: evaluate(model, x, y, hard=False) for split, (x, y) in evaluations.items()} if method.soft_eval else {}
+    losses = evaluate_splits(model, evaluations, hard=True)
+    soft = evaluate_splits(model, evaluations, hard=False) if method.soft_eval else {}
     return MethodResult(losses, train_loss, seconds, soft, model)

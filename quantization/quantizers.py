@@ -18,6 +18,7 @@ inputs (``model.to(device)``), CPU or CUDA.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -35,6 +36,186 @@ from .thresholds import (
 
 READOUTS = ("index", "thermometer", "values", "midpoint")
 MIN_STATISTIC = 1e-8  # floor of the LSQ / LLT scale statistics, for constant features
+DENSE_RISE_LIMIT = 2**16  # entries up to which the LLT table is one matmul with a cached matrix
+
+
+def _sigmoid_steps(x: torch.Tensor, thresholds: torch.Tensor, tau: float) -> torch.Tensor:
+    """``sigmoid(x / tau - t_k / tau)`` laid out feature-major: x [n, d], thresholds [d, M] -> [d, M, n]."""
+    x_t = x.T.contiguous()  # [d, n]: long rows keep the broadcasting vectorized
+    return torch.add((thresholds * (-1 / tau)).unsqueeze(-1), x_t.unsqueeze(1), alpha=1 / tau).sigmoid_()
+
+
+class _SteppedSum(torch.autograd.Function):
+    """``v_0 + sum_k s_k (v_k - v_{k-1})``, or ``sum_k s_k`` without values, ``s_k = sigmoid((x - t_k) / tau)``.
+
+    x [n, d], thresholds [d, M], values [d, M + 1] or None -> [n, d] (SQplus, SQ in training).
+    """
+
+    @staticmethod
+    def forward(ctx, x, thresholds, values, tau):
+        steps = _sigmoid_steps(x, thresholds, tau)  # [d, M, n]
+        if values is None:
+            diffs, out = None, steps.sum(dim=1)  # [d, n]
+        else:
+            diffs = values[:, 1:] - values[:, :-1]  # [d, M]
+            out = torch.baddbmm(values[:, :1, None], diffs.unsqueeze(1), steps).squeeze(1)  # [d, n]
+        ctx.save_for_backward(steps, diffs)
+        ctx.tau = tau
+        return out.T.contiguous()
+
+    @staticmethod
+    def backward(ctx, grad):  # grad [n, d]
+        steps, diffs = ctx.saved_tensors
+        grad_t = grad.T.contiguous().unsqueeze(1)  # [d, 1, n]
+        slope = torch.ops.aten.sigmoid_backward(grad_t, steps)  # g s (1 - s) [d, M, n]
+        grad_x = grad_thresholds = grad_values = None
+        if ctx.needs_input_grad[0]:
+            weighted = slope.sum(dim=1) if diffs is None else torch.bmm(diffs.unsqueeze(1), slope).squeeze(1)
+            grad_x = weighted.T / ctx.tau
+        if ctx.needs_input_grad[1]:
+            factor = -1 / ctx.tau if diffs is None else diffs * (-1 / ctx.tau)
+            grad_thresholds = slope.sum(dim=-1).mul_(factor)  # [d, M]
+        if ctx.needs_input_grad[2]:
+            grad_diffs = torch.bmm(grad_t, steps.transpose(1, 2)).squeeze(1)  # [d, M]
+            grad_values = torch.cat([grad_t.sum(dim=-1), grad_diffs], dim=1)  # [d, M + 1]
+            grad_values[:, :-1].sub_(grad_diffs)
+        return grad_x, grad_thresholds, grad_values, None
+
+
+class _Thermometer(torch.autograd.Function):
+    """``sigmoid((x[..., None] - t) / tau).flatten(1)``: x [n, d], thresholds [d, M] -> [n, d * M] (Bw-SQ)."""
+
+    @staticmethod
+    def forward(ctx, x, thresholds, tau):
+        n, (d, m) = x.shape[0], thresholds.shape
+        steps = (x * (1 / tau)).repeat_interleave(m, dim=1).view(n, d, m)
+        steps.sub_(thresholds * (1 / tau)).sigmoid_()
+        ctx.save_for_backward(steps)
+        ctx.tau = tau
+        return steps.view(n, d * m)
+
+    @staticmethod
+    def backward(ctx, grad):  # grad [n, d * M]
+        (steps,) = ctx.saved_tensors
+        slope = torch.ops.aten.sigmoid_backward(grad.reshape(steps.shape), steps)  # g s (1 - s) [n, d, M]
+        grad_x = slope.sum(dim=-1) / ctx.tau if ctx.needs_input_grad[0] else None
+        grad_thresholds = slope.sum(dim=0).mul_(-1 / ctx.tau) if ctx.needs_input_grad[1] else None
+        return grad_x, grad_thresholds, None
+
+
+class _LSQRound(torch.autograd.Function):
+    """``round(u) s`` with ``u = clamp(x / s, Q_n, Q_p)``, straight through the rounding.
+
+    x [n, d], step [d] -> [n, d]. ``d/ds = (round(u) - [Q_n <= x / s <= Q_p] x / s) grad_scale`` (the
+    gradient scale of LSQ; the value uses s itself), ``d/dx = [Q_n <= x / s <= Q_p]``.
+    """
+
+    @staticmethod
+    def forward(ctx, x, step, q_min, q_max, grad_scale):
+        z = x / step  # [n, d]
+        u = z.clamp(q_min, q_max)
+        level = u.round()
+        ctx.save_for_backward(z, u, level)
+        ctx.grad_scale = grad_scale
+        return level * step
+
+    @staticmethod
+    def backward(ctx, grad):  # grad [n, d]
+        z, u, level = ctx.saved_tensors
+        inside = u == z  # where the clamp passes the gradient
+        grad_x = grad * inside if ctx.needs_input_grad[0] else None
+        grad_step = None
+        if ctx.needs_input_grad[1]:
+            grad_step = (grad * torch.where(inside, level - z, level)).sum(dim=0).mul_(ctx.grad_scale)
+        return grad_x, grad_step, None, None, None
+
+
+def _rise_table(p: torch.Tensor) -> torch.Tensor:
+    """``[-rise reversed, 0, rise] / R`` with ``rise = cumsum(p)``: segment weights p [d, R, G] -> [d, K]."""
+    rise = p.flatten(1).cumsum(dim=-1)  # [d, R*G], rises to R
+    zero = rise.new_zeros(rise.shape[0], 1)
+    return torch.cat([rise.flip(-1).neg_(), zero, rise], dim=-1).div_(p.shape[1])
+
+
+@functools.lru_cache(maxsize=None)
+def _rise_matrix(segments: int, granularity: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
+    """``C`` [R*G, K] with ``_rise_table(p) == p.flatten(1) @ C``; None where C would be large."""
+    width = segments * granularity
+    if width * (2 * width + 1) > DENSE_RISE_LIMIT:
+        return None
+    return _rise_table(torch.eye(width, dtype=dtype, device=device).view(width, segments, granularity))
+
+
+def _clamped_position(x: torch.Tensor, scale: torch.Tensor, table_size: int) -> tuple[torch.Tensor, ...]:
+    """``z = x / s``, ``u = clamp(z, -1, 1)`` and the table entry ``round((K - 1) / 2 (u + 1))``, all [n, d]."""
+    z = x / scale
+    u = torch.clamp(z, -1.0, 1.0)
+    position = (u + 1).mul_((table_size - 1) / 2).round_().long()
+    return z, u, position
+
+
+def _histogram(u: torch.Tensor, bins: int) -> torch.Tensor:
+    """Counts [d, bins] of u [n, d] in equal bins from each feature's min to its max."""
+    low, high = torch.aminmax(u, dim=0)  # [d]
+    width = (high - low).clamp_min_(torch.finfo(u.dtype).tiny)
+    index = (u - low).div_(width).mul_(bins).long().clamp_(0, bins - 1)  # [n, d]
+    counts = u.new_zeros(u.shape[1], bins)
+    counts.T.scatter_add_(0, index, torch.ones_like(u))
+    return counts
+
+
+class _LLTLookup(torch.autograd.Function):
+    """``(T[f, round((K - 1) / 2 (u + 1))] + u - sg(u)) s`` with ``T = _rise_table(softmax(logits / tau))``.
+
+    logits [d, R, G], log_scale [d] (``s = exp(log_scale)``), x [n, d] -> [n, d]; ``u = clamp(x / s, -1, 1)``,
+    sg stops the gradient. With ``reweight`` the gradient reaching ``T[f, k]`` is multiplied by
+    ``N / (K (sqrt(h_fk) + 1e-5))``, h the K-bin histogram of u per feature.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, log_scale, x, tau, reweight):
+        p = torch.softmax(logits / tau, dim=-1)  # [d, R, G]
+        rise = _rise_matrix(*logits.shape[1:], logits.dtype, logits.device)  # [R*G, K] or None
+        table = _rise_table(p) if rise is None else p.flatten(1) @ rise  # [d, K]
+        scale = log_scale.exp()  # [d]
+        z, u, position = _clamped_position(x, scale, table.shape[1])
+        entry = position.add_(torch.arange(0, table.numel(), table.shape[1], device=x.device))  # in T.view(-1)
+        out = table.take(entry).mul_(scale)  # [n, d]
+        counts = _histogram(u, table.shape[1]) if reweight and ctx.needs_input_grad[0] else None  # [d, K]
+        inside = u == z if ctx.needs_input_grad[1] or ctx.needs_input_grad[2] else None  # the clamp's gradient
+        scale_slope = out - torch.where(inside, x, 0) if ctx.needs_input_grad[1] else None  # d out / d log_scale
+        ctx.save_for_backward(p, scale, entry, counts, scale_slope, inside)
+        ctx.tau = tau
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # grad [n, d]
+        p, scale, entry, counts, scale_slope, inside = ctx.saved_tensors
+        grad_logits = grad_log_scale = grad_x = None
+        if ctx.needs_input_grad[0]:
+            d, segments, granularity = p.shape
+            width = segments * granularity
+            grad_table = grad.new_zeros(d, 2 * width + 1)  # [d, K]
+            # index_put_ accumulates deterministically on CUDA too
+            grad_table.view(-1).index_put_((entry.view(-1),), (grad * scale).view(-1), accumulate=True)
+            factor = 1 / ctx.tau  # collects the constant factors
+            if counts is not None:
+                grad_table.div_(counts.sqrt().add_(1e-5))
+                factor *= grad.shape[0] / (2 * width + 1)
+            rise = _rise_matrix(segments, granularity, p.dtype, p.device)
+            if rise is None:
+                # rise_j sits at T[R G + 1 + j] and, negated, at T[R G - 1 - j]; p_i adds to every rise_j, j >= i
+                grad_rise = grad_table[:, width + 1 :].flip(-1) - grad_table[:, :width]  # [d, R*G], reversed
+                grad_p = grad_rise.cumsum(dim=-1).flip(-1).view(p.shape)
+                factor /= segments
+            else:
+                grad_p = (grad_table @ rise.T).view(p.shape)
+            grad_logits = p * (grad_p - (grad_p * p).sum(dim=-1, keepdim=True)).mul_(factor)  # softmax backward
+        if ctx.needs_input_grad[1]:
+            grad_log_scale = (grad * scale_slope).sum(dim=0)
+        if ctx.needs_input_grad[2]:
+            grad_x = grad * inside
+        return grad_logits, grad_log_scale, grad_x, None, None
 
 
 class Quantizer(nn.Module):
@@ -117,10 +298,12 @@ class ThresholdQuantizer(Quantizer):
     def soft(self, x: torch.Tensor) -> torch.Tensor:
         if not self.trainable:
             return self.decode(self.encode(x))
-        steps = torch.sigmoid((x[..., None] - self.thresholds) / self.tau)  # [n, d, M]
-        return self._read(steps)
+        if self.readout == "thermometer":
+            return _Thermometer.apply(x, self.thresholds, self.tau)
+        values = self.interval_values if self.readout == "values" else None
+        return _SteppedSum.apply(x, self.thresholds, values, self.tau)
 
-    def _read(self, steps: torch.Tensor) -> torch.Tensor:  # [n, d, M] -> [n, out_features]
+    def _read(self, steps: torch.Tensor) -> torch.Tensor:  # hard steps [n, d, M] -> [n, out_features]
         if self.readout == "thermometer":
             return steps.flatten(1)
         if self.readout == "index":
@@ -152,10 +335,7 @@ class LSQQuantizer(Quantizer):
 
     def soft(self, x: torch.Tensor) -> torch.Tensor:
         grad_scale = 1.0 / math.sqrt(self.q_max * x.numel())
-        step = self.step * grad_scale + (self.step - self.step * grad_scale).detach()
-        z = torch.clamp(x / step, self.q_min, self.q_max)
-        z = z + (torch.round(z) - z).detach()  # straight-through rounding
-        return z * step
+        return _LSQRound.apply(x, self.step, self.q_min, self.q_max, grad_scale)
 
 
 class LLTQuantizer(Quantizer):
@@ -187,24 +367,13 @@ class LLTQuantizer(Quantizer):
             p = nn.functional.one_hot(winners, self.granularity).to(self.logits.dtype)
         else:
             p = torch.softmax(self.logits / self.tau, dim=-1)  # [d, R, G]
-        rise = p.flatten(1).cumsum(dim=-1)  # [d, R*G], rises to R
-        zero = torch.zeros_like(rise[:, :1])
-        return torch.cat([-rise.flip(-1), zero, rise], dim=-1) / self.segments
-
-    def _table_position(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Clamped ``u = x / s`` [n, d] and its table entry ``round(R G (u + 1))`` [n, d]."""
-        u = torch.clamp(x / self.log_scale.exp(), -1.0, 1.0)
-        position = torch.round((self.table_size - 1) / 2 * (u + 1)).long()
-        return u, position
-
-    def _lookup(self, table: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
-        features = torch.arange(self.n_features, device=position.device)
-        return table[features, position]  # [n, d]
+        return _rise_table(p)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            _, position = self._table_position(x)
-            level = self._lookup(self.table(hard=True), position) * self.segments
+            _, _, position = _clamped_position(x, self.log_scale.exp(), self.table_size)
+            features = torch.arange(self.n_features, device=position.device)
+            level = self.table(hard=True)[features, position] * self.segments  # [n, d]
         return torch.round(level).long() + self.segments
 
     def decode(self, index: torch.Tensor) -> torch.Tensor:
@@ -216,23 +385,8 @@ class LLTQuantizer(Quantizer):
         self.log_scale.copy_(torch.log(3 * x.std(dim=0).clamp_min(MIN_STATISTIC)))
         self.scale_initialized = True
 
-    def _gradient_weights(self, u: torch.Tensor) -> torch.Tensor:
-        """``N / (K (sqrt(h) + 1e-5))`` per table entry [d, K], h the histogram of u per feature."""
-        with torch.no_grad():
-            low, high = u.min(dim=0).values, u.max(dim=0).values  # [d]
-            width = (high - low).clamp_min(torch.finfo(u.dtype).tiny)
-            bins = ((u - low) / width * self.table_size).long().clamp_(0, self.table_size - 1)
-            counts = torch.zeros(self.n_features, self.table_size, device=u.device, dtype=u.dtype)
-            counts.scatter_add_(1, bins.T, torch.ones_like(bins.T, dtype=u.dtype))
-            return u.shape[0] / (self.table_size * (counts.sqrt() + 1e-5))
-
     def soft(self, x: torch.Tensor) -> torch.Tensor:
         if self.training and not self.scale_initialized:
             self._init_scale(x)
-        scale = self.log_scale.exp()
-        u, position = self._table_position(x)
-        table = self.table(hard=False)
-        if self.training and table.requires_grad:
-            weights = self._gradient_weights(u)
-            table.register_hook(lambda grad: grad * weights)  # the value stays, the gradient is reweighted
-        return (self._lookup(table, position) + u - u.detach()) * scale
+        # in training the gradient reaching the table is reweighted by the histogram of u
+        return _LLTLookup.apply(self.logits, self.log_scale, x, self.tau, self.training)

@@ -22,6 +22,7 @@ from models import (
     SavedModel,
     Setting,
     SplitModel,
+    StackedMLP,
     build_model,
     evaluate,
     get_method,
@@ -29,6 +30,7 @@ from models import (
     run_methods,
     save_model,
     train_model,
+    train_models,
 )
 from quantization import LLTQuantizer, LSQQuantizer, ThresholdQuantizer
 
@@ -310,6 +312,86 @@ def test_run_methods_is_reproducible_and_independent_of_other_methods(tiny_run):
     assert alone["Po-MQ"].losses == results["Po-MQ"].losses
     other_seed = run_methods(["Bw-SQ"], settings, train, evaluations, bits=3, seed=8)
     assert other_seed["Bw-SQ"].losses != results["Bw-SQ"].losses
+
+
+def reference_step(mlps, inputs, masks, dropout):
+    """Plain autograd through separate MLPs with the given dropout masks: predictions and all gradients."""
+    inputs = [x.clone().requires_grad_(True) for x in inputs]
+    predictions = []
+    for mlp, x in zip(mlps, inputs):
+        linears = [m for m in mlp if isinstance(m, nn.Linear)]
+        for layer, linear in enumerate(linears):
+            x = linear(x)
+            if layer < len(linears) - 1:
+                x = torch.relu(x) * (masks[layer] / (1 - dropout))
+        predictions.append(x.squeeze(-1))
+    predictions = torch.stack(predictions)
+    weights = torch.randn(predictions.shape, generator=torch.Generator().manual_seed(5), dtype=predictions.dtype)
+    (predictions * weights).sum().backward()
+    return predictions.detach(), weights, inputs
+
+
+@pytest.mark.parametrize("hidden_layers", [0, 1, 3])
+def test_stacked_mlp_matches_autograd_of_separate_networks(hidden_layers):
+    """Mixed input widths, dropout, input gradients for some networks: all equal to plain autograd."""
+    torch.manual_seed(0)
+    dropout, batch, hidden = 0.3, 9, 5
+    widths, input_grad = [4, 4, 4, 7, 7], [True, True, False, True, False]
+    mlps = [MLP(w, hidden, hidden_layers, dropout).double() for w in widths]
+    inputs = [torch.randn(batch, w, dtype=torch.float64) for w in widths]
+    stacked = StackedMLP(mlps, input_grad)
+    predictions = stacked.forward(inputs, torch.Generator().manual_seed(3))
+    generator = torch.Generator().manual_seed(3)  # the masks the stacked forward drew, in its order
+    masks = [torch.empty(batch, hidden, dtype=torch.float64).bernoulli_(1 - dropout, generator=generator) for _ in range(hidden_layers)]
+    expected, weights, leaves = reference_step(mlps, inputs, masks, dropout)
+    torch.testing.assert_close(predictions, expected, rtol=1e-12, atol=1e-12)
+    input_grads = stacked.backward(weights)
+    assert [None if g is None else g.shape[0] for g in input_grads] == [2, 1]
+    torch.testing.assert_close(input_grads[0], torch.stack([leaves[0].grad, leaves[1].grad]), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(input_grads[1][0], leaves[3].grad, rtol=1e-12, atol=1e-12)
+    grads = copy.deepcopy(mlps)
+    for mlp, separate in zip(grads, mlps):
+        for linear, original in zip(mlp, separate):
+            if isinstance(linear, nn.Linear):
+                linear.weight.data, linear.bias.data = original.weight.grad, original.bias.grad
+    flat = stacked.flat.detach().clone()
+    stacked.flat.data.copy_(stacked.flat.grad)  # unstack the gradient like weights
+    stacked.unstack_into(mlps)
+    for mlp, expected_grads in zip(mlps, grads):
+        for got, want in zip(mlp.parameters(), expected_grads.parameters()):
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    stacked.flat.data.copy_(flat)
+
+
+def test_stacked_mlp_round_trips_weights_and_checks_its_order():
+    mlps = [MLP(w, 3, 2, 0.0) for w in (2, 2, 5)]
+    copies = copy.deepcopy(mlps)
+    StackedMLP(mlps, [False] * 3).unstack_into(copies)
+    for mlp, copied in zip(mlps, copies):
+        for a, b in zip(mlp.parameters(), copied.parameters()):
+            assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="adjacent"):
+        StackedMLP([MLP(2, 3, 1, 0.0), MLP(5, 3, 1, 0.0), MLP(2, 3, 1, 0.0)], [False] * 3)
+    with pytest.raises(ValueError, match="first"):
+        StackedMLP([MLP(2, 3, 1, 0.0), MLP(2, 3, 1, 0.0)], [False, True])
+
+
+def test_train_models_returns_losses_in_the_given_order():
+    x, y = tiny_data(300, 3)
+    ctx = QuantizerContext.from_training_rows(x, 3)
+
+    def built(names):
+        models = []
+        for name in names:
+            torch.manual_seed(0)
+            models.append(build_model(METHODS[name], SETTING, ctx))
+        return models
+
+    names = ["FP", "Bw-SQ", "LSQ", "Bw-QQ"]
+    forward = train_models(built(names), x, y, SETTING, seed=1)
+    backward = train_models(built(names[::-1]), x, y, SETTING, seed=1)
+    assert forward == backward[::-1]
+    assert len(set(forward)) == 4
 
 
 def test_run_methods_one_epoch_and_zero_hidden_layers():

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from quantization import LLTQuantizer, LSQQuantizer, ThresholdQuantizer
+from quantization.quantizers import _LLTLookup, _rise_matrix, _SteppedSum, _Thermometer
 
 T3 = torch.tensor([[-1.0, 0.0, 1.0]])  # one feature, 2 bits
 X = torch.tensor([[-2.0], [-1.0], [-0.5], [0.0], [0.3], [1.0], [5.0]])
@@ -395,16 +396,20 @@ def test_llt_table_gradient_is_rescaled_by_histogram():
     # histogram with 9 bins over the batch's own min..max: bin width 0.2 -> bins 0 0 0 5 5 8
     h, _ = np.histogram(u, bins=9, range=(u.min(), u.max()))
     assert h.tolist() == [3, 0, 0, 0, 0, 2, 0, 0, 1]
-    table_values = np.linspace(-1.0, 1.0, 9) ** 3
-    table = torch.tensor(table_values[None], requires_grad=True)
-    q.table = lambda hard: table  # a leaf in place of the softmax table
+    table_values = np.linspace(-1.0, 1.0, 9) ** 3  # antisymmetric and rising: a soft table
+    set_logits(q, np.log(np.diff(table_values[4:]))[None, None])  # p = rise steps, at tau = 1
+    np.testing.assert_allclose(q.table(hard=False).detach().numpy()[0], table_values, atol=1e-12)
     out = q(torch.tensor(u[:, None]))
     np.testing.assert_allclose(out.detach().numpy()[:, 0], table_values[pos], atol=1e-12)
     (out[:, 0] * torch.tensor(w)).sum().backward()
     raw = np.zeros(9)
     np.add.at(raw, pos, w)  # d loss / d T[k] without rescaling (s = 1)
     expected = raw * 6 / (9 * (np.sqrt(h) + 1e-5))
-    np.testing.assert_allclose(table.grad.numpy()[0], expected, rtol=1e-9)
+    # the logits get the rescaled table gradient, chained through the table
+    expected_logits = torch.autograd.grad(q.table(hard=False), q.logits, torch.tensor(expected[None]))[0]
+    np.testing.assert_allclose(q.logits.grad.numpy(), expected_logits.numpy(), rtol=1e-9, atol=1e-12)
+    unweighted = torch.autograd.grad(q.table(hard=False), q.logits, torch.tensor(raw[None]))[0]
+    assert not np.allclose(q.logits.grad.numpy(), unweighted.numpy(), rtol=1e-3)
     # log_s: d/dlog_s of (T[i] + u - sg(u)) s = T[i] s - x (inside the range, s = 1)
     np.testing.assert_allclose(q.log_scale.grad.numpy(), [(w * (table_values[pos] - u)).sum()], rtol=1e-9)
 
@@ -435,6 +440,181 @@ def test_llt_eval_soft_has_no_gradient_reweighting():
     pos = np.round(4 * (x + 1)).astype(int)
     got = q(torch.tensor(x[:, None])).detach().numpy()[:, 0]
     np.testing.assert_allclose(got, table[pos], atol=1e-12)
+
+
+# =========================================================================== training Functions
+# The training-time soft paths run as autograd Functions with hand-written backward passes. The
+# references below are the plain autograd formulas they replace; in float64 the values agree to
+# 1e-12 and every gradient to 1e-9 (relative to the largest entry of that gradient).
+def reference_threshold_soft(x, thresholds, values, readout, tau):
+    steps = torch.sigmoid((x[..., None] - thresholds) / tau)  # [n, d, M]
+    if readout == "thermometer":
+        return steps.flatten(1)
+    if readout == "index":
+        return steps.sum(dim=-1)
+    return values[:, 0] + (steps * values.diff(dim=-1)).sum(dim=-1)
+
+
+def reference_lsq_soft(x, step, q_min, q_max):
+    grad_scale = 1.0 / math.sqrt(q_max * x.numel())
+    step = step * grad_scale + (step - step * grad_scale).detach()
+    z = torch.clamp(x / step, q_min, q_max)
+    z = z + (torch.round(z) - z).detach()  # straight-through rounding
+    return z * step
+
+
+def reference_llt_soft(x, logits, log_scale, tau, training):
+    d, r, g = logits.shape
+    k = 2 * r * g + 1
+    p = torch.softmax(logits / tau, dim=-1)
+    rise = p.flatten(1).cumsum(dim=-1)
+    table = torch.cat([-rise.flip(-1), torch.zeros_like(rise[:, :1]), rise], dim=-1) / r
+    scale = log_scale.exp()
+    u = torch.clamp(x / scale, -1.0, 1.0)
+    position = torch.round((k - 1) / 2 * (u + 1)).long()
+    if training:
+        with torch.no_grad():
+            low, high = u.min(dim=0).values, u.max(dim=0).values
+            width = (high - low).clamp_min(torch.finfo(u.dtype).tiny)
+            bins = ((u - low) / width * k).long().clamp_(0, k - 1)
+            counts = torch.zeros(d, k, dtype=u.dtype)
+            counts.scatter_add_(1, bins.T, torch.ones_like(bins.T, dtype=u.dtype))
+            weights = u.shape[0] / (k * (counts.sqrt() + 1e-5))
+        table.register_hook(lambda grad: grad * weights)
+    return (table[torch.arange(d), position] + u - u.detach()) * scale
+
+
+def compare_with_reference(q, reference, x, x_grad, gen):
+    """q(x) and the gradients of (q(x) * w).sum() against ``reference(x, *parameters)``."""
+    names = [name for name, _ in q.named_parameters()]
+    leaves = [p.detach().clone().requires_grad_() for p in q.parameters()]
+    x_ref = x.clone().requires_grad_(x_grad)
+    x = x.clone().requires_grad_(x_grad)
+    out, expected = q(x), reference(x_ref, *leaves)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+    w = torch.randn(out.shape, generator=gen, dtype=out.dtype)
+    (out * w).sum().backward()
+    (expected * w).sum().backward()
+    pairs = [(name, p.grad, leaf.grad) for name, p, leaf in zip(names, q.parameters(), leaves)]
+    if x_grad:
+        pairs.append(("x", x.grad, x_ref.grad))
+    for name, got, want in pairs:
+        assert want is not None and got is not None, name
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9 * float(want.abs().max()), msg=name)
+
+
+@pytest.mark.parametrize("readout", ["index", "values", "thermometer"])
+@pytest.mark.parametrize("bits,tau", [(2, 1.0), (3, 0.3), (4, 0.05), (5, 2.0)])
+@pytest.mark.parametrize("x_grad", [False, True])
+def test_threshold_soft_matches_autograd_reference(readout, bits, tau, x_grad):
+    gen = torch.Generator().manual_seed(bits * 7 + int(x_grad))
+    d, m = 3, 2**bits - 1
+    q = ThresholdQuantizer(torch.randn(d, m, generator=gen), readout, trainable=True).double()  # unsorted
+    q.tau = tau
+    if readout == "values":
+        with torch.no_grad():
+            q.interval_values.copy_(torch.randn(d, m + 1, generator=gen, dtype=torch.float64))
+    x = torch.randn(200, d, generator=gen, dtype=torch.float64) * 1.5
+
+    def reference(x, thresholds, *values):
+        return reference_threshold_soft(x, thresholds, values[0] if values else None, readout, tau)
+
+    compare_with_reference(q, reference, x, x_grad, gen)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("x_grad", [False, True])
+def test_lsq_soft_matches_autograd_reference(bits, x_grad):
+    gen = torch.Generator().manual_seed(bits)
+    d = 4
+    q = LSQQuantizer(bits, d).double()
+    with torch.no_grad():
+        q.step.copy_(torch.rand(d, generator=gen, dtype=torch.float64) * 0.5 + 0.05)
+    x = torch.randn(300, d, generator=gen, dtype=torch.float64) * 2  # many values beyond the levels
+    compare_with_reference(q, lambda x, step: reference_lsq_soft(x, step, q.q_min, q.q_max), x, x_grad, gen)
+
+
+# 6 bits at G = 9 builds the table with cumsum, the smaller ones with the cached matrix
+LLT_CASES = [(2, 4, 1.0), (3, 9, 0.5), (4, 4, 0.1), (4, 1, 1.0), (5, 9, 2.0), (6, 9, 0.3)]
+
+
+@pytest.mark.parametrize("bits,granularity,tau", LLT_CASES)
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("x_grad", [False, True])
+def test_llt_soft_matches_autograd_reference(bits, granularity, tau, training, x_grad):
+    gen = torch.Generator().manual_seed(bits * 10 + granularity)
+    d = 3
+    q = LLTQuantizer(bits, d, granularity).double()
+    q.train(training)
+    q.tau = tau
+    q.scale_initialized = True
+    with torch.no_grad():
+        q.logits.copy_(torch.randn(q.logits.shape, generator=gen, dtype=torch.float64) * 2)
+        q.log_scale.copy_(torch.randn(d, generator=gen, dtype=torch.float64) * 0.3)
+    x = torch.randn(400, d, generator=gen, dtype=torch.float64) * 1.5  # some beyond +-s
+    x[:4] = torch.exp(q.log_scale.detach()) * torch.tensor([[-1.0], [1.0], [0.5], [0.0]], dtype=torch.float64)
+
+    def reference(x, logits, log_scale):
+        return reference_llt_soft(x, logits, log_scale, tau, training)
+
+    compare_with_reference(q, reference, x, x_grad, gen)
+
+
+def test_training_functions_gradcheck():
+    """The hand-written backward passes are the derivatives, where the formula is differentiable."""
+    gen = torch.Generator().manual_seed(0)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64, requires_grad=True)
+
+    x, t, v = randn(6, 2), randn(2, 3), randn(2, 4)
+    assert torch.autograd.gradcheck(lambda x, t: _Thermometer.apply(x, t, 0.7), (x, t))
+    assert torch.autograd.gradcheck(lambda x, t: _SteppedSum.apply(x, t, None, 0.7), (x, t))
+    assert torch.autograd.gradcheck(lambda x, t, v: _SteppedSum.apply(x, t, v, 0.7), (x, t, v))
+    # LLT: the table lookup is differentiable in the logits (without the histogram reweighting),
+    # through the cached matrix (small tables) and through cumsum (large ones)
+    x = torch.randn(40, 2, generator=gen, dtype=torch.float64)
+    log_scale = torch.zeros(2, dtype=torch.float64)
+    for shape in [(2, 3, 4), (2, 31, 6)]:
+        assert (_rise_matrix(*shape[1:], torch.float64, x.device) is None) == (shape[1] == 31)
+        logits = randn(*shape)
+        assert torch.autograd.gradcheck(lambda w: _LLTLookup.apply(w, log_scale, x, 0.7, False), (logits,))
+
+
+def test_llt_rise_matrix_is_the_table_map():
+    p = torch.softmax(torch.randn(4, 7, 3, dtype=torch.float64), dim=-1)  # R = 7, G = 3
+    rise = p.flatten(1).cumsum(dim=1)
+    expected = torch.cat([-rise.flip(-1), torch.zeros(4, 1, dtype=torch.float64), rise], dim=1) / 7
+    got = p.flatten(1) @ _rise_matrix(7, 3, torch.float64, p.device)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-14)
+
+
+def test_llt_cached_matrix_built_in_inference_mode_trains():
+    _rise_matrix.cache_clear()
+    q = LLTQuantizer(3, 2, 5)
+    q.eval()
+    with torch.inference_mode():  # a soft evaluation builds the cache first
+        q(torch.randn(10, 2))
+    q.train()
+    q(torch.randn(10, 2)).sum().backward()
+    assert q.logits.grad is not None
+
+
+@pytest.mark.parametrize("name", ["index", "values", "thermometer", "lsq", "llt4"])
+def test_training_backward_twice_adds_the_same_gradient(name):
+    """Saved tensors are not modified by a backward pass (retain_graph gives equal gradients)."""
+    gen = torch.Generator().manual_seed(11)
+    q = all_quantizers(3, 3, gen)[name].double()
+    q.train()
+    if name == "llt4":
+        q.scale_initialized = True
+    x = torch.randn(100, 3, generator=gen, dtype=torch.float64)
+    out = q(x)
+    out.sum().backward(retain_graph=True)
+    once = [p.grad.clone() for p in q.parameters()]
+    out.sum().backward()
+    for p, g in zip(q.parameters(), once):
+        torch.testing.assert_close(p.grad, 2 * g, rtol=0, atol=0)
 
 
 # =========================================================================== all quantizers
