@@ -108,8 +108,10 @@ def print_workload(report: dict, rate: float) -> None:
             continue
         floor = m["gflop"] / rate
         print(f"{name:8} {m['train_seconds_alone']:8.3f} {m['samples_per_second_alone']:10.0f} {m['gflop']:7.2f} {floor:8.3f} {m['train_seconds_alone'] / floor:8.2f}")
-    alone = {name: m["train_seconds_alone"] for name, m in report["methods"].items()}
-    print(f"LLT4 / FP {alone['LLT4'] / alone['FP']:.2f}, LLT9 / FP {alone['LLT9'] / alone['FP']:.2f}, Bw-SQ / Pr-QQ {alone['Bw-SQ'] / alone['Pr-QQ']:.2f}")
+    for method, reference in [("LLT4", "FP"), ("LLT9", "FP"), ("Bw-SQ", "Pr-QQ")]:
+        m, r = report["methods"][method], report["methods"][reference]
+        print(f"{method} / {reference}: time {m['train_seconds_alone'] / r['train_seconds_alone']:.2f}, "
+              f"matmul FLOPs {m['gflop'] / r['gflop']:.2f}")
     floor = report["gflop"] / rate
     print(f"whole row of 13 methods (grouped as the tuning runs it): {report['seconds']:.3f} s, "
           f"{report['gflop']:.1f} GFLOP, floor {floor:.3f} s, ratio to floor {report['seconds'] / floor:.2f}")

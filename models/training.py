@@ -99,10 +99,9 @@ class StackedMLP:
         self.flat = nn.Parameter(torch.cat([t.reshape(-1) for t in tensors]))
         self.flat.grad = torch.zeros_like(self.flat)
         values, grads = (self._views(t, [t.shape for t in tensors]) for t in (self.flat.detach(), self.flat.grad))
-        self.first = list(zip(values[0 : 2 * len(self.blocks) : 2], values[1 : 2 * len(self.blocks) : 2]))  # per block
-        self.first_grad = list(zip(grads[0 : 2 * len(self.blocks) : 2], grads[1 : 2 * len(self.blocks) : 2]))
-        self.later = list(zip(values[2 * len(self.blocks) :: 2], values[2 * len(self.blocks) + 1 :: 2]))  # per layer
-        self.later_grad = list(zip(grads[2 * len(self.blocks) :: 2], grads[2 * len(self.blocks) + 1 :: 2]))
+        first = 2 * len(self.blocks)  # tensors of the first layer: (weight, bias) per block
+        self.first, self.first_grad = self._pairs(values[:first]), self._pairs(grads[:first])
+        self.later, self.later_grad = self._pairs(values[first:]), self._pairs(grads[first:])  # per later layer
         self.dropout = next((m.p for m in mlps[0] if isinstance(m, nn.Dropout)), 0.0)
         self.size = len(mlps)
         self._buffers: dict[int, list[torch.Tensor]] = {}
@@ -113,6 +112,10 @@ class StackedMLP:
     @staticmethod
     def _views(flat: torch.Tensor, shapes: Sequence[torch.Size]) -> list[torch.Tensor]:
         return [part.view(shape) for part, shape in zip(flat.split([s.numel() for s in shapes]), shapes)]
+
+    @staticmethod
+    def _pairs(tensors: Sequence[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return list(zip(tensors[0::2], tensors[1::2]))
 
     def _buffers_for(self, batch: int) -> list[torch.Tensor]:
         """One output buffer [G, B, out] per layer, and two gradient buffers [G, B, H]."""
@@ -233,8 +236,8 @@ def train_models(models: Sequence[SplitModel], x: torch.Tensor, y: torch.Tensor,
             for p in quantizer_parameters:
                 p.grad = None
             input_grads = stacked.backward(error * (2 / rows.shape[0]))  # d(mean squared error)/d(prediction)
-            outputs = [out for (start, stop), rows_with_grad in zip(stacked.blocks, stacked.input_grad_rows)
-                       for out in inputs[start : start + rows_with_grad]]
+            outputs = [out for (first, _), rows_with_grad in zip(stacked.blocks, stacked.input_grad_rows)
+                       for out in inputs[first : first + rows_with_grad]]
             if outputs:
                 torch.autograd.backward(outputs, [g for block in input_grads if block is not None for g in block])
             optimizer.step()

@@ -1,25 +1,29 @@
-"""REPRODUCTION.md's comparison table is what compare_runs.py prints for the committed CSV."""
+"""REPRODUCTION.md's comparison tables are what compare_runs.py prints for the committed CSVs."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from protocol.schema import BEST_COLUMNS
 from result_analysis.compare_runs import compare, read_runs, to_markdown
 
 REPO = Path(__file__).resolve().parents[1]
-OURS = REPO / "results" / "reproduction" / "fried_best_hyperparameter_test_multiple.csv"
+RUNS = [REPO / "results" / "reproduction" / name
+        for name in ("fried_best_hyperparameter_test_multiple.csv", "fried_3bits_stacked_engine.csv")]
 
 
-def test_committed_reproduction_has_the_paper_schema() -> None:
-    frame = pd.read_csv(OURS)
+@pytest.mark.parametrize("ours", RUNS, ids=lambda path: path.name)
+def test_committed_reproduction_has_the_paper_schema(ours: Path) -> None:
+    frame = pd.read_csv(ours)
     assert tuple(frame.columns) == BEST_COLUMNS
     assert frame.groupby("bits").size().to_dict() == {b: 10 for b in sorted(frame.bits.unique())}
 
 
-def test_reproduction_document_shows_the_script_output(shared_dir: Path) -> None:
+@pytest.mark.parametrize("ours", RUNS, ids=lambda path: path.name)
+def test_reproduction_document_shows_the_script_output(shared_dir: Path, ours: Path) -> None:
     theirs = shared_dir / "paper_results" / "best_hyperparameter_multiple" / "fried_best_hyperparameter_test_multiple.csv"
-    table = to_markdown(compare(read_runs(OURS), read_runs(theirs)))
+    table = to_markdown(compare(read_runs(ours), read_runs(theirs)))
     assert table in (REPO / "REPRODUCTION.md").read_text()
