@@ -21,6 +21,7 @@ from .mlp import MLP, SplitModel
 
 BATCH_SIZE = 512
 EVAL_BATCH_SIZE = 65536
+STACK_PARAMETERS = 2**24  # MLP weights trained as one stack at most: with gradients and Adam's state about 270 MB
 
 
 @dataclass(frozen=True)
@@ -298,8 +299,9 @@ def run_methods(
     Every network is built right after seeding with ``seed``, so its initial weights do not
     depend on which other methods run. A post-training method quantizes the inputs of the FP
     network of its setting, trained once and shared (with FP itself too). Networks of one
-    setting train together (:func:`train_models`); each is charged an equal
-    share of the group's training time. ``on_method(label)`` reports progress.
+    setting train together (:func:`train_models`), in stacks of at most ``STACK_PARAMETERS``
+    weights so that the paper's widest settings fit in memory; each network is charged an equal
+    share of its stack's training time. ``on_method(label)`` reports progress.
     """
     names = list(names)
     ctx = QuantizerContext.from_training_rows(train[0], bits)
@@ -309,15 +311,12 @@ def run_methods(
         if key not in networks:
             seed_everything(seed)
             networks[key] = build_model(METHODS[key[0]], key[1], ctx)
-    groups: dict[Setting, list[tuple[str, Setting]]] = {}
-    for key in networks:
-        groups.setdefault(key[1], []).append(key)
     trained: dict[tuple[str, Setting], tuple[float, float]] = {}  # key -> (train loss, seconds)
-    for setting, keys in groups.items():
+    for keys in _stacks(networks):
         if on_method is not None:
             on_method(" ".join(key[0] for key in keys))
         start = time.perf_counter()
-        losses = train_models([networks[key] for key in keys], *train, setting, seed)
+        losses = train_models([networks[key] for key in keys], *train, keys[0][1], seed)
         seconds = (time.perf_counter() - start) / len(keys)
         trained.update({key: (loss, seconds) for key, loss in zip(keys, losses)})
     results = {}
@@ -328,6 +327,23 @@ def run_methods(
             model = SplitModel(method.quantizer(ctx).to(train[0].device), model.mlp)
         results[name] = _evaluated(method, model, evaluations, *trained[key])
     return results
+
+
+def _stacks(networks: Mapping[tuple[str, Setting], SplitModel]) -> list[list[tuple[str, Setting]]]:
+    """The networks of each setting, in runs of at most ``STACK_PARAMETERS`` MLP weights (at least one network)."""
+    stacks: list[list[tuple[str, Setting]]] = []
+    sizes: list[int] = []  # weights per stack
+    open_stack: dict[Setting, int] = {}  # setting -> index of the stack it is filling
+    for key, model in networks.items():
+        weights = sum(p.numel() for p in model.mlp.parameters())
+        index = open_stack.get(key[1])
+        if index is None or sizes[index] + weights > STACK_PARAMETERS:
+            index = open_stack[key[1]] = len(stacks)
+            stacks.append([])
+            sizes.append(0)
+        stacks[index].append(key)
+        sizes[index] += weights
+    return stacks
 
 
 def _network_key(name: str, setting: Setting) -> tuple[str, Setting]:

@@ -32,6 +32,7 @@ from models import (
     train_model,
     train_models,
 )
+from models import training
 from quantization import LLTQuantizer, LSQQuantizer, ThresholdQuantizer
 
 ORDER = ("FP", "Po-MQ", "Po-QQ", "Pr-MQ", "Pr-QQ", "SQ", "SQplus", "Bw-MQ", "Bw-QQ", "Bw-SQ", "LLT9", "LLT4", "LSQ")
@@ -392,6 +393,18 @@ def test_train_models_returns_losses_in_the_given_order():
     backward = train_models(built(names[::-1]), x, y, SETTING, seed=1)
     assert forward == backward[::-1]
     assert len(set(forward)) == 4
+
+
+def test_run_methods_splits_wide_settings_into_stacks_with_the_same_results(tiny_run, monkeypatch):
+    results, train, evaluations, settings = tiny_run
+    weights = sum(p.numel() for p in results["FP"].model.mlp.parameters())  # 3 inputs
+    monkeypatch.setattr(training, "STACK_PARAMETERS", 2 * weights)  # two 3-input networks per stack at most
+    stacks = []
+    again = run_methods(ORDER, settings, train, evaluations, bits=3, seed=7, on_method=stacks.append)
+    assert stacks == ["FP Pr-MQ", "Pr-QQ SQ", "SQplus", "Bw-MQ", "Bw-QQ", "Bw-SQ", "LLT9 LLT4", "LSQ"]
+    for name in ORDER:
+        assert again[name].losses == results[name].losses, name
+        assert again[name].soft_losses == results[name].soft_losses, name
 
 
 def test_run_methods_one_epoch_and_zero_hidden_layers():
