@@ -8,6 +8,7 @@ float32 matmul rate measured on the same machine in the same run.
 
     python benchmarks/bench_methods.py                 # the reference workload
     python benchmarks/bench_methods.py --scaling       # plus rows 5k/20k/80k and epochs 5/10/20
+    python benchmarks/bench_methods.py --processes 2   # plus 2 processes training the row at once
     python benchmarks/bench_methods.py --device cuda --json bench.json
 """
 
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
 import platform
 import sys
 import time
@@ -98,6 +101,20 @@ def run_workload(rows: int, epochs: int, device: torch.device, per_method: bool 
     return {"rows": rows, "epochs": epochs, "seconds": total, "gflop": gflop, "methods": methods}
 
 
+def _row_seconds_in_worker(threads: int) -> float:
+    """Seconds of one whole row in a fresh process with ``threads`` threads (after a warm-up row)."""
+    torch.set_num_threads(threads)
+    run_workload(5000, 2, torch.device("cpu"), per_method=False)
+    return run_workload(20000, 10, torch.device("cpu"), per_method=False)["seconds"]
+
+
+def concurrent_rows(processes: int) -> list[float]:
+    """Each of ``processes`` CPU processes, started together, times the reference row with cores / processes threads."""
+    threads = max(1, (os.cpu_count() or 1) // processes)
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        return pool.map(_row_seconds_in_worker, [threads] * processes)
+
+
 def print_workload(report: dict, rate: float) -> None:
     """A table per method (trained alone) and the whole row against its floor."""
     print(f"\n{report['rows']} rows, {report['epochs']} epochs, {BITS} bits; per method trained alone:")
@@ -124,6 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=20000)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--scaling", action="store_true", help="also rows 5k/20k/80k and epochs 5/10/20")
+    parser.add_argument("--processes", type=int, default=0,
+                        help="also time this many CPU processes training the row at once, cores / processes threads each")
     parser.add_argument("--json", default=None, help="write the measurements to this JSON file")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
@@ -141,8 +160,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         for r in sorted(reports, key=lambda r: (r["epochs"], r["rows"])):
             per = r["seconds"] / (r["rows"] * 0.6 * r["epochs"]) * 1e6
             print(f"{r['rows']:6} {r['epochs']:6} {r['seconds']:8.2f} {per:20.2f} {r['seconds'] / (r['gflop'] / rate):15.2f}")
+    measured = {"device": str(device), "threads": torch.get_num_threads(), "matmul_gflops": rate, "workloads": reports}
+    if args.processes:
+        seconds = concurrent_rows(args.processes)
+        per_row = max(seconds) / len(seconds)
+        print(f"\n{args.processes} processes at once: {', '.join(f'{t:.2f}' for t in seconds)} s per row each, "
+              f"one row per {per_row:.2f} s, {per_row / (reports[0]['gflop'] / rate):.2f}x the floor")
+        measured["concurrent_rows"] = {"processes": args.processes, "seconds": seconds}
     if args.json:
-        Path(args.json).write_text(json.dumps({"device": str(device), "threads": torch.get_num_threads(), "matmul_gflops": rate, "workloads": reports}, indent=1))
+        Path(args.json).write_text(json.dumps(measured, indent=1))
     return 0
 
 
