@@ -76,10 +76,11 @@ def reference_data(rows: int, device: torch.device) -> dict[str, tuple[torch.Ten
     return standardize((x_train, y_train), val=(x_val, y_val), test=(x_test, y_test)).tensors(device)
 
 
-def run_workload(rows: int, epochs: int, device: torch.device, per_method: bool = True) -> dict[str, object]:
+def run_workload(rows: int, epochs: int, device: torch.device, per_method: bool = True,
+                 hidden_layers: int = 3, hidden_neurons: int = 128) -> dict[str, object]:
     """Time one tuning row of all methods (as the tuning runs it) and each method trained alone."""
     parts = reference_data(rows, device)
-    setting = Setting(0.0, 1e-3, 3, 128, epochs, 1e-3, 0.0)
+    setting = Setting(0.0, 1e-3, hidden_layers, hidden_neurons, epochs, 1e-3, 0.0)
     evaluations = {"val": parts["val"], "test": parts["test"]}
     _sync(device)
     start = time.perf_counter()
@@ -98,7 +99,8 @@ def run_workload(rows: int, epochs: int, device: torch.device, per_method: bool 
             "test_loss": results[name].losses["test"],
         }
     gflop = sum(workload_flops(m, setting, ctx, n_train, n_eval) for m in METHOD_NAMES) / 1e9
-    return {"rows": rows, "epochs": epochs, "seconds": total, "gflop": gflop, "methods": methods}
+    return {"rows": rows, "epochs": epochs, "hidden_layers": hidden_layers, "hidden_neurons": hidden_neurons,
+            "seconds": total, "gflop": gflop, "methods": methods}
 
 
 def _row_seconds_in_worker(threads: int) -> float:
@@ -117,7 +119,8 @@ def concurrent_rows(processes: int) -> list[float]:
 
 def print_workload(report: dict, rate: float) -> None:
     """A table per method (trained alone) and the whole row against its floor."""
-    print(f"\n{report['rows']} rows, {report['epochs']} epochs, {BITS} bits; per method trained alone:")
+    print(f"\n{report['rows']} rows, {report['epochs']} epochs, {report['hidden_layers']} x {report['hidden_neurons']} network, "
+          f"{BITS} bits; per method trained alone:")
     print(f"{'method':8} {'train s':>8} {'samples/s':>10} {'GFLOP':>7} {'floor s':>8} {'x floor':>8}")
     for name, m in report["methods"].items():
         if m["train_seconds_alone"] is None:
@@ -140,6 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
     parser.add_argument("--rows", type=int, default=20000)
     parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--hidden_layers", type=int, default=3, help="network depth (default: the reference 3)")
+    parser.add_argument("--hidden_neurons", type=int, default=128, help="network width (default: the reference 128)")
     parser.add_argument("--scaling", action="store_true", help="also rows 5k/20k/80k and epochs 5/10/20")
     parser.add_argument("--processes", type=int, default=0,
                         help="also time this many CPU processes training the row at once, cores / processes threads each")
@@ -150,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"device {device}: 2048x2048 float32 matmul at {rate:.1f} GFLOP/s")
     run_workload(5000, 2, device, per_method=False)  # warm-up: first-call costs are not the workload's
-    reports = [run_workload(args.rows, args.epochs, device)]
+    reports = [run_workload(args.rows, args.epochs, device, hidden_layers=args.hidden_layers, hidden_neurons=args.hidden_neurons)]
     print_workload(reports[0], rate)
     if args.scaling:
         for rows, epochs in [(5000, 10), (80000, 10), (20000, 5), (20000, 20)]:
