@@ -72,28 +72,26 @@ def build_model(method: Method, setting: Setting, ctx: QuantizerContext) -> Spli
 class StackedMLP:
     """``G`` MLPs of one setting trained as one: batched matmuls and a hand-written backward.
 
-    The networks may differ in input width: the first layer runs per block of equal width (the
-    MLPs must come with equal widths adjacent), every later layer as one batched matmul over all
-    ``G``. All weights live in one flat parameter (``flat``, viewed as ``[G, in, out]`` weights
+    The networks may differ in input width: the first layer runs per block of networks with
+    equal input width and equal ``input_grad`` (whether their input needs a gradient; the MLPs
+    must come with each block's networks adjacent), every later layer as one batched matmul over
+    all ``G``. All weights live in one flat parameter (``flat``, viewed as ``[G, in, out]`` weights
     and ``[G, 1, out]`` biases) whose gradient :meth:`backward` writes in place, so one optimizer
     step updates every network. Activations live in buffers reused from step to step.
     """
 
     def __init__(self, mlps: Sequence[MLP], input_grad: Sequence[bool]) -> None:
         layers = [[m for m in mlp if isinstance(m, nn.Linear)] for mlp in mlps]
-        widths = [linears[0].in_features for linears in layers]
-        self.blocks: list[tuple[int, int]] = []  # [start, stop) of each run of equal input width
-        for g, width in enumerate(widths):
-            if g > 0 and width == widths[g - 1]:
+        kinds = [(linears[0].in_features, wants) for linears, wants in zip(layers, input_grad)]
+        self.blocks: list[tuple[int, int]] = []  # [start, stop) of each run of equal input width and input_grad
+        for g, kind in enumerate(kinds):
+            if g > 0 and kind == kinds[g - 1]:
                 self.blocks[-1] = (self.blocks[-1][0], g + 1)
             else:
                 self.blocks.append((g, g + 1))
-        if len(self.blocks) != len(set(widths)):
-            raise ValueError(f"MLPs of equal input width must be adjacent, got widths {widths}")
-        # how many networks at the start of each block need the gradient of their input
-        self.input_grad_rows = [sum(input_grad[start:stop]) for start, stop in self.blocks]
-        if any(any(input_grad[start + k :stop]) for (start, stop), k in zip(self.blocks, self.input_grad_rows)):
-            raise ValueError("within a block, the networks that need input gradients must come first")
+        if len(self.blocks) != len(set(kinds)):
+            raise ValueError(f"MLPs of equal input width and input_grad must be adjacent, got {kinds}")
+        self.input_grad = [input_grad[start] for start, _ in self.blocks]  # per block
         columns = [[(lin.weight.detach().T, lin.bias.detach()[None]) for lin in column] for column in zip(*layers)]
         tensors = [torch.stack(ws) for start, stop in self.blocks for ws in zip(*columns[0][start:stop])]
         tensors += [torch.stack(ws) for column in columns[1:] for ws in zip(*column)]
@@ -127,11 +125,10 @@ class StackedMLP:
         return self._buffers[batch]
 
     @torch.no_grad()
-    def forward(self, inputs: Sequence[torch.Tensor], generator: torch.Generator | None = None) -> torch.Tensor:  # G x [B, in_g] -> [G, B]
+    def forward(self, inputs: Sequence[torch.Tensor], generator: torch.Generator | None = None) -> torch.Tensor:  # per block [G_b, B, in_b] -> [G, B]
         """The training forward pass: one dropout mask per layer, drawn from ``generator``, shared by the G networks."""
-        batch = inputs[0].shape[0]
-        buffers = self._buffers_for(batch)
-        self._inputs = [torch.stack(inputs[start:stop]) for start, stop in self.blocks]
+        buffers = self._buffers_for(inputs[0].shape[1])
+        self._inputs = list(inputs)
         x = buffers[0]
         for (start, stop), block_input, (weight, bias) in zip(self.blocks, self._inputs, self.first):
             torch.baddbmm(bias, block_input, weight, out=x[start:stop])
@@ -149,10 +146,10 @@ class StackedMLP:
         return x.squeeze(-1)
 
     @torch.no_grad()
-    def backward(self, grad_output: torch.Tensor) -> list[torch.Tensor]:  # [G, B] -> per block [k_b, B, in_b]
+    def backward(self, grad_output: torch.Tensor) -> list[torch.Tensor | None]:  # [G, B] -> per block [G_b, B, in_b]
         """Write d(sum of grad_output * output)/d(flat) into ``flat.grad``; return the input gradients.
 
-        Only the first ``k_b`` networks of each block (those that asked for it) get an input gradient.
+        Blocks without ``input_grad`` get None.
         """
         buffers = self._buffers_for(grad_output.shape[1])
         grad = grad_output.unsqueeze(-1)  # [G, B, out]
@@ -167,12 +164,12 @@ class StackedMLP:
                 grad.mul_(self._keep[layer])
             torch.ops.aten.threshold_backward.grad_input(grad, below, 0, grad_input=grad)  # ReLU
         input_grads = []
-        for (start, stop), rows, block_input, (weight, _), (weight_grad, bias_grad) in zip(
-            self.blocks, self.input_grad_rows, self._inputs, self.first, self.first_grad
+        for (start, stop), wants, block_input, (weight, _), (weight_grad, bias_grad) in zip(
+            self.blocks, self.input_grad, self._inputs, self.first, self.first_grad
         ):
             torch.bmm(block_input.transpose(1, 2), grad[start:stop], out=weight_grad)
             torch.sum(grad[start:stop], dim=1, keepdim=True, out=bias_grad)
-            input_grads.append(torch.bmm(grad[start : start + rows], weight[:rows].transpose(1, 2)) if rows else None)
+            input_grads.append(torch.bmm(grad[start:stop], weight.transpose(1, 2)) if wants else None)
         return input_grads
 
     @torch.no_grad()
@@ -217,8 +214,11 @@ def train_models(models: Sequence[SplitModel], x: torch.Tensor, y: torch.Tensor,
     for model in models:
         model.train()
         model.set_hard(False)
-    with torch.no_grad():  # what the fixed quantizers send never changes
-        fixed_inputs = {g: q(x) for g, q in enumerate(quantizers) if q is not None and not trainable[g]}
+    with torch.no_grad():  # blocks without trainable quantizers: what they see never changes
+        fixed_blocks = {
+            block: torch.stack([x if quantizers[g] is None else quantizers[g](x) for g in range(start, stop)])  # [G_b, n, in_b]
+            for block, (start, stop) in enumerate(stacked.blocks) if not stacked.input_grad[block]
+        }
     for epoch in range(setting.num_epochs):
         for model in models:
             model.set_temperature(schedule.tau)
@@ -226,21 +226,21 @@ def train_models(models: Sequence[SplitModel], x: torch.Tensor, y: torch.Tensor,
         squared_error = torch.zeros(len(models), device=x.device)
         shuffled = torch.randperm(n, device=x.device, generator=generator)  # shuffled once: batches are slices
         x_epoch, y_epoch = x[shuffled], y[shuffled]
-        fixed_epoch = {g: inputs[shuffled] for g, inputs in fixed_inputs.items()}
+        fixed_epoch = {block: inputs[:, shuffled] for block, inputs in fixed_blocks.items()}
         for start in range(0, n, BATCH_SIZE):
             batch = slice(start, start + BATCH_SIZE)
             rows = x_epoch[batch]
-            inputs = [fixed_epoch[g][batch] if g in fixed_epoch else rows if q is None else q(rows) for g, q in enumerate(quantizers)]
+            inputs = [fixed_epoch[block][:, batch] if block in fixed_epoch else torch.stack([quantizers[g](rows) for g in range(first, stop)])
+                      for block, (first, stop) in enumerate(stacked.blocks)]  # per block [G_b, B, in_b]
             error = stacked.forward(inputs, generator) - y_epoch[batch]  # [G, B]
             if last_epoch:
                 squared_error += error.square().sum(dim=1)
             for p in quantizer_parameters:
                 p.grad = None
             input_grads = stacked.backward(error * (2 / rows.shape[0]))  # d(mean squared error)/d(prediction)
-            outputs = [out for (first, _), rows_with_grad in zip(stacked.blocks, stacked.input_grad_rows)
-                       for out in inputs[first : first + rows_with_grad]]
-            if outputs:
-                torch.autograd.backward(outputs, [g for block in input_grads if block is not None for g in block])
+            trained_inputs = [(inputs[block], grad) for block, grad in enumerate(input_grads) if grad is not None]
+            if trained_inputs:
+                torch.autograd.backward(*zip(*trained_inputs))
             optimizer.step()
         schedule.step()
     stacked.unstack_into([m.mlp for m in models])

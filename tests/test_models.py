@@ -341,15 +341,17 @@ def test_stacked_mlp_matches_autograd_of_separate_networks(hidden_layers):
     mlps = [MLP(w, hidden, hidden_layers, dropout).double() for w in widths]
     inputs = [torch.randn(batch, w, dtype=torch.float64) for w in widths]
     stacked = StackedMLP(mlps, input_grad)
-    predictions = stacked.forward(inputs, torch.Generator().manual_seed(3))
+    assert stacked.blocks == [(0, 2), (2, 3), (3, 4), (4, 5)]
+    block_inputs = [torch.stack(inputs[start:stop]) for start, stop in stacked.blocks]
+    predictions = stacked.forward(block_inputs, torch.Generator().manual_seed(3))
     generator = torch.Generator().manual_seed(3)  # the masks the stacked forward drew, in its order
     masks = [torch.empty(batch, hidden, dtype=torch.float64).bernoulli_(1 - dropout, generator=generator) for _ in range(hidden_layers)]
     expected, weights, leaves = reference_step(mlps, inputs, masks, dropout)
     torch.testing.assert_close(predictions, expected, rtol=1e-12, atol=1e-12)
     input_grads = stacked.backward(weights)
-    assert [None if g is None else g.shape[0] for g in input_grads] == [2, 1]
+    assert [None if g is None else g.shape[0] for g in input_grads] == [2, None, 1, None]
     torch.testing.assert_close(input_grads[0], torch.stack([leaves[0].grad, leaves[1].grad]), rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(input_grads[1][0], leaves[3].grad, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(input_grads[2][0], leaves[3].grad, rtol=1e-12, atol=1e-12)
     grads = copy.deepcopy(mlps)
     for mlp, separate in zip(grads, mlps):
         for linear, original in zip(mlp, separate):
@@ -373,8 +375,8 @@ def test_stacked_mlp_round_trips_weights_and_checks_its_order():
             assert torch.equal(a, b)
     with pytest.raises(ValueError, match="adjacent"):
         StackedMLP([MLP(2, 3, 1, 0.0), MLP(5, 3, 1, 0.0), MLP(2, 3, 1, 0.0)], [False] * 3)
-    with pytest.raises(ValueError, match="first"):
-        StackedMLP([MLP(2, 3, 1, 0.0), MLP(2, 3, 1, 0.0)], [False, True])
+    with pytest.raises(ValueError, match="adjacent"):
+        StackedMLP([MLP(2, 3, 1, 0.0), MLP(2, 3, 1, 0.0), MLP(2, 3, 1, 0.0)], [False, True, False])
 
 
 def test_train_models_returns_losses_in_the_given_order():
