@@ -5,6 +5,7 @@ and slices batches from it, losses are accumulated on the device and read once, 
 evaluation runs under ``torch.inference_mode`` in large batches.
 """
 
+import itertools
 import random
 import time
 from dataclasses import dataclass, field, fields
@@ -83,12 +84,8 @@ class StackedMLP:
     def __init__(self, mlps: Sequence[MLP], input_grad: Sequence[bool]) -> None:
         layers = [[m for m in mlp if isinstance(m, nn.Linear)] for mlp in mlps]
         kinds = [(linears[0].in_features, wants) for linears, wants in zip(layers, input_grad)]
-        self.blocks: list[tuple[int, int]] = []  # [start, stop) of each run of equal input width and input_grad
-        for g, kind in enumerate(kinds):
-            if g > 0 and kind == kinds[g - 1]:
-                self.blocks[-1] = (self.blocks[-1][0], g + 1)
-            else:
-                self.blocks.append((g, g + 1))
+        ends = list(itertools.accumulate(len(list(run)) for _, run in itertools.groupby(kinds)))
+        self.blocks = list(zip([0, *ends[:-1]], ends))  # [start, stop) of each run of equal kinds
         if len(self.blocks) != len(set(kinds)):
             raise ValueError(f"MLPs of equal input width and input_grad must be adjacent, got {kinds}")
         self.input_grad = [input_grad[start] for start, _ in self.blocks]  # per block
@@ -200,10 +197,11 @@ def train_models(models: Sequence[SplitModel], x: torch.Tensor, y: torch.Tensor,
     the per-operation overhead is paid once for the group. Quantizers without trainable
     parameters quantize the training rows once, before the first epoch.
     """
-    order = sorted(range(len(models)), key=lambda g: (models[g].mlp[0].in_features, not _needs_input_grad(models[g].quantizer)))
+    needs_grad = [_needs_input_grad(m.quantizer) for m in models]
+    order = sorted(range(len(models)), key=lambda g: (models[g].mlp[0].in_features, not needs_grad[g]))
     models = [models[g] for g in order]
     quantizers = [m.quantizer for m in models]
-    trainable = [_needs_input_grad(q) for q in quantizers]
+    trainable = [needs_grad[g] for g in order]
     stacked = StackedMLP([m.mlp for m in models], trainable)
     quantizer_parameters = [p for q in quantizers if q is not None for p in q.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam([stacked.flat, *quantizer_parameters], lr=setting.learning_rate,
