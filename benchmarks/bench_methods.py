@@ -4,7 +4,9 @@ Reference workload (issue 5): Friedman #1 data (``make_friedman1(n_samples=20000
 random_state=0)``), 4 bits, 60 % train / 20 % validation / 20 % test rows, an MLP with 3
 hidden layers of 128, 10 epochs, batch 512. The floor is the workload's matmul FLOPs (forward
 and backward of every trained network for every epoch, plus the evaluations) divided by the
-float32 matmul rate measured on the same machine in the same run.
+float32 matmul rate measured on the same machine in the same run (the better of a measurement
+before and one after the workloads, as the machine's speed drifts). Each time is the best of
+``--repeats`` runs.
 
     python benchmarks/bench_methods.py                 # the reference workload
     python benchmarks/bench_methods.py --scaling       # plus rows 5k/20k/80k and epochs 5/10/20
@@ -77,30 +79,40 @@ def reference_data(rows: int, device: torch.device) -> dict[str, tuple[torch.Ten
 
 
 def run_workload(rows: int, epochs: int, device: torch.device, per_method: bool = True,
-                 hidden_layers: int = 3, hidden_neurons: int = 128) -> dict[str, object]:
-    """Time one tuning row of all methods (as the tuning runs it) and each method trained alone."""
+                 hidden_layers: int = 3, hidden_neurons: int = 128, repeats: int = 1) -> dict[str, object]:
+    """Time one tuning row of all methods (as the tuning runs it) and each method trained alone.
+
+    Each time is the best of ``repeats`` runs; the runs of the row and of the methods alternate,
+    so a slow spell of the machine does not fall on one of them only.
+    """
     parts = reference_data(rows, device)
     setting = Setting(0.0, 1e-3, hidden_layers, hidden_neurons, epochs, 1e-3, 0.0)
     evaluations = {"val": parts["val"], "test": parts["test"]}
-    _sync(device)
-    start = time.perf_counter()
-    results = run_methods(METHOD_NAMES, {m: setting for m in METHOD_NAMES}, parts["train"], evaluations, BITS, seed=42)
-    _sync(device)
-    total = time.perf_counter() - start
+    trained = [name for name in METHOD_NAMES if per_method and not METHODS[name].post_training]
+    total, alone = float("inf"), dict.fromkeys(trained, float("inf"))
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        results = run_methods(METHOD_NAMES, {m: setting for m in METHOD_NAMES}, parts["train"], evaluations, BITS, seed=42)
+        _sync(device)
+        total = min(total, time.perf_counter() - start)
+        for name in trained:
+            seconds = run_methods([name], {name: setting}, parts["train"], evaluations, BITS, seed=42)[name].seconds
+            alone[name] = min(alone[name], seconds)
     ctx = QuantizerContext.from_training_rows(parts["train"][0], BITS)
     n_train, n_eval = parts["train"][0].shape[0], parts["val"][0].shape[0] + parts["test"][0].shape[0]
     methods = {}
     for name in METHOD_NAMES if per_method else ():
-        alone = None if METHODS[name].post_training else run_methods([name], {name: setting}, parts["train"], evaluations, BITS, seed=42)[name]
+        seconds = alone.get(name)
         methods[name] = {
-            "train_seconds_alone": alone.seconds if alone else None,
-            "samples_per_second_alone": n_train * epochs / alone.seconds if alone else None,
+            "train_seconds_alone": seconds,
+            "samples_per_second_alone": n_train * epochs / seconds if seconds else None,
             "gflop": workload_flops(name, setting, ctx, n_train, n_eval) / 1e9,
             "test_loss": results[name].losses["test"],
         }
     gflop = sum(workload_flops(m, setting, ctx, n_train, n_eval) for m in METHOD_NAMES) / 1e9
     return {"rows": rows, "epochs": epochs, "hidden_layers": hidden_layers, "hidden_neurons": hidden_neurons,
-            "seconds": total, "gflop": gflop, "methods": methods}
+            "repeats": repeats, "seconds": total, "gflop": gflop, "methods": methods}
 
 
 def _row_seconds_in_worker(threads: int) -> float:
@@ -120,7 +132,7 @@ def concurrent_rows(processes: int) -> list[float]:
 def print_workload(report: dict, rate: float) -> None:
     """A table per method (trained alone) and the whole row against its floor."""
     print(f"\n{report['rows']} rows, {report['epochs']} epochs, {report['hidden_layers']} x {report['hidden_neurons']} network, "
-          f"{BITS} bits; per method trained alone:")
+          f"{BITS} bits, best of {report['repeats']} runs; per method trained alone:")
     print(f"{'method':8} {'train s':>8} {'samples/s':>10} {'GFLOP':>7} {'floor s':>8} {'x floor':>8}")
     for name, m in report["methods"].items():
         if m["train_seconds_alone"] is None:
@@ -145,27 +157,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--hidden_layers", type=int, default=3, help="network depth (default: the reference 3)")
     parser.add_argument("--hidden_neurons", type=int, default=128, help="network width (default: the reference 128)")
+    parser.add_argument("--repeats", type=int, default=3, help="report the best of this many runs of each timing (default 3)")
     parser.add_argument("--scaling", action="store_true", help="also rows 5k/20k/80k and epochs 5/10/20")
     parser.add_argument("--processes", type=int, default=0,
                         help="also time this many CPU processes training the row at once, cores / processes threads each")
     parser.add_argument("--json", default=None, help="write the measurements to this JSON file")
     args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     device = resolve_device(args.device)
-    rate = matmul_rate(device)
-    print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"device {device}: 2048x2048 float32 matmul at {rate:.1f} GFLOP/s")
+    rate_before = matmul_rate(device)
     run_workload(5000, 2, device, per_method=False)  # warm-up: first-call costs are not the workload's
-    reports = [run_workload(args.rows, args.epochs, device, hidden_layers=args.hidden_layers, hidden_neurons=args.hidden_neurons)]
+    reports = [run_workload(args.rows, args.epochs, device, hidden_layers=args.hidden_layers,
+                            hidden_neurons=args.hidden_neurons, repeats=args.repeats)]
+    for rows, epochs in [(5000, 10), (80000, 10), (20000, 5), (20000, 20)] if args.scaling else ():
+        reports.append(run_workload(rows, epochs, device, per_method=False, repeats=args.repeats))
+    rate = max(rate_before, matmul_rate(device))  # the machine's speed drifts: the better of before and after
+    print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"device {device}: 2048x2048 float32 matmul at {rate:.1f} GFLOP/s (before the runs {rate_before:.1f})")
     print_workload(reports[0], rate)
     if args.scaling:
-        for rows, epochs in [(5000, 10), (80000, 10), (20000, 5), (20000, 20)]:
-            reports.append(run_workload(rows, epochs, device, per_method=False))
         print("\nscaling (whole row of 13 methods)")
         print(f"{'rows':>6} {'epochs':>6} {'seconds':>8} {'us per sample-epoch':>20} {'ratio to floor':>15}")
         for r in sorted(reports, key=lambda r: (r["epochs"], r["rows"])):
             per = r["seconds"] / (r["rows"] * 0.6 * r["epochs"]) * 1e6
             print(f"{r['rows']:6} {r['epochs']:6} {r['seconds']:8.2f} {per:20.2f} {r['seconds'] / (r['gflop'] / rate):15.2f}")
-    measured = {"device": str(device), "threads": torch.get_num_threads(), "matmul_gflops": rate, "workloads": reports}
+    measured = {"device": str(device), "threads": torch.get_num_threads(), "matmul_gflops": rate,
+                "matmul_gflops_before": rate_before, "workloads": reports}
     if args.processes:
         seconds = concurrent_rows(args.processes)
         per_row = max(seconds) / len(seconds)

@@ -195,7 +195,8 @@ def train_models(models: Sequence[SplitModel], x: torch.Tensor, y: torch.Tensor,
     network's training does not depend on the others in its group) and run as one
     :class:`StackedMLP`: each network's gradients, Adam updates and results are its own, but
     the per-operation overhead is paid once for the group. Quantizers without trainable
-    parameters quantize the training rows once, before the first epoch.
+    parameters quantize the training rows once, before the first epoch; trainable ones run
+    through :meth:`Quantizer.soft_with_backward`, fed the input gradients of the stacked MLP.
     """
     needs_grad = [_needs_input_grad(m.quantizer) for m in models]
     order = sorted(range(len(models)), key=lambda g: (models[g].mlp[0].in_features, not needs_grad[g]))
@@ -228,17 +229,24 @@ def train_models(models: Sequence[SplitModel], x: torch.Tensor, y: torch.Tensor,
         for start in range(0, n, BATCH_SIZE):
             batch = slice(start, start + BATCH_SIZE)
             rows = x_epoch[batch]
-            inputs = [fixed_epoch[block][:, batch] if block in fixed_epoch else torch.stack([quantizers[g](rows) for g in range(first, stop)])
-                      for block, (first, stop) in enumerate(stacked.blocks)]  # per block [G_b, B, in_b]
+            inputs, quantizer_backwards = [], []  # per block [G_b, B, in_b]; per trainable block G_b functions
+            for block, (first, stop) in enumerate(stacked.blocks):
+                if block in fixed_epoch:
+                    inputs.append(fixed_epoch[block][:, batch])
+                    continue
+                outputs, backwards = zip(*(quantizers[g].soft_with_backward(rows) for g in range(first, stop)))
+                inputs.append(torch.stack(outputs) if len(outputs) > 1 else outputs[0].unsqueeze(0))
+                quantizer_backwards.append(backwards)
             error = stacked.forward(inputs, generator) - y_epoch[batch]  # [G, B]
             if last_epoch:
                 squared_error += error.square().sum(dim=1)
             for p in quantizer_parameters:
                 p.grad = None
             input_grads = stacked.backward(error * (2 / rows.shape[0]))  # d(mean squared error)/d(prediction)
-            trained_inputs = [(inputs[block], grad) for block, grad in enumerate(input_grads) if grad is not None]
-            if trained_inputs:
-                torch.autograd.backward(*zip(*trained_inputs))
+            trained_input_grads = [grad for grad in input_grads if grad is not None]  # of the trainable blocks
+            for backwards, grads in zip(quantizer_backwards, trained_input_grads):
+                for backward, grad in zip(backwards, grads):
+                    backward(grad)
             optimizer.step()
         schedule.step()
     stacked.unstack_into([m.mlp for m in models])

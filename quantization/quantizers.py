@@ -7,7 +7,8 @@ Every quantizer splits into an edge half and a cloud half:
 - ``decode(index)``: indices -> the network input ``[n, out_features]``, what the server feeds
   to the MLP;
 - ``soft(x)``: the differentiable surrogate used while training (and for the soft-mode
-  evaluations of SPEC section 5).
+  evaluations of SPEC section 5); ``soft_with_backward(x)`` computes it together with a function
+  that writes the parameters' gradients, what the training loop calls.
 
 In hard mode (``quantizer.hard = True``, used for every reported loss) ``forward(x)`` is
 literally ``decode(encode(x))``, so a split deployment reproduces the model exactly. The
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Callable
 
 import torch
 from torch import nn
@@ -37,12 +39,25 @@ from .thresholds import (
 READOUTS = ("index", "thermometer", "values", "midpoint")
 MIN_STATISTIC = 1e-8  # floor of the LSQ / LLT scale statistics, for constant features
 DENSE_RISE_LIMIT = 2**16  # entries up to which the LLT table is one matmul with a cached matrix
+SIGMOID_LIMIT = 80.0  # |argument| at which sigmoid saturates (float32: 1, or 2e-35)
+SIGMOID_FLOOR = 1e-20  # sigmoid outputs below it are set to 0
+
+
+def _saturated_sigmoid_(arguments: torch.Tensor) -> torch.Tensor:
+    """``sigmoid`` in place, exactly 0 below ``SIGMOID_FLOOR``: sigmoid of large arguments yields
+    denormal numbers, and on x86 every operation that touches them (the sigmoid itself, the
+    first layer's matmuls) runs many times slower. Late in training, at small tau, most
+    arguments are large.
+    """
+    arguments.clamp_(-SIGMOID_LIMIT, SIGMOID_LIMIT).sigmoid_()
+    return nn.functional.threshold_(arguments, SIGMOID_FLOOR, 0.0)
 
 
 def _sigmoid_steps(x: torch.Tensor, thresholds: torch.Tensor, tau: float) -> torch.Tensor:
     """``sigmoid(x / tau - t_k / tau)`` laid out feature-major: x [n, d], thresholds [d, M] -> [d, M, n]."""
     x_t = x.T.contiguous()  # [d, n]: long rows keep the broadcasting vectorized
-    return torch.add((thresholds * (-1 / tau)).unsqueeze(-1), x_t.unsqueeze(1), alpha=1 / tau).sigmoid_()
+    steps = torch.add((thresholds * (-1 / tau)).unsqueeze(-1), x_t.unsqueeze(1), alpha=1 / tau)
+    return _saturated_sigmoid_(steps)
 
 
 class _SteppedSum(torch.autograd.Function):
@@ -87,12 +102,10 @@ class _Thermometer(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, thresholds, tau):
-        n, (d, m) = x.shape[0], thresholds.shape
-        steps = (x * (1 / tau)).repeat_interleave(m, dim=1).view(n, d, m)
-        steps.sub_(thresholds * (1 / tau)).sigmoid_()
+        steps = _saturated_sigmoid_(torch.sub((x * (1 / tau)).unsqueeze(-1), thresholds * (1 / tau)))  # [n, d, M]
         ctx.save_for_backward(steps)
         ctx.tau = tau
-        return steps.view(n, d * m)
+        return steps.flatten(1)
 
     @staticmethod
     def backward(ctx, grad):  # grad [n, d * M]
@@ -146,6 +159,12 @@ def _rise_matrix(segments: int, granularity: int, dtype: torch.dtype, device: to
     return _rise_table(torch.eye(width, dtype=dtype, device=device).view(width, segments, granularity))
 
 
+@functools.lru_cache(maxsize=None)
+def _row_starts(rows: int, size: int, device: torch.device) -> torch.Tensor:
+    """``[0, size, 2 size, ...]`` [rows]: where each row of a [rows, size] tensor starts in its ``view(-1)``."""
+    return torch.arange(0, rows * size, size, device=device)
+
+
 def _clamped_position(x: torch.Tensor, scale: torch.Tensor, table_size: int) -> tuple[torch.Tensor, ...]:
     """``z = x / s``, ``u = clamp(z, -1, 1)`` and the table entry ``round((K - 1) / 2 (u + 1))``, all [n, d]."""
     z = x / scale
@@ -179,11 +198,13 @@ class _LLTLookup(torch.autograd.Function):
         table = _rise_table(p) if rise is None else p.flatten(1) @ rise  # [d, K]
         scale = log_scale.exp()  # [d]
         z, u, position = _clamped_position(x, scale, table.shape[1])
-        entry = position.add_(torch.arange(0, table.numel(), table.shape[1], device=x.device))  # in T.view(-1)
+        entry = position.add_(_row_starts(*table.shape, x.device))  # in T.view(-1)
         out = table.take(entry).mul_(scale)  # [n, d]
         counts = _histogram(u, table.shape[1]) if reweight and ctx.needs_input_grad[0] else None  # [d, K]
-        inside = u == z if ctx.needs_input_grad[1] or ctx.needs_input_grad[2] else None  # the clamp's gradient
-        scale_slope = out - torch.where(inside, x, 0) if ctx.needs_input_grad[1] else None  # d out / d log_scale
+        inside = None  # 1 where the clamp passes the gradient, else 0
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            inside = torch.eq(u, z, out=torch.empty_like(x))
+        scale_slope = torch.addcmul(out, x, inside, value=-1) if ctx.needs_input_grad[1] else None  # d out / d log_scale
         ctx.save_for_backward(p, scale, entry, counts, scale_slope, inside)
         ctx.tau = tau
         return out
@@ -210,12 +231,26 @@ class _LLTLookup(torch.autograd.Function):
                 factor /= segments
             else:
                 grad_p = (grad_table @ rise.T).view(p.shape)
-            grad_logits = p * (grad_p - (grad_p * p).sum(dim=-1, keepdim=True)).mul_(factor)  # softmax backward
+            grad_logits = torch.ops.aten._softmax_backward_data(grad_p, p, -1, p.dtype).mul_(factor)
         if ctx.needs_input_grad[1]:
-            grad_log_scale = (grad * scale_slope).sum(dim=0)
+            grad_log_scale = torch.linalg.vecdot(grad, scale_slope, dim=0)
         if ctx.needs_input_grad[2]:
             grad_x = grad * inside
         return grad_logits, grad_log_scale, grad_x, None, None
+
+
+class _HandContext:
+    """Stands in for autograd's ``ctx`` when a Function's forward and backward are called by hand."""
+
+    def __init__(self, needs_input_grad: tuple[bool, ...]) -> None:
+        self.needs_input_grad = needs_input_grad
+        self.saved_tensors: tuple[torch.Tensor | None, ...] = ()
+
+    def save_for_backward(self, *tensors: torch.Tensor | None) -> None:
+        self.saved_tensors = tensors
+
+
+SoftFunction = tuple[type[torch.autograd.Function], tuple]  # a fused Function and its arguments
 
 
 class Quantizer(nn.Module):
@@ -239,8 +274,45 @@ class Quantizer(nn.Module):
     def decode(self, index: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def soft_function(self, x: torch.Tensor) -> SoftFunction | None:
+        """The fused autograd Function computing ``soft(x)`` and its arguments, or None."""
+        return None
+
     def soft(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        call = self.soft_function(x)
+        if call is None:
+            raise NotImplementedError
+        function, arguments = call
+        return function.apply(*arguments)
+
+    def soft_with_backward(self, x: torch.Tensor) -> tuple[torch.Tensor, Callable[[torch.Tensor], None]]:
+        """``soft(x)`` [n, d] -> [n, out_features] and a function that takes d loss / d output and sets
+        the parameters' ``.grad`` (x gets no gradient).
+
+        With a fused Function both halves run by hand, without an autograd graph, which spares
+        the training loop autograd's bookkeeping on every batch; otherwise through autograd.
+        """
+        call = self.soft_function(x)
+        if call is None:
+            with torch.enable_grad():
+                out = self.soft(x)
+            return out.detach(), lambda grad: torch.autograd.backward(out, grad) if out.requires_grad else None
+        function, arguments = call
+        ctx = _HandContext(tuple(isinstance(a, nn.Parameter) and a.requires_grad for a in arguments))
+        with torch.no_grad():
+            out = function.forward(ctx, *arguments)
+
+        @torch.no_grad()
+        def backward(grad: torch.Tensor) -> None:
+            for argument, argument_grad in zip(arguments, function.backward(ctx, grad)):
+                if argument_grad is None:
+                    continue
+                if argument.grad is None:
+                    argument.grad = argument_grad
+                else:
+                    argument.grad += argument_grad
+
+        return out, backward
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [n, d] -> [n, out_features]
         return self.decode(self.encode(x)) if self.hard else self.soft(x)
@@ -296,12 +368,15 @@ class ThresholdQuantizer(Quantizer):
         return self._read(steps_from_index(index, ranks, dtype))
 
     def soft(self, x: torch.Tensor) -> torch.Tensor:
+        return super().soft(x) if self.trainable else self.decode(self.encode(x))
+
+    def soft_function(self, x: torch.Tensor) -> SoftFunction | None:
         if not self.trainable:
-            return self.decode(self.encode(x))
+            return None
         if self.readout == "thermometer":
-            return _Thermometer.apply(x, self.thresholds, self.tau)
+            return _Thermometer, (x, self.thresholds, self.tau)
         values = self.interval_values if self.readout == "values" else None
-        return _SteppedSum.apply(x, self.thresholds, values, self.tau)
+        return _SteppedSum, (x, self.thresholds, values, self.tau)
 
     def _read(self, steps: torch.Tensor) -> torch.Tensor:  # hard steps [n, d, M] -> [n, out_features]
         if self.readout == "thermometer":
@@ -333,9 +408,9 @@ class LSQQuantizer(Quantizer):
     def decode(self, index: torch.Tensor) -> torch.Tensor:
         return (index + self.q_min).to(self.step.dtype) * self.step
 
-    def soft(self, x: torch.Tensor) -> torch.Tensor:
+    def soft_function(self, x: torch.Tensor) -> SoftFunction:
         grad_scale = 1.0 / math.sqrt(self.q_max * x.numel())
-        return _LSQRound.apply(x, self.step, self.q_min, self.q_max, grad_scale)
+        return _LSQRound, (x, self.step, self.q_min, self.q_max, grad_scale)
 
 
 class LLTQuantizer(Quantizer):
@@ -385,8 +460,8 @@ class LLTQuantizer(Quantizer):
         self.log_scale.copy_(torch.log(3 * x.std(dim=0).clamp_min(MIN_STATISTIC)))
         self.scale_initialized = True
 
-    def soft(self, x: torch.Tensor) -> torch.Tensor:
+    def soft_function(self, x: torch.Tensor) -> SoftFunction:
         if self.training and not self.scale_initialized:
             self._init_scale(x)
         # in training the gradient reaching the table is reweighted by the histogram of u
-        return _LLTLookup.apply(self.logits, self.log_scale, x, self.tau, self.training)
+        return _LLTLookup, (self.logits, self.log_scale, x, self.tau, self.training)

@@ -447,13 +447,13 @@ def test_llt_scale_initialised_by_training():
 def test_temperature_during_training_follows_schedule(monkeypatch):
     """The quantizer sees tau = factor**(e / E) during epoch e (0-based)."""
     seen = []
-    original = ThresholdQuantizer.soft
+    original = ThresholdQuantizer.soft_function  # what soft() and the training loop's soft_with_backward() call
 
     def spy(self, x):
         seen.append(self.tau)
         return original(self, x)
 
-    monkeypatch.setattr(ThresholdQuantizer, "soft", spy)
+    monkeypatch.setattr(ThresholdQuantizer, "soft_function", spy)
     x, y = tiny_data(1100, 2)  # 3 batches per epoch
     ctx = QuantizerContext.from_training_rows(x, 2)
     model = build_model(METHODS["SQ"], SETTING, ctx)

@@ -498,9 +498,43 @@ def compare_with_reference(q, reference, x, x_grad, gen):
     pairs = [(name, p.grad, leaf.grad) for name, p, leaf in zip(names, q.parameters(), leaves)]
     if x_grad:
         pairs.append(("x", x.grad, x_ref.grad))
+    if not x_grad:  # the training loop's path: the same Function called by hand, without autograd
+        q.zero_grad(set_to_none=True)
+        by_hand, backward = q.soft_with_backward(x)
+        assert not by_hand.requires_grad
+        torch.testing.assert_close(by_hand, expected.detach(), rtol=0, atol=1e-12)
+        backward(w)
+        pairs += [(f"{name} by hand", p.grad, leaf.grad) for name, p, leaf in zip(names, q.parameters(), leaves)]
     for name, got, want in pairs:
         assert want is not None and got is not None, name
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9 * float(want.abs().max()), msg=name)
+
+
+def test_soft_with_backward_accumulates_and_falls_back_to_autograd():
+    """A second backward adds to .grad as autograd does; a quantizer without a fused Function uses autograd."""
+    q = ThresholdQuantizer(torch.tensor([[-1.0, 0.0, 1.0]], dtype=torch.float64), "index", trainable=True)
+    x = torch.tensor([[0.0], [0.5]], dtype=torch.float64)
+    out, backward = q.soft_with_backward(x)
+    backward(torch.ones_like(out))
+    once = q.thresholds.grad.clone()
+    # d/dt_k sum_n sigmoid(x_n - t_k) = -sum_n s (1 - s) at tau = 1
+    s = sigmoid(x.numpy() - q.thresholds.detach().numpy())  # [2, 3]
+    np.testing.assert_allclose(once.numpy()[0], -(s * (1 - s)).sum(axis=0), rtol=1e-12)
+    backward(torch.ones_like(out))
+    torch.testing.assert_close(q.thresholds.grad, 2 * once)
+
+    class Doubling(LSQQuantizer):  # soft() in plain autograd, no fused Function
+        def soft_function(self, x):
+            return None
+
+        def soft(self, x):
+            return 2 * x * self.step
+
+    q = Doubling(2, 1)
+    out, backward = q.soft_with_backward(torch.tensor([[3.0], [4.0]]))
+    assert out.tolist() == [[6.0], [8.0]] and not out.requires_grad
+    backward(torch.ones_like(out))
+    assert q.step.grad.tolist() == [14.0]  # d/ds sum 2 x s = 2 (3 + 4)
 
 
 @pytest.mark.parametrize("readout", ["index", "values", "thermometer"])
@@ -558,6 +592,24 @@ def test_llt_soft_matches_autograd_reference(bits, granularity, tau, training, x
         return reference_llt_soft(x, logits, log_scale, tau, training)
 
     compare_with_reference(q, reference, x, x_grad, gen)
+
+
+@pytest.mark.parametrize("readout", ["index", "values", "thermometer"])
+def test_soft_steps_saturate_to_exact_zero_and_one(readout):
+    """At a small temperature the sigmoids give exact 0 and 1, never a denormal number."""
+    q = ThresholdQuantizer(torch.tensor([[-1.0, 0.0, 1.0]]), readout, trainable=True)
+    q.tau = 1e-3  # arguments up to +-5000
+    x = torch.tensor([[-4.0], [-0.0999], [-0.0899], [0.03], [0.0899], [3.0]])
+    out, backward = q.soft_with_backward(x)
+    tiny = torch.finfo(torch.float32).tiny
+    assert not bool(((out != 0) & (out.abs() < tiny)).any())
+    if readout == "thermometer":
+        # (x - t) / tau: -99.9 and -89.9 would give sigmoids of 2e-44 (denormal) and 1e-39; 0.03 / 1e-3 = 30
+        expected = [[0, 0, 0], [1, 0, 0], [1, 0, 0], [1, 1, 0], [1, 1, 0], [1, 1, 1]]
+        torch.testing.assert_close(out, torch.tensor(expected, dtype=torch.float32), rtol=0, atol=1e-12)
+    backward(torch.ones_like(out))
+    grads = [p.grad for p in q.parameters() if p.grad is not None]
+    assert grads and not any(bool(((g != 0) & (g.abs() < tiny)).any()) for g in grads)
 
 
 def test_training_functions_gradcheck():
