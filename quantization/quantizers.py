@@ -201,9 +201,7 @@ class _LLTLookup(torch.autograd.Function):
         entry = position.add_(_row_starts(*table.shape, x.device))  # in T.view(-1)
         out = table.take(entry).mul_(scale)  # [n, d]
         counts = _histogram(u, table.shape[1]) if reweight and ctx.needs_input_grad[0] else None  # [d, K]
-        inside = None  # 1 where the clamp passes the gradient, else 0
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            inside = torch.eq(u, z, out=torch.empty_like(x))
+        inside = u == z if ctx.needs_input_grad[1] or ctx.needs_input_grad[2] else None  # the clamp's gradient
         scale_slope = torch.addcmul(out, x, inside, value=-1) if ctx.needs_input_grad[1] else None  # d out / d log_scale
         ctx.save_for_backward(p, scale, entry, counts, scale_slope, inside)
         ctx.tau = tau
