@@ -290,6 +290,7 @@ class Quantizer(nn.Module):
         With a fused Function both halves run by hand, without an autograd graph, which spares
         the training loop autograd's bookkeeping on every batch; otherwise through autograd.
         """
+        x = x.detach()
         call = self.soft_function(x)
         if call is None:
             with torch.enable_grad():
@@ -300,15 +301,15 @@ class Quantizer(nn.Module):
         with torch.no_grad():
             out = function.forward(ctx, *arguments)
 
-        @torch.no_grad()
         def backward(grad: torch.Tensor) -> None:
-            for argument, argument_grad in zip(arguments, function.backward(ctx, grad)):
-                if argument_grad is None:
-                    continue
-                if argument.grad is None:
-                    argument.grad = argument_grad
-                else:
-                    argument.grad += argument_grad
+            with torch.no_grad():
+                for argument, argument_grad in zip(arguments, function.backward(ctx, grad)):
+                    if argument_grad is None:
+                        continue
+                    if argument.grad is None:
+                        argument.grad = argument_grad
+                    else:
+                        argument.grad += argument_grad
 
         return out, backward
 
