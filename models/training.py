@@ -224,8 +224,8 @@ def train_models(models: Sequence[SplitModel], x: torch.Tensor, y: torch.Tensor,
         last_epoch = epoch == setting.num_epochs - 1
         squared_error = torch.zeros(len(models), device=x.device)
         shuffled = torch.randperm(n, device=x.device, generator=generator)  # shuffled once: batches are slices
-        x_epoch, y_epoch = x[shuffled], y[shuffled]
-        fixed_epoch = {block: inputs[:, shuffled] for block, inputs in fixed_blocks.items()}
+        x_epoch, y_epoch = x.index_select(0, shuffled), y.index_select(0, shuffled)
+        fixed_epoch = {block: inputs.index_select(1, shuffled) for block, inputs in fixed_blocks.items()}
         for start in range(0, n, BATCH_SIZE):
             batch = slice(start, start + BATCH_SIZE)
             rows = x_epoch[batch]
