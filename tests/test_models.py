@@ -328,24 +328,26 @@ def reference_step(mlps, inputs, masks, dropout):
         predictions.append(x.squeeze(-1))
     predictions = torch.stack(predictions)
     weights = torch.randn(predictions.shape, generator=torch.Generator().manual_seed(5), dtype=predictions.dtype)
+    weights = weights.to(predictions.device)
     (predictions * weights).sum().backward()
     return predictions.detach(), weights, inputs
 
 
 @pytest.mark.parametrize("hidden_layers", [0, 1, 3])
-def test_stacked_mlp_matches_autograd_of_separate_networks(hidden_layers):
+def test_stacked_mlp_matches_autograd_of_separate_networks(hidden_layers, device):
     """Mixed input widths, dropout, input gradients for some networks: all equal to plain autograd."""
     torch.manual_seed(0)
     dropout, batch, hidden = 0.3, 9, 5
     widths, input_grad = [4, 4, 4, 7, 7], [True, True, False, True, False]
-    mlps = [MLP(w, hidden, hidden_layers, dropout).double() for w in widths]
-    inputs = [torch.randn(batch, w, dtype=torch.float64) for w in widths]
+    mlps = [MLP(w, hidden, hidden_layers, dropout).double().to(device) for w in widths]
+    inputs = [torch.randn(batch, w, dtype=torch.float64).to(device) for w in widths]
     stacked = StackedMLP(mlps, input_grad)
     assert stacked.blocks == [(0, 2), (2, 3), (3, 4), (4, 5)]
     block_inputs = [torch.stack(inputs[start:stop]) for start, stop in stacked.blocks]
-    predictions = stacked.forward(block_inputs, torch.Generator().manual_seed(3))
-    generator = torch.Generator().manual_seed(3)  # the masks the stacked forward drew, in its order
-    masks = [torch.empty(batch, hidden, dtype=torch.float64).bernoulli_(1 - dropout, generator=generator) for _ in range(hidden_layers)]
+    predictions = stacked.forward(block_inputs, torch.Generator(device).manual_seed(3))
+    generator = torch.Generator(device).manual_seed(3)  # the masks the stacked forward drew, in its order
+    masks = [torch.empty(batch, hidden, dtype=torch.float64, device=device).bernoulli_(1 - dropout, generator=generator)
+             for _ in range(hidden_layers)]
     expected, weights, leaves = reference_step(mlps, inputs, masks, dropout)
     torch.testing.assert_close(predictions, expected, rtol=1e-12, atol=1e-12)
     input_grads = stacked.backward(weights)
@@ -472,10 +474,19 @@ def test_temperature_after_training_ends_at_decrease_factor():
 
 
 def test_training_on_device(device):
+    """Every method trains on the device, reproducibly, and a network's losses do not depend on its stack."""
     x, y = tiny_data(300, 3)
     x, y = x.to(device), y.to(device)
-    results = run_methods(["FP", "Po-QQ", "Bw-SQ", "LLT4", "LSQ", "SQplus"], {n: SETTING for n in ORDER},
-                          (x, y), {"val": (x, y)}, bits=3, seed=0)
+    settings = {n: SETTING for n in ORDER}
+    results = run_methods(ORDER, settings, (x, y), {"val": (x, y)}, bits=3, seed=0)
+    again = run_methods(ORDER, settings, (x, y), {"val": (x, y)}, bits=3, seed=0)
+    alone = {name: run_methods([name], settings, (x, y), {"val": (x, y)}, bits=3, seed=0)[name] for name in ("Bw-SQ", "LLT4")}
+    for name in ORDER:
+        assert (again[name].losses, again[name].train_loss) == (results[name].losses, results[name].train_loss), name
+    for name, result in alone.items():  # exact on the CPU; cuBLAS may pick other kernels for other stack sizes
+        tolerance = 0 if device == "cpu" else 1e-4
+        assert result.train_loss == pytest.approx(results[name].train_loss, rel=tolerance, abs=0), name
+        assert result.losses["val"] == pytest.approx(results[name].losses["val"], rel=tolerance, abs=0), name
     for name, result in results.items():
         assert math.isfinite(result.losses["val"]), name
         assert next(result.model.parameters()).device.type == device, name

@@ -477,22 +477,23 @@ def reference_llt_soft(x, logits, log_scale, tau, training):
             low, high = u.min(dim=0).values, u.max(dim=0).values
             width = (high - low).clamp_min(torch.finfo(u.dtype).tiny)
             bins = ((u - low) / width * k).long().clamp_(0, k - 1)
-            counts = torch.zeros(d, k, dtype=u.dtype)
+            counts = torch.zeros(d, k, dtype=u.dtype, device=u.device)
             counts.scatter_add_(1, bins.T, torch.ones_like(bins.T, dtype=u.dtype))
             weights = u.shape[0] / (k * (counts.sqrt() + 1e-5))
         table.register_hook(lambda grad: grad * weights)
-    return (table[torch.arange(d), position] + u - u.detach()) * scale
+    return (table[torch.arange(d, device=x.device), position] + u - u.detach()) * scale
 
 
-def compare_with_reference(q, reference, x, x_grad, gen):
-    """q(x) and the gradients of (q(x) * w).sum() against ``reference(x, *parameters)``."""
+def compare_with_reference(q, reference, x, x_grad, gen, device="cpu"):
+    """q(x) and the gradients of (q(x) * w).sum() against ``reference(x, *parameters)``, all on ``device``."""
+    q, x = q.to(device), x.to(device)
     names = [name for name, _ in q.named_parameters()]
     leaves = [p.detach().clone().requires_grad_() for p in q.parameters()]
     x_ref = x.clone().requires_grad_(x_grad)
     x = x.clone().requires_grad_(x_grad)
     out, expected = q(x), reference(x_ref, *leaves)
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
-    w = torch.randn(out.shape, generator=gen, dtype=out.dtype)
+    w = torch.randn(out.shape, generator=gen, dtype=out.dtype).to(device)
     (out * w).sum().backward()
     (expected * w).sum().backward()
     pairs = [(name, p.grad, leaf.grad) for name, p, leaf in zip(names, q.parameters(), leaves)]
@@ -540,7 +541,7 @@ def test_soft_with_backward_accumulates_and_falls_back_to_autograd():
 @pytest.mark.parametrize("readout", ["index", "values", "thermometer"])
 @pytest.mark.parametrize("bits,tau", [(2, 1.0), (3, 0.3), (4, 0.05), (5, 2.0)])
 @pytest.mark.parametrize("x_grad", [False, True])
-def test_threshold_soft_matches_autograd_reference(readout, bits, tau, x_grad):
+def test_threshold_soft_matches_autograd_reference(readout, bits, tau, x_grad, device):
     gen = torch.Generator().manual_seed(bits * 7 + int(x_grad))
     d, m = 3, 2**bits - 1
     q = ThresholdQuantizer(torch.randn(d, m, generator=gen), readout, trainable=True).double()  # unsorted
@@ -553,19 +554,19 @@ def test_threshold_soft_matches_autograd_reference(readout, bits, tau, x_grad):
     def reference(x, thresholds, *values):
         return reference_threshold_soft(x, thresholds, values[0] if values else None, readout, tau)
 
-    compare_with_reference(q, reference, x, x_grad, gen)
+    compare_with_reference(q, reference, x, x_grad, gen, device)
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 @pytest.mark.parametrize("x_grad", [False, True])
-def test_lsq_soft_matches_autograd_reference(bits, x_grad):
+def test_lsq_soft_matches_autograd_reference(bits, x_grad, device):
     gen = torch.Generator().manual_seed(bits)
     d = 4
     q = LSQQuantizer(bits, d).double()
     with torch.no_grad():
         q.step.copy_(torch.rand(d, generator=gen, dtype=torch.float64) * 0.5 + 0.05)
     x = torch.randn(300, d, generator=gen, dtype=torch.float64) * 2  # many values beyond the levels
-    compare_with_reference(q, lambda x, step: reference_lsq_soft(x, step, q.q_min, q.q_max), x, x_grad, gen)
+    compare_with_reference(q, lambda x, step: reference_lsq_soft(x, step, q.q_min, q.q_max), x, x_grad, gen, device)
 
 
 # 6 bits at G = 9 builds the table with cumsum, the smaller ones with the cached matrix
@@ -575,7 +576,7 @@ LLT_CASES = [(2, 4, 1.0), (3, 9, 0.5), (4, 4, 0.1), (4, 1, 1.0), (5, 9, 2.0), (6
 @pytest.mark.parametrize("bits,granularity,tau", LLT_CASES)
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("x_grad", [False, True])
-def test_llt_soft_matches_autograd_reference(bits, granularity, tau, training, x_grad):
+def test_llt_soft_matches_autograd_reference(bits, granularity, tau, training, x_grad, device):
     gen = torch.Generator().manual_seed(bits * 10 + granularity)
     d = 3
     q = LLTQuantizer(bits, d, granularity).double()
@@ -591,33 +592,33 @@ def test_llt_soft_matches_autograd_reference(bits, granularity, tau, training, x
     def reference(x, logits, log_scale):
         return reference_llt_soft(x, logits, log_scale, tau, training)
 
-    compare_with_reference(q, reference, x, x_grad, gen)
+    compare_with_reference(q, reference, x, x_grad, gen, device)
 
 
 @pytest.mark.parametrize("readout", ["index", "values", "thermometer"])
-def test_soft_steps_saturate_to_exact_zero_and_one(readout):
+def test_soft_steps_saturate_to_exact_zero_and_one(readout, device):
     """At a small temperature the sigmoids give exact 0 and 1, never a denormal number."""
-    q = ThresholdQuantizer(torch.tensor([[-1.0, 0.0, 1.0]]), readout, trainable=True)
+    q = ThresholdQuantizer(torch.tensor([[-1.0, 0.0, 1.0]]), readout, trainable=True).to(device)
     q.tau = 1e-3  # arguments up to +-5000
-    x = torch.tensor([[-4.0], [-0.0999], [-0.0899], [0.03], [0.0899], [3.0]])
+    x = torch.tensor([[-4.0], [-0.0999], [-0.0899], [0.03], [0.0899], [3.0]], device=device)
     out, backward = q.soft_with_backward(x)
     tiny = torch.finfo(torch.float32).tiny
     assert not bool(((out != 0) & (out.abs() < tiny)).any())
     if readout == "thermometer":
         # (x - t) / tau: -99.9 and -89.9 would give sigmoids of 2e-44 (denormal) and 1e-39; 0.03 / 1e-3 = 30
         expected = [[0, 0, 0], [1, 0, 0], [1, 0, 0], [1, 1, 0], [1, 1, 0], [1, 1, 1]]
-        torch.testing.assert_close(out, torch.tensor(expected, dtype=torch.float32), rtol=0, atol=1e-12)
+        torch.testing.assert_close(out, torch.tensor(expected, dtype=torch.float32, device=device), rtol=0, atol=1e-12)
     backward(torch.ones_like(out))
     grads = [p.grad for p in q.parameters() if p.grad is not None]
     assert grads and not any(bool(((g != 0) & (g.abs() < tiny)).any()) for g in grads)
 
 
-def test_training_functions_gradcheck():
+def test_training_functions_gradcheck(device):
     """The hand-written backward passes are the derivatives, where the formula is differentiable."""
     gen = torch.Generator().manual_seed(0)
 
     def randn(*shape):
-        return torch.randn(*shape, generator=gen, dtype=torch.float64, requires_grad=True)
+        return torch.randn(*shape, generator=gen, dtype=torch.float64).to(device).requires_grad_()
 
     x, t, v = randn(6, 2), randn(2, 3), randn(2, 4)
     assert torch.autograd.gradcheck(lambda x, t: _Thermometer.apply(x, t, 0.7), (x, t))
@@ -625,8 +626,8 @@ def test_training_functions_gradcheck():
     assert torch.autograd.gradcheck(lambda x, t, v: _SteppedSum.apply(x, t, v, 0.7), (x, t, v))
     # LLT: the table lookup is differentiable in the logits (without the histogram reweighting),
     # through the cached matrix (small tables) and through cumsum (large ones)
-    x = torch.randn(40, 2, generator=gen, dtype=torch.float64)
-    log_scale = torch.zeros(2, dtype=torch.float64)
+    x = torch.randn(40, 2, generator=gen, dtype=torch.float64).to(device)
+    log_scale = torch.zeros(2, dtype=torch.float64, device=device)
     for shape in [(2, 3, 4), (2, 31, 6)]:
         assert (_rise_matrix(*shape[1:], torch.float64, x.device) is None) == (shape[1] == 31)
         logits = randn(*shape)
@@ -653,14 +654,14 @@ def test_llt_cached_matrix_built_in_inference_mode_trains():
 
 
 @pytest.mark.parametrize("name", ["index", "values", "thermometer", "lsq", "llt4"])
-def test_training_backward_twice_adds_the_same_gradient(name):
-    """Saved tensors are not modified by a backward pass (retain_graph gives equal gradients)."""
+def test_training_backward_twice_adds_the_same_gradient(name, device):
+    """Saved tensors are not modified by a backward pass (retain_graph gives equal gradients, also on CUDA)."""
     gen = torch.Generator().manual_seed(11)
-    q = all_quantizers(3, 3, gen)[name].double()
+    q = all_quantizers(3, 3, gen)[name].double().to(device)
     q.train()
     if name == "llt4":
         q.scale_initialized = True
-    x = torch.randn(100, 3, generator=gen, dtype=torch.float64)
+    x = torch.randn(100, 3, generator=gen, dtype=torch.float64).to(device)
     out = q(x)
     out.sum().backward(retain_graph=True)
     once = [p.grad.clone() for p in q.parameters()]
