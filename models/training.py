@@ -187,7 +187,93 @@ def _needs_input_grad(quantizer: nn.Module | None) -> bool:
     return quantizer is not None and any(p.requires_grad for p in quantizer.parameters())
 
 
-def train_models(models: Sequence[SplitModel], x: torch.Tensor, y: torch.Tensor, setting: Setting, seed: int) -> list[float]:
+class _TrainingStep:
+    """One optimizer step of a stacked group on one batch: quantizers, stacked MLP, backward, Adam."""
+
+    def __init__(self, stacked: StackedMLP, quantizers: Sequence[nn.Module | None], quantizer_parameters: Sequence[nn.Parameter],
+                 optimizer: torch.optim.Optimizer, generator: torch.Generator) -> None:
+        self.stacked, self.quantizers, self.quantizer_parameters = stacked, quantizers, quantizer_parameters
+        self.optimizer, self.generator = optimizer, generator
+
+    def __call__(self, rows: torch.Tensor, targets: torch.Tensor, fixed_inputs: Mapping[int, torch.Tensor],
+                 squared_error: torch.Tensor | None) -> None:  # rows [B, d], targets [B], per fixed block [G_b, B, in_b]
+        """Train on one batch; add each network's summed squared error to ``squared_error`` [G] unless None."""
+        stacked = self.stacked
+        inputs, quantizer_backwards = [], []  # per block [G_b, B, in_b]; per trainable block G_b functions
+        for block, (first, stop) in enumerate(stacked.blocks):
+            if block in fixed_inputs:
+                inputs.append(fixed_inputs[block])
+                continue
+            outputs, backwards = zip(*(self.quantizers[g].soft_with_backward(rows) for g in range(first, stop)))
+            inputs.append(torch.stack(outputs) if len(outputs) > 1 else outputs[0].unsqueeze(0))
+            quantizer_backwards.append(backwards)
+        error = stacked.forward(inputs, self.generator) - targets  # [G, B]
+        if squared_error is not None:
+            squared_error += error.square().sum(dim=1)
+        for p in self.quantizer_parameters:
+            p.grad = None
+        input_grads = stacked.backward(error * (2 / rows.shape[0]))  # d(mean squared error)/d(prediction)
+        trained_input_grads = [grad for grad in input_grads if grad is not None]  # of the trainable blocks
+        for backwards, grads in zip(quantizer_backwards, trained_input_grads):
+            for backward, grad in zip(backwards, grads):
+                backward(grad)
+        self.optimizer.step()
+
+
+class _GraphedStep:
+    """A :class:`_TrainingStep` on CUDA replayed as a CUDA graph: one launch per batch instead of one per kernel.
+
+    The graph computes exactly what the step computes (the same kernels on copies of the batch
+    in fixed buffers). It is captured again after :meth:`new_epoch`, because the temperature is
+    a constant of the captured kernels; batches of another size (an epoch's last) run eagerly.
+    """
+
+    def __init__(self, step: _TrainingStep) -> None:
+        self.step = step
+        self.stream = torch.cuda.Stream()  # warm-up and capture run here, as CUDA graphs require
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.buffers: tuple | None = None  # (rows, targets, fixed inputs) the graph reads
+
+    def new_epoch(self) -> None:
+        self.graph = None
+
+    def __call__(self, rows: torch.Tensor, targets: torch.Tensor, fixed_inputs: Mapping[int, torch.Tensor],
+                 squared_error: torch.Tensor | None) -> None:
+        if self.buffers is None:  # the first batch trains eagerly, so that lazy initialisations happen outside a capture
+            self._on_side_stream(self.step, rows, targets, fixed_inputs, squared_error)
+            self.buffers = (rows.clone(), targets.clone(), {block: t.clone() for block, t in fixed_inputs.items()})
+            return
+        static_rows, static_targets, static_fixed = self.buffers
+        if rows.shape != static_rows.shape:
+            self.step(rows, targets, fixed_inputs, squared_error)
+            return
+        static_rows.copy_(rows)
+        static_targets.copy_(targets)
+        for block, inputs in fixed_inputs.items():
+            static_fixed[block].copy_(inputs)
+        if self.graph is None:
+            self.graph = torch.cuda.CUDAGraph()
+            self.graph.register_generator_state(self.step.generator)
+            self._on_side_stream(self._capture, static_rows, static_targets, static_fixed, squared_error)
+        self.graph.replay()
+
+    def _capture(self, *batch) -> None:
+        self.graph.capture_begin()
+        try:
+            self.step(*batch)
+        finally:
+            self.graph.capture_end()
+
+    def _on_side_stream(self, function: Callable[..., None], *arguments) -> None:
+        current = torch.cuda.current_stream()
+        self.stream.wait_stream(current)
+        with torch.cuda.stream(self.stream):
+            function(*arguments)
+        current.wait_stream(self.stream)
+
+
+def train_models(models: Sequence[SplitModel], x: torch.Tensor, y: torch.Tensor, setting: Setting, seed: int,
+                 cuda_graphs: bool = True) -> list[float]:
     """Train networks of one setting together; return each one's last-epoch mean training loss.
 
     Adam on shuffled batches of 512, the temperature lowered after every epoch. The networks
@@ -197,17 +283,21 @@ def train_models(models: Sequence[SplitModel], x: torch.Tensor, y: torch.Tensor,
     the per-operation overhead is paid once for the group. Quantizers without trainable
     parameters quantize the training rows once, before the first epoch; trainable ones run
     through :meth:`Quantizer.soft_with_backward`, fed the input gradients of the stacked MLP.
+    On CUDA each step is replayed as a CUDA graph (``cuda_graphs=False``: launched op by op).
     """
     needs_grad = [_needs_input_grad(m.quantizer) for m in models]
     order = sorted(range(len(models)), key=lambda g: (models[g].mlp[0].in_features, not needs_grad[g]))
     models = [models[g] for g in order]
     quantizers = [m.quantizer for m in models]
-    trainable = [needs_grad[g] for g in order]
-    stacked = StackedMLP([m.mlp for m in models], trainable)
+    stacked = StackedMLP([m.mlp for m in models], [needs_grad[g] for g in order])
+    graphed = cuda_graphs and x.is_cuda and hasattr(torch.cuda.CUDAGraph, "register_generator_state")  # torch >= 2.5
     quantizer_parameters = [p for q in quantizers if q is not None for p in q.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam([stacked.flat, *quantizer_parameters], lr=setting.learning_rate,
-                                 weight_decay=setting.weight_decay, fused=True)
+                                 weight_decay=setting.weight_decay, fused=True, capturable=graphed)
     generator = torch.Generator(device=x.device).manual_seed(seed)
+    step = _TrainingStep(stacked, quantizers, quantizer_parameters, optimizer, generator)
+    if graphed:
+        step = _GraphedStep(step)
     schedule = TemperatureSchedule(setting.decrease_factor, setting.num_epochs)
     n = x.shape[0]
     for model in models:
@@ -218,36 +308,20 @@ def train_models(models: Sequence[SplitModel], x: torch.Tensor, y: torch.Tensor,
             block: torch.stack([x if quantizers[g] is None else quantizers[g](x) for g in range(start, stop)])  # [G_b, n, in_b]
             for block, (start, stop) in enumerate(stacked.blocks) if not stacked.input_grad[block]
         }
+    squared_error = torch.zeros(len(models), device=x.device)  # of the last epoch
     for epoch in range(setting.num_epochs):
         for model in models:
             model.set_temperature(schedule.tau)
+        if graphed:
+            step.new_epoch()
         last_epoch = epoch == setting.num_epochs - 1
-        squared_error = torch.zeros(len(models), device=x.device)
         shuffled = torch.randperm(n, device=x.device, generator=generator)  # shuffled once: batches are slices
         x_epoch, y_epoch = x.index_select(0, shuffled), y.index_select(0, shuffled)
         fixed_epoch = {block: inputs.index_select(1, shuffled) for block, inputs in fixed_blocks.items()}
         for start in range(0, n, BATCH_SIZE):
             batch = slice(start, start + BATCH_SIZE)
-            rows = x_epoch[batch]
-            inputs, quantizer_backwards = [], []  # per block [G_b, B, in_b]; per trainable block G_b functions
-            for block, (first, stop) in enumerate(stacked.blocks):
-                if block in fixed_epoch:
-                    inputs.append(fixed_epoch[block][:, batch])
-                    continue
-                outputs, backwards = zip(*(quantizers[g].soft_with_backward(rows) for g in range(first, stop)))
-                inputs.append(torch.stack(outputs) if len(outputs) > 1 else outputs[0].unsqueeze(0))
-                quantizer_backwards.append(backwards)
-            error = stacked.forward(inputs, generator) - y_epoch[batch]  # [G, B]
-            if last_epoch:
-                squared_error += error.square().sum(dim=1)
-            for p in quantizer_parameters:
-                p.grad = None
-            input_grads = stacked.backward(error * (2 / rows.shape[0]))  # d(mean squared error)/d(prediction)
-            trained_input_grads = [grad for grad in input_grads if grad is not None]  # of the trainable blocks
-            for backwards, grads in zip(quantizer_backwards, trained_input_grads):
-                for backward, grad in zip(backwards, grads):
-                    backward(grad)
-            optimizer.step()
+            fixed_inputs = {block: inputs[:, batch] for block, inputs in fixed_epoch.items()}
+            step(x_epoch[batch], y_epoch[batch], fixed_inputs, squared_error if last_epoch else None)
         schedule.step()
     stacked.unstack_into([m.mlp for m in models])
     for model in models:

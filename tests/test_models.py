@@ -399,6 +399,29 @@ def test_train_models_returns_losses_in_the_given_order():
     assert len(set(forward)) == 4
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_graphs_train_as_eager_launches_do():
+    """Replaying each step as a CUDA graph (one per epoch, full batches) gives eager training's losses and weights."""
+    x, y = tiny_data(1300, 3)  # batches of 512, 512 and 276 rows: eager, captured and replayed, eager
+    x, y = x.cuda(), y.cuda()
+    ctx = QuantizerContext.from_training_rows(x, 3)
+    names = ["FP", "Pr-QQ", "SQ", "SQplus", "Bw-MQ", "Bw-SQ", "LLT9", "LLT4", "LSQ"]
+    setting = replace(SETTING, num_epochs=3, hidden_neurons=16)  # dropout 0.2: the graphs draw the eager masks
+
+    def trained(cuda_graphs):
+        models = []
+        for name in names:
+            torch.manual_seed(0)
+            models.append(build_model(METHODS[name], setting, ctx))
+        losses = train_models(models, x, y, setting, seed=1, cuda_graphs=cuda_graphs)
+        return torch.tensor(losses), [torch.cat([p.detach().flatten() for p in m.parameters()]) for m in models]
+
+    (graph_losses, graph_weights), (eager_losses, eager_weights) = trained(True), trained(False)
+    torch.testing.assert_close(graph_losses, eager_losses, rtol=1e-6, atol=0)
+    for name, got, want in zip(names, graph_weights, eager_weights):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=name)
+
+
 def test_run_methods_splits_wide_settings_into_stacks_with_the_same_results(tiny_run, monkeypatch):
     results, train, evaluations, settings = tiny_run
     weights = sum(p.numel() for p in results["FP"].model.mlp.parameters())  # 3 inputs
