@@ -25,7 +25,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from sklearn.datasets import make_friedman1
@@ -38,6 +38,7 @@ from models import METHOD_NAMES, METHODS, QuantizerContext, Setting, build_model
 from protocol.common import resolve_device  # noqa: E402
 
 BITS = 4
+MATMUL_OPERATORS = ("aten::bmm", "aten::baddbmm", "aten::mm", "aten::addmm")
 TARGET_RATIOS = [("LLT4", "FP"), ("LLT9", "FP"), ("Bw-SQ", "Pr-QQ")]  # (method, reference) of issue 5's time ratios
 
 
@@ -57,6 +58,13 @@ def matmul_rate(device: torch.device, size: int = 2048, repeats: int = 20) -> fl
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def matmul_seconds(run: Callable[[], object]) -> float:
+    """CPU seconds that one call of ``run`` spends inside matmul operators, by torch.profiler."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        run()
+    return sum(e.self_cpu_time_total for e in profile.key_averages() if e.key in MATMUL_OPERATORS) / 1e6
 
 
 def workload_flops(method: str, setting: Setting, ctx: QuantizerContext, n_train: int, n_eval: int) -> float:
@@ -92,11 +100,15 @@ def run_workload(rows: int, epochs: int, device: torch.device, per_method: bool 
     setting = Setting(0.0, 1e-3, hidden_layers, hidden_neurons, epochs, 1e-3, 0.0)
     evaluations = {"val": parts["val"], "test": parts["test"]}
     trained = [name for name in METHOD_NAMES if per_method and not METHODS[name].post_training]
+
+    def row() -> dict:
+        return run_methods(METHOD_NAMES, {m: setting for m in METHOD_NAMES}, parts["train"], evaluations, BITS, seed=42)
+
     total, alone = float("inf"), {name: [] for name in trained}
     for _ in range(repeats):
         _sync(device)
         start = time.perf_counter()
-        results = run_methods(METHOD_NAMES, {m: setting for m in METHOD_NAMES}, parts["train"], evaluations, BITS, seed=42)
+        results = row()
         _sync(device)
         total = min(total, time.perf_counter() - start)
         for name in trained:
@@ -115,8 +127,10 @@ def run_workload(rows: int, epochs: int, device: torch.device, per_method: bool 
             "test_loss": results[name].losses["test"],
         }
     gflop = sum(workload_flops(m, setting, ctx, n_train, n_eval) for m in METHOD_NAMES) / 1e9
+    # on CUDA the matmuls run inside graphs, out of the profiler's view of operators
+    in_matmuls = matmul_seconds(row) if per_method and device.type == "cpu" else None
     return {"rows": rows, "epochs": epochs, "hidden_layers": hidden_layers, "hidden_neurons": hidden_neurons,
-            "repeats": repeats, "seconds": total, "gflop": gflop, "methods": methods}
+            "repeats": repeats, "seconds": total, "matmul_seconds": in_matmuls, "gflop": gflop, "methods": methods}
 
 
 def _row_seconds_in_worker(threads: int) -> float:
@@ -158,6 +172,9 @@ def print_workload(report: dict, rate: float) -> None:
     floor = report["gflop"] / rate
     print(f"whole row of 13 methods (grouped as the tuning runs it): {report['seconds']:.3f} s, "
           f"{report['gflop']:.1f} GFLOP, floor {floor:.3f} s, ratio to floor {report['seconds'] / floor:.2f}")
+    if report.get("matmul_seconds") is not None:
+        print(f"  of which in matmul operators (one profiled row): {report['matmul_seconds']:.3f} s, "
+              f"{report['matmul_seconds'] / floor:.2f}x the floor")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
