@@ -22,7 +22,7 @@ from .mlp import MLP, SplitModel
 
 BATCH_SIZE = 512
 EVAL_BATCH_SIZE = 65536
-ADAM_CHUNK = 4096  # entries per piece of the stacked weights that Adam updates on CUDA (StackedMLP.flat_chunks)
+ADAM_PIECES, ADAM_CHUNK = 256, 4096  # on CUDA Adam updates the stacked weights in at most 256 pieces of at least 4096
 STACK_PARAMETERS = 2**24  # MLP weights trained as one stack at most: with gradients and Adam's state about 270 MB
 
 
@@ -170,12 +170,14 @@ class StackedMLP:
             input_grads.append(torch.bmm(grad[start:stop], weight.transpose(1, 2)) if wants else None)
         return input_grads
 
-    def flat_chunks(self, size: int) -> list[nn.Parameter]:
-        """Parameters viewing ``flat`` in pieces of ``size`` entries, each with its piece of ``flat.grad``.
+    def flat_chunks(self, pieces: int, smallest: int) -> list[nn.Parameter]:
+        """Parameters viewing ``flat`` in at most ``pieces`` pieces of at least ``smallest`` entries,
+        each with its piece of ``flat.grad``.
 
         An optimizer updating them updates ``flat``. On CUDA, Adam's fused multi-tensor kernel
         gives each piece its own thread blocks, where one large tensor would get only a few.
         """
+        size = max(smallest, -(-self.flat.numel() // pieces))
         chunks = []
         for values, grad in zip(self.flat.detach().split(size), self.flat.grad.split(size)):
             chunk = nn.Parameter(values)  # shares flat's storage
@@ -306,7 +308,7 @@ def train_models(models: Sequence[SplitModel], x: torch.Tensor, y: torch.Tensor,
     stacked = StackedMLP([m.mlp for m in models], [needs_grad[g] for g in order])
     graphed = cuda_graphs and x.is_cuda and hasattr(torch.cuda.CUDAGraph, "register_generator_state")  # torch >= 2.5
     quantizer_parameters = [p for q in quantizers if q is not None for p in q.parameters() if p.requires_grad]
-    mlp_parameters = stacked.flat_chunks(ADAM_CHUNK) if x.is_cuda else [stacked.flat]
+    mlp_parameters = stacked.flat_chunks(ADAM_PIECES, ADAM_CHUNK) if x.is_cuda else [stacked.flat]
     optimizer = torch.optim.Adam([*mlp_parameters, *quantizer_parameters], lr=setting.learning_rate,
                                  weight_decay=setting.weight_decay, fused=True, capturable=graphed)
     generator = torch.Generator(device=x.device).manual_seed(seed)

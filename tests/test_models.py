@@ -592,8 +592,10 @@ def test_adam_on_flat_chunks_updates_flat_as_adam_on_flat():
     stacked = StackedMLP(mlps, [True, False, False])
     twin = StackedMLP(mlps, [True, False, False])
     initial = twin.flat.detach().clone()
-    chunks = twin.flat_chunks(7)
-    assert [c.numel() for c in chunks[:-1]] == [7] * (len(chunks) - 1) and sum(c.numel() for c in chunks) == twin.flat.numel()
+    assert twin.flat.numel() == 231
+    assert [c.numel() for c in twin.flat_chunks(pieces=4, smallest=7)] == [58, 58, 58, 57]
+    chunks = twin.flat_chunks(pieces=100, smallest=7)
+    assert [c.numel() for c in chunks] == [7] * 33
     optimizers = [torch.optim.Adam([stacked.flat], lr=0.01, weight_decay=0.1, fused=True),
                   torch.optim.Adam(chunks, lr=0.01, weight_decay=0.1, fused=True)]
     for _ in range(3):
