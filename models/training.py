@@ -308,6 +308,7 @@ def train_models(models: Sequence[SplitModel], x: torch.Tensor, y: torch.Tensor,
     stacked = StackedMLP([m.mlp for m in models], [needs_grad[g] for g in order])
     graphed = cuda_graphs and x.is_cuda and hasattr(torch.cuda.CUDAGraph, "register_generator_state")  # torch >= 2.5
     quantizer_parameters = [p for q in quantizers if q is not None for p in q.parameters() if p.requires_grad]
+    # on CUDA with or without graphs alike, so that both paths compute the same numbers
     mlp_parameters = stacked.flat_chunks(ADAM_PIECES, ADAM_CHUNK) if x.is_cuda else [stacked.flat]
     optimizer = torch.optim.Adam([*mlp_parameters, *quantizer_parameters], lr=setting.learning_rate,
                                  weight_decay=setting.weight_decay, fused=True, capturable=graphed)
