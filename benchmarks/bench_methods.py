@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.splits import standardize  # noqa: E402
 from models import METHOD_NAMES, METHODS, QuantizerContext, Setting, build_model, run_methods  # noqa: E402
-from protocol.common import resolve_device  # noqa: E402
+from protocol.common import ProtocolError, resolve_device  # noqa: E402
 
 BITS = 4
 MATMUL_OPERATORS = ("aten::bmm", "aten::baddbmm", "aten::mm", "aten::addmm")
@@ -180,9 +180,9 @@ def print_workload(report: dict, rate: float) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and print (and optionally save) its tables."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
-    parser.add_argument("--rows", type=int, default=20000)
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu", help="where to train (default: cpu)")
+    parser.add_argument("--rows", type=int, default=20000, help="Friedman #1 rows, 60 %% of them for training (default: 20000)")
+    parser.add_argument("--epochs", type=int, default=10, help="training epochs (default: 10)")
     parser.add_argument("--hidden_layers", type=int, default=3, help="network depth (default: the reference 3)")
     parser.add_argument("--hidden_neurons", type=int, default=128, help="network width (default: the reference 128)")
     parser.add_argument("--repeats", type=int, default=5, help="report the best of this many runs of each timing (default 5)")
@@ -193,7 +193,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
-    device = resolve_device(args.device)
+    try:
+        device = resolve_device(args.device)
+    except ProtocolError as error:
+        parser.error(str(error))
     rate_before = matmul_rate(device)
     run_workload(5000, 2, device, per_method=False)  # warm-up: first-call costs are not the workload's
     reports = [run_workload(args.rows, args.epochs, device, hidden_layers=args.hidden_layers,

@@ -64,6 +64,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--step_ms", type=float, required=True, help="measured milliseconds of one step of a small network")
     args = parser.parse_args(argv)
     table = estimate(args.tuning_folder, args.n_steps, args.gflops, args.overhead, args.step_ms)
+    if table.empty:
+        parser.error(f"no tuning files <dataset>/<dataset>_hyperparameter_tuning_*.csv of the paper's datasets in {args.tuning_folder}; "
+                     "point --tuning_folder at a results folder (e.g. ../shared/paper_results)")
     print(f"estimated CPU minutes for {args.n_steps} runs of {', '.join(REPRODUCED_METHODS)}")
     print(table.round(1).to_markdown())
     return 0

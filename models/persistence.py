@@ -71,8 +71,11 @@ def load_model(path: str | os.PathLike) -> SavedModel:
     """Rebuild a model written by :func:`save_model` (on the CPU)."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ValueError(f"{path} is not a readable saved model ({error})") from None
+    except FileNotFoundError:
+        raise ValueError(f"{path} does not exist; pass a .pt file written by --save_models") from None
+    except Exception as error:  # torch's own message would suggest loading untrusted pickles
+        raise ValueError(f"{path} is not a model file saved by this project ({type(error).__name__}); "
+                         "pass a .pt file written by best_hyperparameter_testing_multiple.py --save_models") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path} is not a model saved by this project (expected format {FORMAT})")
     setting = Setting.from_mapping(payload["setting"])

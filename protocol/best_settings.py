@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -38,7 +39,7 @@ def find_tuning_files(result_folder: str | os.PathLike, dataset: str) -> dict[in
     for path in (Path(result_folder) / dataset).glob(f"{dataset}_hyperparameter_tuning_*bits_*iterations.csv"):
         match = _TUNING_NAME.search(path.name)
         if match:
-            with path.open() as lines:
+            with path.open("rb") as lines:  # bytes: a damaged file is reported when it is read
                 n_rows = sum(1 for _ in lines) - 1
             candidates.setdefault(int(match[1]), []).append((n_rows, int(match[2]), path))
     return {bits: max(found)[2] for bits, found in sorted(candidates.items())}
@@ -47,17 +48,20 @@ def find_tuning_files(result_folder: str | os.PathLike, dataset: str) -> dict[in
 def select_best(tuning: pd.DataFrame, methods: Sequence[str] = METHOD_NAMES) -> dict[str, Choice]:
     """Average each setting over its folds, keep the smallest mean ``val_loss_<m>`` (first on ties).
 
-    Settings whose folds are not all present yet (a tuning still running) are left out.
+    Settings whose folds are not all present yet (a tuning still running) are left out, and so
+    is, per method, a setting with a missing or non-finite loss on any fold (a diverged network).
     """
     per_setting = tuning.groupby("hyperparameter_setting_id", sort=True)
     folds = per_setting["kFold_id"].nunique()
     complete = folds.index[folds == tuning["kFold_id"].nunique()]
-    means = per_setting[[f"val_loss_{m}" for m in methods]].mean().loc[complete]
+    means = per_setting[[f"val_loss_{m}" for m in methods]].mean(skipna=False).loc[complete]
     first_rows = per_setting[list(SETTING_KEYS)].first().loc[complete]
     choices = {}
     for m in methods:
-        setting_id = int(means[f"val_loss_{m}"].to_numpy().argmin())
-        setting_id = int(means.index[setting_id])
+        losses = means[f"val_loss_{m}"].to_numpy(dtype=float)
+        if not np.isfinite(losses).any():
+            raise ProtocolError(f"no complete setting of {m} has a finite validation loss on every fold; let the tuning finish more settings or leave {m} out with --methods")
+        setting_id = int(means.index[np.where(np.isfinite(losses), losses, np.inf).argmin()])
         setting = Setting.from_mapping(first_rows.loc[setting_id])
         choices[m] = Choice(setting_id, float(means.at[setting_id, f"val_loss_{m}"]), setting)
     return choices
@@ -127,6 +131,13 @@ def run_best_settings(
         return [m for m in methods if row is None or pd.isna(row[f"test_loss_{m}"])]
 
     todo = [(b, s) for b in choices for s in range(n_steps) if missing(b, s)]
+    if save_models is not None:
+        Path(save_models).mkdir(parents=True, exist_ok=True)  # a bad folder fails now, not after the first run
+        done = sum(len(methods) - len(missing(b, s)) for b in choices for s in range(n_steps))
+        if done:
+            print(f"note: {done} of the requested (bits, run, method) results are already in {path} and are not "
+                  f"trained again, so --save_models saves no model for them; move {path} away to train and save them",
+                  file=sys.stderr)
     if not todo:
         return path
     data = load_dataset(dataset, scratch)

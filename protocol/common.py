@@ -65,12 +65,16 @@ def parse_positive(text: str) -> int:
 
 
 def run_cli(main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
-    """Parse ``argv`` and run ``main``; bad input and Ctrl-C end with one line, not a traceback."""
+    """Parse ``argv`` and run ``main``; bad input, unusable paths and Ctrl-C end with one line, not a traceback."""
     args = parser.parse_args(argv)
     try:
         return main(args)
     except (ProtocolError, DatasetError) as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a file where a folder should be, no permission, a full disk
+        where = f"cannot use {error.filename}: " if error.filename else ""
+        print(f"error: {where}{error.strerror or error}; check that the paths given are folders you can write to", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: every finished row is saved; run the same command again to continue", file=sys.stderr)

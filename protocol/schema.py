@@ -62,7 +62,8 @@ def read_results(path: str | os.PathLike, columns: tuple[str, ...]) -> pd.DataFr
     except FileNotFoundError:
         raise ProtocolError(f"{path} does not exist") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise ProtocolError(f"{path} is not a readable CSV ({error}); move it away or repair it") from None
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]  # pandas' messages may span lines
+        raise ProtocolError(f"{path} is not a readable CSV ({reason}); move it away or repair it") from None
     if tuple(frame.columns) != columns:
         missing = [c for c in columns if c not in frame.columns]
         extra = [c for c in frame.columns if c not in columns]

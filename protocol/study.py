@@ -104,7 +104,13 @@ def open_storage(url: str, create: bool = True) -> Storage:
 
 def _journal(path: Path, create: bool) -> Storage:
     _check_file(path, create)
-    backend = JournalStorage(JournalFileBackend(str(path)))
+    try:
+        backend = JournalStorage(JournalFileBackend(str(path)))  # replays the whole journal
+    except (ValueError, LookupError, TypeError) as error:  # undecodable bytes, broken JSON, missing fields
+        raise ProtocolError(
+            f"the storage {path} is not a readable optuna journal ({type(error).__name__}); "
+            "move it away to start again from the rows in the CSV, or restore it"
+        ) from None
     return Storage(backend, partial(_file_lock, f"{path}.claim"), f"journal:{path}")
 
 

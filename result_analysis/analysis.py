@@ -1,24 +1,34 @@
 """Loading, validating and aggregating the best-setting result files, and writing the tables.
 
 Input: one ``{dataset}_best_hyperparameter_test_multiple.csv`` per dataset (SPEC section 6),
-one row per (bits, run). The analysis reads the columns ``bits``, ``step`` and
+one row per (bits, run), for the paper's datasets by default or any dataset of the registry
+(``data.datasets.DATASETS``). The analysis reads the columns ``bits``, ``step`` and
 ``test_loss_<m>`` for all thirteen methods; the other columns are not needed and not checked.
+
+Missing values: an empty ``test_loss_<m>`` cell means that method or run was not computed
+(``best_hyperparameter_testing_multiple.py --methods ...``, or a method with fewer runs). It is
+read as NaN and left out: means, marks and the relative row use the present values only, a method
+without any value for a (dataset, bits) is an empty cell (CSV: empty, LaTeX and Markdown: ``–``),
+the confidence table has no row for it, and the figures leave it out. Any other non-numeric
+value is an error.
 
 Tables (SPEC section 8), each written as ``.csv`` (full precision), ``.tex`` (pandas Styler,
 booktabs rules, one ``\\multirow`` per dataset, three decimals) and ``.md`` (pandas
 ``to_markdown``, needs ``tabulate``):
 
 - ``table2``: mean test loss over the runs per dataset and bits for FP, Pr-MQ, Pr-QQ, LLT4,
-  LLT9, LSQ and Bw-SQ. Per row the minimum over the quantized methods (all but FP) is bold
-  and every other quantized value ``<= 1.025 * minimum`` is underlined (in markdown:
+  LLT9, LSQ and Bw-SQ. Per row the minimum over the present quantized methods (all but FP) is
+  bold and every other quantized value ``<= 1.025 * minimum`` is underlined (in markdown:
   ``**bold**`` and ``<u>underlined</u>``). Marks are decided on the unrounded means.
-- ``ablation``: the same for SQ, Bw-MQ, Bw-QQ and Bw-SQ (marks over all four), plus, as the
+- ``ablation``: the same for SQ, Bw-MQ, Bw-QQ and Bw-SQ (marks over these four), plus, as the
   last row of every dataset (``bits`` = ``mean rel. to Bw-SQ (%)``), the mean over the bit
-  widths of ``100 * loss_m(b) / loss_Bw-SQ(b)``: 100 for Bw-SQ, above 100 where a method is
-  worse on average. That row has one decimal and no marks.
-- ``confidence``: per dataset, bits and method (all thirteen), the number of runs ``n``, the
-  mean test loss, its standard error (std with ddof=1 over sqrt(n)) and the 95 % t-interval
-  ``mean ± t_{0.975, n-1} * sem`` (NaN where n = 1). Long format; the LaTeX file is a longtable.
+  widths where both are present of ``100 * loss_m(b) / loss_Bw-SQ(b)``: 100 for Bw-SQ, above 100
+  where a method is worse on average, ``–`` (n/a) where no such bit width exists (always when
+  Bw-SQ is absent). That row has one decimal and no marks.
+- ``confidence``: per dataset, bits and method (all thirteen), the number ``n`` of runs with a
+  test loss, the mean test loss, its standard error (std with ddof=1 over sqrt(n)) and the 95 %
+  t-interval ``mean ± t_{0.975, n-1} * sem`` (NaN where n = 1); combinations with n = 0 have no
+  row. Long format; the LaTeX file is a longtable.
 """
 
 from __future__ import annotations
@@ -32,7 +42,7 @@ import pandas as pd
 from scipy import stats
 
 from data.atomic import atomic_write_text
-from data.datasets import PAPER_DATASETS
+from data.datasets import DATASETS, PAPER_DATASETS
 from models.methods import METHOD_NAMES
 
 TABLE2_METHODS: tuple[str, ...] = ("FP", "Pr-MQ", "Pr-QQ", "LLT4", "LLT9", "LSQ", "Bw-SQ")
@@ -43,10 +53,12 @@ NEAR_MIN_FACTOR = 1.025
 CONFIDENCE = 0.95
 BIT_RANGE = range(2, 9)
 KEY_COLUMNS: tuple[str, ...] = ("bits", "step")
+KNOWN_DATASETS: tuple[str, ...] = (*PAPER_DATASETS, *(d for d in DATASETS if d not in PAPER_DATASETS))
+MISSING = "–"
 
 
 class ResultFileError(ValueError):
-    """A result file or folder that cannot be analysed; the message names the file and the problem."""
+    """A result file, results folder or output folder that cannot be used; the message says why."""
 
 
 def exit_status(action: Callable[[], object]) -> int:
@@ -62,6 +74,16 @@ def exit_status(action: Callable[[], object]) -> int:
 def result_file(results_dir: Path, dataset: str) -> Path:
     """Return the path of a dataset's best-setting result file."""
     return Path(results_dir) / f"{dataset}_best_hyperparameter_test_multiple.csv"
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """Raise a ResultFileError if out_dir cannot be a folder because it, or a folder above it, is a file."""
+    existing = next(p for p in (Path(out_dir), *Path(out_dir).parents) if p.exists())
+    if not existing.is_dir():
+        raise ResultFileError(
+            f"the output folder {out_dir} cannot be created because {existing} is a file; "
+            f"choose another --out_dir."
+        )
 
 
 def read_result_file(path: Path, columns: Sequence[str], allow_empty: bool = False) -> pd.DataFrame:
@@ -112,22 +134,20 @@ def load_results(
 ) -> tuple[dict[str, pd.DataFrame], list[str]]:
     """Load the result files present in results_dir; return {dataset: frame} and the missing datasets.
 
+    Datasets come in KNOWN_DATASETS order; empty test-loss cells are NaN (not computed).
     The bit widths analysed are ``bits`` or, by default, every bit width found in any file;
     every loaded file must have rows for each of them, and only bit widths in BIT_RANGE.
     """
-    unknown = sorted(set(datasets) - set(PAPER_DATASETS))
+    unknown = sorted(set(datasets) - set(KNOWN_DATASETS))
     if unknown:
-        raise ValueError(f"unknown dataset(s) {', '.join(unknown)}; known: {', '.join(PAPER_DATASETS)}")
-    order = [d for d in PAPER_DATASETS if d in datasets]
+        raise ValueError(f"unknown dataset(s) {', '.join(unknown)}; known: {', '.join(KNOWN_DATASETS)}")
+    order = [d for d in KNOWN_DATASETS if d in datasets]
     losses = [f"test_loss_{m}" for m in METHOD_NAMES]
-    frames = {d: read_result_file(result_file(results_dir, d), losses)
+    frames = {d: read_result_file(result_file(results_dir, d), losses, allow_empty=True)
               for d in order if result_file(results_dir, d).is_file()}
     missing = [d for d in order if d not in frames]
     if not frames:
-        raise ResultFileError(
-            f"{results_dir} contains no {{dataset}}_best_hyperparameter_test_multiple.csv file "
-            f"for the dataset(s) {', '.join(order)}."
-        )
+        raise ResultFileError(no_files_message(results_dir, order))
     wanted = sorted(set(bits)) if bits else sorted(set().union(*(set(f["bits"]) for f in frames.values())))
     for dataset, frame in frames.items():
         outside = sorted(set(frame["bits"]) - set(BIT_RANGE))
@@ -145,8 +165,19 @@ def load_results(
     return frames, missing
 
 
+def no_files_message(results_dir: Path, datasets: Sequence[str]) -> str:
+    """The error for a results_dir without files for datasets; it names other known datasets found there."""
+    message = (f"{results_dir} contains no {{dataset}}_best_hyperparameter_test_multiple.csv file "
+               f"for the dataset(s) {', '.join(datasets)}")
+    others = [d for d in KNOWN_DATASETS if d not in datasets and result_file(results_dir, d).is_file()]
+    if others:
+        return (f"{message} but has files of the dataset(s) {', '.join(others)}; "
+                f"pass --datasets {' '.join(others)} to analyse them.")
+    return f"{message}."
+
+
 def long_losses(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """Stack the files into one frame with columns dataset, bits, step, method, test_loss."""
+    """Stack the files into one frame: dataset, bits, step, method, test_loss (NaN: not computed)."""
     parts = []
     for dataset, frame in frames.items():
         part = frame.melt(id_vars=["bits", "step"], var_name="method", value_name="test_loss")
@@ -160,15 +191,13 @@ def long_losses(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
 
 
 def mean_table(long: pd.DataFrame, methods: Sequence[str]) -> pd.DataFrame:
-    """Mean test loss over the runs, index (dataset, bits), one column per method in the given order."""
-    sub = long[long["method"].isin(methods)]
-    table = sub.pivot_table(index=["dataset", "bits"], columns="method", values="test_loss",
-                            aggfunc="mean", observed=True)
-    return table[list(methods)].rename_axis(columns=None)
+    """Mean test loss over the present runs, index (dataset, bits), one column per method (NaN: none)."""
+    means = long.groupby(["dataset", "bits", "method"], observed=True)["test_loss"].mean()
+    return means.unstack("method").reindex(columns=list(methods)).rename_axis(columns=None)
 
 
 def relative_means(table: pd.DataFrame, reference: str = REFERENCE_METHOD) -> pd.DataFrame:
-    """Per dataset, the mean over bits of 100 * loss / loss of the reference method."""
+    """Per dataset, the mean over the bits where both are present of 100 * loss / loss of the reference."""
     ratios = table.div(table[reference], axis=0) * 100
     return ratios.groupby(level="dataset", observed=True).mean()
 
@@ -182,7 +211,7 @@ def with_relative_rows(table: pd.DataFrame, reference: str = REFERENCE_METHOD) -
 
 
 def row_marks(table: pd.DataFrame, among: Sequence[str]) -> pd.DataFrame:
-    """Per cell 'min' (row minimum over `among`), 'near' (<= 1.025 * minimum, not the minimum) or ''."""
+    """Per cell 'min' (row minimum over the present `among`), 'near' (<= 1.025 * minimum, not it) or ''."""
     values = table[list(among)]
     minimum = values.min(axis=1)
     marks = pd.DataFrame("", index=table.index, columns=table.columns)
@@ -192,8 +221,9 @@ def row_marks(table: pd.DataFrame, among: Sequence[str]) -> pd.DataFrame:
 
 
 def confidence_table(long: pd.DataFrame, confidence: float = CONFIDENCE) -> pd.DataFrame:
-    """Per dataset, bits and method: n, mean, sem and the t-interval of the mean test loss."""
-    grouped = long.groupby(["dataset", "bits", "method"], observed=True)["test_loss"]
+    """Per dataset, bits and method with n >= 1 runs: n, mean, sem and the t-interval of the mean test loss."""
+    present = long.dropna(subset=["test_loss"])
+    grouped = present.groupby(["dataset", "bits", "method"], observed=True)["test_loss"]
     table = grouped.agg(n="count", mean="mean", sem="sem").reset_index()
     low_q, high_q = stats.t.interval(confidence, df=(table["n"] - 1).where(table["n"] > 1))
     table["ci_low"] = table["mean"] + low_q * table["sem"]
@@ -207,12 +237,12 @@ def _relative_rows(table: pd.DataFrame) -> np.ndarray:
 
 
 def to_latex(table: pd.DataFrame, marks: pd.DataFrame) -> str:
-    """LaTeX tabular of a mean table with \\multirow datasets, bold minima and underlined near-minima."""
+    """LaTeX tabular of a mean table: \\multirow datasets, bold minima, underlined near-minima, NaN MISSING."""
     relative = table.index[_relative_rows(table)]
     return (
         table.style
-        .format(precision=3)
-        .format(precision=1, subset=(relative, table.columns))
+        .format(precision=3, na_rep=MISSING)
+        .format(precision=1, na_rep=MISSING, subset=(relative, table.columns))
         .format_index(escape="latex", axis=0)
         .format_index(escape="latex", axis=1)
         .apply(lambda _: marks.replace({"min": "textbf:--rwrap;", "near": "underline:--rwrap;"}),
@@ -223,15 +253,16 @@ def to_latex(table: pd.DataFrame, marks: pd.DataFrame) -> str:
 
 
 def to_markdown(table: pd.DataFrame, marks: pd.DataFrame) -> str:
-    """Markdown table of a mean table, minima as **bold** and near-minima as <u>underlined</u>."""
+    """Markdown table of a mean table: minima **bold**, near-minima <u>underlined</u>, NaN as MISSING."""
     relative = _relative_rows(table)
     texts = table.map(lambda v: f"{v:.3f}")
     texts[relative] = table[relative].map(lambda v: f"{v:.1f}")
+    texts = texts.where(table.notna(), MISSING)
     texts = texts.where(marks != "min", "**" + texts + "**")
     texts = texts.where(marks != "near", "<u>" + texts + "</u>")
     texts = texts.reset_index()
     align = ["left"] + ["right"] * (texts.shape[1] - 1)
-    return texts.to_markdown(index=False, colalign=align) + "\n"
+    return texts.to_markdown(index=False, colalign=align, disable_numparse=True) + "\n"
 
 
 def confidence_to_latex(confidence: pd.DataFrame) -> str:

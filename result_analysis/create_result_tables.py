@@ -17,18 +17,22 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.datasets import PAPER_DATASETS  # noqa: E402
-from result_analysis.analysis import BIT_RANGE, exit_status, load_results, write_tables  # noqa: E402
+from result_analysis.analysis import (  # noqa: E402
+    BIT_RANGE, KNOWN_DATASETS, check_out_dir, exit_status, load_results, write_tables,
+)
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options shared by the table and figure scripts."""
     parser.add_argument("--results_dir", type=Path, default=Path("results/best_hyperparameter_multiple"),
-                        help="folder with the {dataset}_best_hyperparameter_test_multiple.csv files")
+                        help="folder with the {dataset}_best_hyperparameter_test_multiple.csv files "
+                             "(default: %(default)s)")
     parser.add_argument("--out_dir", type=Path, default=Path("results/analysis"),
-                        help="folder the outputs are written to (created if needed)")
-    parser.add_argument("--datasets", nargs="+", choices=PAPER_DATASETS, default=list(PAPER_DATASETS),
+                        help="folder the outputs are written to, created if needed (default: %(default)s)")
+    parser.add_argument("--datasets", nargs="+", choices=KNOWN_DATASETS, default=list(PAPER_DATASETS),
                         metavar="NAME",
-                        help=f"datasets to include (default: all of {', '.join(PAPER_DATASETS)})")
+                        help=f"datasets to include, any of {', '.join(KNOWN_DATASETS)} "
+                             f"(default: the paper's, {' '.join(PAPER_DATASETS)})")
     parser.add_argument("--bits", nargs="+", type=int, choices=list(BIT_RANGE), metavar="B",
                         help="bit widths to include (default: every bit width in the files)")
 
@@ -36,6 +40,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
 def load_and_write(args: argparse.Namespace,
                    write: Callable[[dict[str, pd.DataFrame], Path], list[Path]]) -> None:
     """Load the result files named by args, write(frames, out_dir) the outputs and print what was done."""
+    check_out_dir(args.out_dir)
     frames, missing = load_results(args.results_dir, args.datasets, args.bits)
     if missing:
         print(f"missing in {args.results_dir}, skipped: {', '.join(missing)}")

@@ -24,9 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_arguments(parser)
     parser.add_argument("--lineplot", action=argparse.BooleanOptionalAction, default=True,
-                        help="write lineplot.png/.pdf (Figure 4)")
+                        help="write lineplot.png/.pdf (Figure 4; default: on)")
     parser.add_argument("--boxplot", action=argparse.BooleanOptionalAction, default=True,
-                        help="write boxplot_{b}bits.png/.pdf per bit width (Figure 6)")
+                        help="write boxplot_{b}bits.png/.pdf per bit width (Figure 6; default: on)")
     args = parser.parse_args(argv)
     write = partial(write_figures, lineplot=args.lineplot, boxplot=args.boxplot)
     return exit_status(lambda: load_and_write(args, write))

@@ -4,9 +4,11 @@
   one line per method (FP dashed, Bw-SQ thicker), one legend for the figure.
 - Figure 6 (``boxplot_{b}bits``): per bit width, one subplot per dataset with a box plot of the
   per-run test MSEs of every method, the single runs as points on top, and a dashed
-  horizontal line at the FP median.
+  horizontal line at the FP median (where FP has runs).
 
-Every figure is written as PNG and PDF; axis limits follow the data.
+Methods without a test loss (empty cells: not computed) are left out: a line only joins the bit
+widths a method has, and a subplot has boxes only for the methods with runs there. Every figure
+is written as PNG and PDF; axis limits follow the data.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.artist import Artist  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
@@ -57,14 +60,16 @@ def dataset_axes(datasets: Sequence[str], width: float, height: float) -> tuple[
 
 
 def plot_lines(long: pd.DataFrame, methods: Sequence[str] = TABLE2_METHODS) -> Figure:
-    """Figure 4: per dataset the mean test MSE against bits, one line per method."""
-    means = (long[long["method"].isin(methods)]
+    """Figure 4: per dataset the mean test MSE against bits, one line per method with test losses there."""
+    means = (long[long["method"].isin(methods)].dropna(subset=["test_loss"])
              .groupby(["dataset", "method", "bits"], observed=True)["test_loss"].mean())
     datasets = list(long["dataset"].cat.categories)
     colors = method_colors(methods)
     fig, axes = dataset_axes(datasets, 3.8, 2.9)
     for ax, dataset in zip(axes, datasets):
         for method, marker in zip(methods, MARKERS):
+            if (dataset, method) not in means.index:
+                continue
             series = means.loc[(dataset, method)]
             emphasis = method == REFERENCE_METHOD
             ax.plot(series.index, series.to_numpy(), label=method, color=colors[method],
@@ -74,27 +79,43 @@ def plot_lines(long: pd.DataFrame, methods: Sequence[str] = TABLE2_METHODS) -> F
         ax.set_xticks(sorted(long["bits"].unique()))
         ax.set_xlabel("bits")
         ax.set_ylabel("mean test MSE")
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=len(methods), frameon=False)
+    handles = legend_handles(axes, methods)
+    fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=len(handles),
+               frameon=False)
     return fig
 
 
+def legend_handles(axes: Sequence[Axes], methods: Sequence[str]) -> dict[str, Artist]:
+    """The first handle per method label over all axes, in the order of methods."""
+    found: dict[str, Artist] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            found.setdefault(label, handle)
+    return {m: found[m] for m in methods if m in found}
+
+
 def plot_boxes(long: pd.DataFrame, bits: int, methods: Sequence[str] = TABLE2_METHODS) -> Figure:
-    """Figure 6 for one bit width: per dataset box plots of the per-run test MSE of every method."""
-    sub = long[(long["bits"] == bits) & long["method"].isin(methods)].astype({"method": str})
+    """Figure 6 for one bit width: per dataset box plots of the per-run test MSE of every method with runs."""
+    sub = (long[(long["bits"] == bits) & long["method"].isin(methods)]
+           .dropna(subset=["test_loss"]).astype({"method": str}))
     datasets = list(long["dataset"].cat.categories)
+    colors = method_colors(methods)
     fig, axes = dataset_axes(datasets, 3.8, 3.2)
     for ax, dataset in zip(axes, datasets):
         data = sub[sub["dataset"] == dataset]
+        present = [m for m in methods if m in set(data["method"])]
+        if not present:
+            continue
         with warnings.catch_warnings():  # seaborn 0.13 passes the deprecated vert= to matplotlib >= 3.11
             warnings.filterwarnings("ignore", message="vert: bool", category=DeprecationWarning)
-            sns.boxplot(data=data, x="method", y="test_loss", order=methods, hue="method",
-                        hue_order=methods, palette=method_colors(methods), dodge=False, legend=False,
+            sns.boxplot(data=data, x="method", y="test_loss", order=present, hue="method",
+                        hue_order=present, palette=colors, dodge=False, legend=False,
                         showfliers=False, width=0.6, linewidth=1, boxprops={"alpha": 0.8}, ax=ax)
-        sns.stripplot(data=data, x="method", y="test_loss", order=methods, color="black",
+        sns.stripplot(data=data, x="method", y="test_loss", order=present, color="black",
                       size=2.5, alpha=0.7, jitter=0.15, ax=ax)
-        fp_median = data.loc[data["method"] == "FP", "test_loss"].median()
-        ax.axhline(fp_median, color="black", linestyle="--", linewidth=1)
+        if "FP" in present:
+            fp_median = data.loc[data["method"] == "FP", "test_loss"].median()
+            ax.axhline(fp_median, color="black", linestyle="--", linewidth=1)
         ax.set_xlabel("")
         ax.set_ylabel("test MSE")
         ax.tick_params(axis="x", labelrotation=45)

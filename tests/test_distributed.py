@@ -220,3 +220,12 @@ def test_storage_errors_are_one_sentence(tmp_path: Path, shared_dir: Path, capsy
     assert "does not exist" in errors[1] and "--sampler paper" in errors[2]
     with pytest.raises(ProtocolError, match="does not exist"):
         open_tuning(debug_plan(tmp_path), f"sqlite:///{tmp_path / 'missing.db'}", create=False)
+
+
+def test_damaged_journal_is_one_sentence_and_kept(tmp_path: Path) -> None:
+    journal = tmp_path / "damaged.journal"
+    damaged = b'{"op_code": 0, "worker_id": "w"}\n' + bytes(range(128, 256))
+    journal.write_bytes(damaged)
+    with pytest.raises(ProtocolError, match="is not a readable optuna journal.*move it away"):
+        open_tuning(debug_plan(tmp_path), f"journal:{journal}")
+    assert journal.read_bytes() == damaged

@@ -211,7 +211,12 @@ def test_full_precision_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -
 
 def test_unexportable_inputs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main([str(tmp_path / "missing.pt"), "--out", str(tmp_path / "out")]) == 2
-    assert "is not a readable saved model" in capsys.readouterr().err
+    assert "missing.pt does not exist; pass a .pt file written by --save_models" in capsys.readouterr().err
+    (tmp_path / "results.csv").write_text("a,b\n1,2\n")
+    assert main([str(tmp_path / "results.csv"), "--out", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert "results.csv is not a model file saved by this project" in error and "weights_only" not in error
+    assert len(error.splitlines()) == 1
     saved = _perturbed_model("LSQ", 3, seed=2)
     with torch.no_grad():
         saved.model.quantizer.step[1] = -saved.model.quantizer.step[1]

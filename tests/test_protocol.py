@@ -147,6 +147,69 @@ def test_tiny_best_setting_run_writes_the_paper_schema(debug_results: Path, shar
     pd.testing.assert_series_equal(after["test_loss_Bw-SQ"], before["test_loss_Bw-SQ"])
 
 
+def copy_tuning(debug_results: Path, folder: Path) -> Path:
+    """The fixture's tuning file in a results folder of its own; returns the copy."""
+    path = debug_results / "wine_quality" / "wine_quality_hyperparameter_tuning_3bits_4iterations.csv"
+    target = folder / "wine_quality" / path.name
+    target.parent.mkdir(parents=True)
+    target.write_bytes(path.read_bytes())
+    return target
+
+
+def test_selection_skips_settings_with_a_missing_or_infinite_fold(debug_results: Path, tmp_path: Path) -> None:
+    path = copy_tuning(debug_results, tmp_path)
+    frame = pd.read_csv(path)
+    first, second = frame.hyperparameter_setting_id == 0, frame.hyperparameter_setting_id == 1
+    frame.loc[first, "val_loss_Bw-SQ"] = [0.1, np.nan]  # the best fold, but the other one is missing
+    frame.loc[second, "val_loss_Bw-SQ"] = [0.5, 0.7]
+    frame.loc[first, "val_loss_LSQ"] = [0.3, 0.5]
+    frame.loc[second, "val_loss_LSQ"] = [0.2, np.inf]  # diverged on one fold
+    frame.to_csv(path, index=False)  # NaN becomes an empty cell, inf "inf"
+    choices = load_choices(tmp_path, "wine_quality", [3], ["Bw-SQ", "LSQ"])[3]
+    assert (choices["Bw-SQ"].setting_id, choices["Bw-SQ"].val_loss) == (1, pytest.approx(0.6))
+    assert (choices["LSQ"].setting_id, choices["LSQ"].val_loss) == (0, pytest.approx(0.4))
+    frame["val_loss_FP"] = np.nan
+    frame.to_csv(path, index=False)
+    with pytest.raises(ProtocolError, match="no complete setting of FP has a finite validation loss"):
+        load_choices(tmp_path, "wine_quality", [3], ["FP"])
+
+
+def test_damaged_tuning_file_is_reported_and_kept(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "fried" / "fried_hyperparameter_tuning_3bits_4iterations.csv"
+    path.parent.mkdir()
+    damaged = bytes(range(256)) * 4
+    path.write_bytes(damaged)
+    assert best_script.main(["--dataset", "fried", "--result_folder", str(tmp_path), "--select_only"]) == 2
+    error = capsys.readouterr().err
+    assert "is not a readable CSV" in error and len(error.splitlines()) == 1
+    assert path.read_bytes() == damaged
+
+
+def test_save_models_names_the_runs_it_does_not_train_again(debug_results: Path, shared_dir: Path, tmp_path: Path, capsys) -> None:
+    copy_tuning(debug_results, tmp_path)
+    run = dict(n_steps=1, methods=["FP"], scratch=shared_dir / "datasets", progress=False)
+    run_best_settings("wine_quality", tmp_path, save_models=tmp_path / "first", **run)
+    assert [p.name for p in (tmp_path / "first").glob("*.pt")] == ["wine_quality_3bits_FP_run0.pt"]
+    assert capsys.readouterr().err == ""
+    path = run_best_settings("wine_quality", tmp_path, save_models=tmp_path / "again", **run)
+    assert list((tmp_path / "again").glob("*.pt")) == []
+    assert f"1 of the requested (bits, run, method) results are already in {path}" in capsys.readouterr().err
+
+
+def test_unusable_paths_are_one_sentence(debug_results: Path, shared_dir: Path, tmp_path: Path, capsys) -> None:
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    tuning = ["--dataset", "wine_quality", "--n_bits", "3", "--n_steps", "2", "--debug", "--quiet"]
+    assert tuning_script.main([*tuning, "--result_folder", str(a_file)]) == 2
+    copy_tuning(debug_results, tmp_path)
+    best = ["--dataset", "wine_quality", "--n_steps", "1", "--methods", "FP", "--quiet", "--scratch", str(shared_dir / "datasets")]
+    assert best_script.main([*best, "--result_folder", str(tmp_path), "--save_models", str(a_file)]) == 2
+    errors = capsys.readouterr().err.splitlines()
+    assert len(errors) == 2 and all(line.startswith(f"error: cannot use {a_file}") for line in errors), errors
+    assert not (tmp_path / "best_hyperparameter_multiple").exists()  # refused before any training
+    assert a_file.read_text() == "not a folder"
+
+
 def run_script(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True)
 

@@ -254,13 +254,21 @@ def _bad_non_numeric(path: Path) -> str:
     return "'abc'"
 
 
+def _bad_empty_bits(path: Path) -> str:
+    data = pd.read_csv(write_synthetic(path)).astype({"bits": object})
+    data.loc[2, "bits"] = ""  # an empty loss is a method not run, an empty bits cell is an error
+    data.to_csv(path, index=False)
+    return "'' in column bits (line 4)"
+
+
 def _bad_missing_bits(path: Path) -> str:
     write_synthetic(path.with_name("fried_best_hyperparameter_test_multiple.csv"), bits=(2, 3))
     write_synthetic(path, bits=(2,))
     return "no rows for 3 bits"
 
 
-BAD_FILES = [_bad_missing_column, _bad_empty, _bad_header_only, _bad_non_numeric, _bad_missing_bits]
+BAD_FILES = [_bad_missing_column, _bad_empty, _bad_header_only, _bad_non_numeric, _bad_empty_bits,
+             _bad_missing_bits]
 
 
 @pytest.mark.parametrize("make_bad", BAD_FILES, ids=lambda f: f.__name__.removeprefix("_bad_"))
@@ -313,3 +321,164 @@ def test_cli_error_without_traceback(tmp_path):
                       "--out_dir", str(tmp_path / "out"))
     assert done.returncode == 2
     assert done.stderr.startswith("error: ") and "Traceback" not in done.stderr
+
+
+# Hand-made files with empty cells (methods or runs not computed). Rows: (2, 0), (2, 1), (3, 0), (3, 1).
+GAP_BITS = (2, 2, 3, 3)
+GAP_FRIED = {
+    "FP": ["0.1", "0.3", "0.2", "0.2"],        # means 0.2 | 0.2
+    "Pr-MQ": ["0.5", "", "0.6", "0.8"],        # 0.5 (one run) | 0.7
+    "Pr-QQ": ["", "", "", ""],                 # not run
+    "LLT4": ["0.405", "0.405", "", ""],        # 0.405 (within 2.5 % of 0.4) | -
+    "SQ": ["0.8", "0.8", "0.8", "0.8"],        # 0.8 | 0.8
+    "Bw-MQ": ["0.2", "0.2", "0.5", "0.5"],     # 0.2 | 0.5
+    "Bw-QQ": ["", "", "", ""],                 # not run
+    "Bw-SQ": ["0.4", "0.4", "", ""],           # 0.4 | -
+}
+GAP_SULFUR = {"Bw-SQ": ["", "", "", ""]}       # everything else 1.0
+
+
+def write_gap_file(path: Path, losses: dict[str, list[str]]) -> Path:
+    """Write a result file with the analysed columns; methods not in losses get 1.0 in every row."""
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow([*(f"test_loss_{m}" for m in METHOD_NAMES), "bits", "step"])
+        for row, bits in enumerate(GAP_BITS):
+            writer.writerow([*(losses.get(m, ["1.0"] * 4)[row] for m in METHOD_NAMES), bits, row % 2])
+    return path
+
+
+@pytest.fixture
+def gap_dir(tmp_path) -> Path:
+    """A results folder with the hand-made fried and sulfur files that have empty cells."""
+    write_gap_file(tmp_path / "fried_best_hyperparameter_test_multiple.csv", GAP_FRIED)
+    write_gap_file(tmp_path / "sulfur_best_hyperparameter_test_multiple.csv", GAP_SULFUR)
+    return tmp_path
+
+
+def test_empty_cells_are_missing_in_table2(gap_dir):
+    assert tables_main(["--results_dir", str(gap_dir), "--out_dir", str(gap_dir / "out")]) == 0
+    table = pd.read_csv(gap_dir / "out" / "table2.csv").set_index(["dataset", "bits"])
+    expected = {2: [0.2, 0.5, np.nan, 0.405, 1.0, 1.0, 0.4], 3: [0.2, 0.7, np.nan, np.nan, 1.0, 1.0, np.nan]}
+    for bits, means in expected.items():
+        assert table.loc[("fried", bits)].tolist() == pytest.approx(means, nan_ok=True)
+    assert np.isnan(table.loc[("sulfur", 2), "Bw-SQ"])
+    tex = (gap_dir / "out" / "table2.tex").read_text()
+    # bits 2: Bw-SQ 0.4 is the minimum of the present quantized methods, LLT4 0.405 is within 2.5 %
+    assert tex_cells(tex, "fried", 2) == ["0.200", "0.500", "–", "\\underline{0.405}", "1.000", "1.000",
+                                          "\\textbf{0.400}"]
+    # bits 3: only Pr-MQ, LLT9 and LSQ are present among the quantized methods
+    assert tex_cells(tex, "fried", 3) == ["0.200", "\\textbf{0.700}", "–", "–", "1.000", "1.000", "–"]
+    md = (gap_dir / "out" / "table2.md").read_text().splitlines()
+    fried_3 = [c.strip() for c in md[3].strip("|").split("|")]
+    assert fried_3 == ["fried", "3", "0.200", "**0.700**", "–", "–", "1.000", "1.000", "–"]
+
+
+def test_empty_cells_relative_row_uses_present_bits(gap_dir):
+    assert tables_main(["--results_dir", str(gap_dir), "--out_dir", str(gap_dir / "out")]) == 0
+    table = pd.read_csv(gap_dir / "out" / "ablation.csv", dtype={"bits": str}).set_index(["dataset", "bits"])
+    # fried: Bw-SQ only at 2 bits, so SQ 100 * 0.8 / 0.4 and Bw-MQ 100 * 0.2 / 0.4; Bw-QQ not run
+    assert table.loc[("fried", RELATIVE_ROW)].tolist() == pytest.approx([200.0, 50.0, np.nan, 100.0],
+                                                                        nan_ok=True)
+    assert table.loc[("sulfur", RELATIVE_ROW)].isna().all()  # no Bw-SQ: n/a
+    tex = (gap_dir / "out" / "ablation.tex").read_text()
+    assert tex_cells(tex, "fried", RELATIVE_ROW.replace("%", "\\%")) == ["200.0", "50.0", "–", "100.0"]
+    assert tex_cells(tex, "sulfur", RELATIVE_ROW.replace("%", "\\%")) == ["–"] * 4
+    assert tex_cells(tex, "fried", 3) == ["0.800", "\\textbf{0.500}", "–", "–"]
+
+
+def test_empty_cells_confidence_counts_present_runs(gap_dir):
+    frames, _ = analysis.load_results(gap_dir)
+    table = analysis.confidence_table(analysis.long_losses(frames)).set_index(["dataset", "bits", "method"])
+    # fried lacks Pr-QQ and Bw-QQ (4 cells each), LLT4 and Bw-SQ at 3 bits; sulfur lacks Bw-SQ
+    assert len(table) == 2 * 2 * len(METHOD_NAMES) - 4 - 2 - 2
+    assert ("fried", 2, "Pr-QQ") not in table.index and ("sulfur", 3, "Bw-SQ") not in table.index
+    row = table.loc[("fried", 2, "Pr-MQ")]
+    assert row["n"] == 1 and row["mean"] == 0.5 and np.isnan(row["ci_low"])
+    row = table.loc[("fried", 3, "Pr-MQ")]
+    half = stats.t.ppf(0.975, 1) * np.std([0.6, 0.8], ddof=1) / np.sqrt(2)
+    assert row["n"] == 2 and row["ci_high"] == pytest.approx(0.7 + half)
+
+
+def test_empty_cells_figures_skip_missing(gap_dir):
+    frames, _ = analysis.load_results(gap_dir)
+    long = analysis.long_losses(frames)
+    fig = plots.plot_lines(long)
+    try:
+        fried, sulfur = fig.axes
+        lines = {ln.get_label(): ln for ln in fried.get_lines()}
+        assert list(lines) == ["FP", "Pr-MQ", "LLT4", "LLT9", "LSQ", "Bw-SQ"]
+        assert list(lines["LLT4"].get_xdata()) == [2]
+        assert [ln.get_label() for ln in sulfur.get_lines()] == list(TABLE2_METHODS[:-1])
+        assert [t.get_text() for t in fig.legends[0].get_texts()] == list(TABLE2_METHODS)
+    finally:
+        plots.plt.close(fig)
+    fig = plots.plot_boxes(long, 3)
+    try:
+        fried, sulfur = fig.axes
+        assert [t.get_text() for t in fried.get_xticklabels()] == ["FP", "Pr-MQ", "LLT9", "LSQ"]
+        assert len(fried.patches) == 4
+        assert [t.get_text() for t in sulfur.get_xticklabels()] == list(TABLE2_METHODS[:-1])
+    finally:
+        plots.plt.close(fig)
+    write_gap_file(gap_dir / "fried_best_hyperparameter_test_multiple.csv", {"FP": [""] * 4})
+    fig = plots.plot_boxes(analysis.long_losses(analysis.load_results(gap_dir)[0]), 2)
+    try:
+        assert not [ln for ln in fig.axes[0].get_lines() if ln.get_linestyle() == "--"]  # no FP median
+    finally:
+        plots.plt.close(fig)
+
+
+REPRODUCTION = REPO / "results" / "reproduction"
+
+
+@pytest.mark.skipif(not (REPRODUCTION / "fried_best_hyperparameter_test_multiple.csv").is_file(),
+                    reason="the reproduction file is not in this checkout")
+def test_cli_on_reproduction_file_with_methods_not_run(tmp_path):
+    common = ["--results_dir", str(REPRODUCTION), "--out_dir", str(tmp_path), "--datasets", "fried"]
+    for command in (["result_analysis/create_result_tables.py", *common],
+                    ["result_analysis/line_and_box_plot_cummulative.py", *common, "--no-boxplot"]):
+        done = run_script(*command)
+        assert done.returncode == 0, done.stderr
+    # the reproduction ran no Po-* and no SQplus: they have no row in the confidence table
+    methods = set(pd.read_csv(tmp_path / "confidence.csv")["method"])
+    assert methods == set(METHOD_NAMES) - {"Po-MQ", "Po-QQ", "SQplus"}
+    assert (tmp_path / "lineplot.png").is_file()
+
+
+def test_registry_dataset_friedman1(tmp_path, capsys):
+    write_gap_file(tmp_path / "friedman1_best_hyperparameter_test_multiple.csv", GAP_SULFUR)
+    out = tmp_path / "out"
+    assert tables_main(["--results_dir", str(tmp_path), "--out_dir", str(out), "--datasets", "friedman1"]) == 0
+    assert pd.read_csv(out / "table2.csv")["dataset"].unique().tolist() == ["friedman1"]
+    capsys.readouterr()
+    assert tables_main(["--results_dir", str(tmp_path), "--out_dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path} contains no ") and err.count("\n") == 1
+    assert "has files of the dataset(s) friedman1; pass --datasets friedman1 to analyse them." in err
+    with pytest.raises(SystemExit) as info:
+        tables_main(["--datasets", "no_such_dataset"])
+    assert info.value.code == 2
+
+
+@pytest.mark.parametrize("below", ["", "sub"], ids=["file", "below_file"])
+def test_out_dir_is_a_file_exit_2(tmp_path, capsys, below):
+    write_gap_file(tmp_path / "fried_best_hyperparameter_test_multiple.csv", GAP_FRIED)
+    blocker = tmp_path / "taken"
+    blocker.write_text("keep")
+    out = blocker / below if below else blocker
+    for main in (tables_main, figures_main):
+        assert main(["--results_dir", str(tmp_path), "--out_dir", str(out)]) == 2
+        assert capsys.readouterr().err == (f"error: the output folder {out} cannot be created because "
+                                           f"{blocker} is a file; choose another --out_dir.\n")
+    assert blocker.read_text() == "keep"
+
+
+@pytest.mark.parametrize("main", [tables_main, figures_main], ids=["tables", "figures"])
+def test_help_shows_defaults(capsys, main):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: results/best_hyperparameter_multiple)" in text
+    assert "(default: results/analysis)" in text
+    assert "(default: the paper's, california fried superconduct cpu_act sulfur wine_quality)" in text
