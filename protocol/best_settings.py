@@ -81,7 +81,10 @@ def load_choices(result_folder: str | os.PathLike, dataset: str, bits: Sequence[
         frame = read_results(files[b], TUNING_COLUMNS)
         if frame.empty:
             raise ProtocolError(f"{files[b]} has no rows yet; let the tuning finish some settings first")
-        choices[b] = select_best(frame, methods)
+        try:
+            choices[b] = select_best(frame, methods)
+        except ProtocolError as error:
+            raise ProtocolError(f"{files[b]}: {error}") from None
     return choices
 
 

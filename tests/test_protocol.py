@@ -170,7 +170,7 @@ def test_selection_skips_settings_with_a_missing_or_infinite_fold(debug_results:
     assert (choices["LSQ"].setting_id, choices["LSQ"].val_loss) == (0, pytest.approx(0.4))
     frame["val_loss_FP"] = np.nan
     frame.to_csv(path, index=False)
-    with pytest.raises(ProtocolError, match="no complete setting of FP has a finite validation loss"):
+    with pytest.raises(ProtocolError, match=f"{path.name}: no complete setting of FP has a finite validation loss"):
         load_choices(tmp_path, "wine_quality", [3], ["FP"])
 
 
