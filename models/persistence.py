@@ -46,8 +46,24 @@ class SavedModel:
         return out * self.y_scale + self.y_mean
 
 
+def _untrained_model(method: str, bits: int, n_features: int, setting: Setting) -> SplitModel:
+    """The network that ``method`` builds for ``setting``: what a saved state dict is loaded into."""
+    return build_model(get_method(method), setting, QuantizerContext.placeholder(bits, n_features))
+
+
 def save_model(saved: SavedModel, path: str | os.PathLike) -> None:
-    """Write ``saved`` to ``path`` atomically (a temporary file, then a rename)."""
+    """Write ``saved`` to ``path`` atomically (a temporary file, then a rename).
+
+    The model must be the network its method builds for its setting (so that :func:`load_model`
+    can rebuild it); the quantizer's temperature is kept, so soft-mode outputs reload too.
+    """
+    expected = _untrained_model(saved.method, saved.bits, len(saved.feature_names), saved.setting).state_dict()
+    state = saved.model.state_dict()
+    mismatch = sorted(set(expected) ^ set(state)) or [k for k in expected if torch.is_tensor(expected[k]) and expected[k].shape != state[k].shape]
+    if mismatch:
+        raise ValueError(f"the model is not the network {saved.method} builds at {saved.bits} bits for {len(saved.feature_names)} "
+                         f"features and its setting (first difference: {mismatch[0]}); save a model built by models.build_model")
+    quantizer = saved.model.quantizer
     payload = {
         "format": FORMAT,
         "method": saved.method,
@@ -60,7 +76,8 @@ def save_model(saved: SavedModel, path: str | os.PathLike) -> None:
         "y_mean": float(saved.y_mean),
         "y_scale": float(saved.y_scale),
         "dataset": saved.dataset,
-        "state_dict": {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in saved.model.state_dict().items()},
+        "state_dict": {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in state.items()},
+        "tau": None if quantizer is None else float(quantizer.tau),
     }
     buffer = io.BytesIO()
     torch.save(payload, buffer)
@@ -79,9 +96,13 @@ def load_model(path: str | os.PathLike) -> SavedModel:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path} is not a model saved by this project (expected format {FORMAT})")
     setting = Setting.from_mapping(payload["setting"])
-    ctx = QuantizerContext.placeholder(payload["bits"], payload["n_features"])
-    model = build_model(get_method(payload["method"]), setting, ctx)
-    model.load_state_dict(payload["state_dict"])
+    model = _untrained_model(payload["method"], payload["bits"], payload["n_features"], setting)
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError:
+        raise ValueError(f"{path} holds weights that do not fit the network of its method and setting; it is damaged or was not written by save_model") from None
+    if payload.get("tau") is not None:  # files written before the temperature was saved have none
+        model.set_temperature(payload["tau"])
     return SavedModel(
         model=model,
         method=payload["method"],

@@ -83,7 +83,13 @@ class StackedMLP:
     """
 
     def __init__(self, mlps: Sequence[MLP], input_grad: Sequence[bool]) -> None:
+        for mlp in mlps:
+            _check_stock_mlp(mlp)
         layers = [[m for m in mlp if isinstance(m, nn.Linear)] for mlp in mlps]
+        widths = {tuple(linear.out_features for linear in linears) for linears in layers}
+        dropouts = {next((m.p for m in mlp if isinstance(m, nn.Dropout)), 0.0) for mlp in mlps}
+        if len(widths) > 1 or len(dropouts) > 1:
+            raise ValueError("networks trained together must share depth, widths and dropout (one setting); train the others apart")
         kinds = [(linears[0].in_features, wants) for linears, wants in zip(layers, input_grad)]
         ends = list(itertools.accumulate(len(list(run)) for _, run in itertools.groupby(kinds)))
         self.blocks = list(zip([0, *ends[:-1]], ends))  # [start, stop) of each run of equal kinds
@@ -99,7 +105,7 @@ class StackedMLP:
         first = 2 * len(self.blocks)  # tensors of the first layer: (weight, bias) per block
         self.first, self.first_grad = self._pairs(values[:first]), self._pairs(grads[:first])
         self.later, self.later_grad = self._pairs(values[first:]), self._pairs(grads[first:])  # per later layer
-        self.dropout = next((m.p for m in mlps[0] if isinstance(m, nn.Dropout)), 0.0)
+        self.dropout = dropouts.pop()
         self.size = len(mlps)
         self._buffers: dict[int, list[torch.Tensor]] = {}
         self._inputs: list[torch.Tensor] = []  # per block [G_b, B, in_b], saved for backward
@@ -197,6 +203,16 @@ class StackedMLP:
             for linear, (weight, bias) in zip([m for m in mlp if isinstance(m, nn.Linear)][1:], self.later):
                 linear.weight.copy_(weight[g].T)
                 linear.bias.copy_(bias[g, 0])
+
+
+def _check_stock_mlp(mlp: nn.Module) -> None:
+    """Refuse networks other than :class:`MLP`'s layout, which the hand-written backward assumes."""
+    kinds = [type(m) for m in mlp] if isinstance(mlp, nn.Sequential) else [type(mlp)]
+    hidden = (len(kinds) - 1) // 3
+    if not isinstance(mlp, MLP) or kinds != [nn.Linear, nn.ReLU, nn.Dropout] * hidden + [nn.Linear] or mlp[-1].out_features != 1:
+        names = ", ".join(kind.__name__ for kind in kinds)
+        raise ValueError(f"the training loop trains this project's MLP (Linear, ReLU, Dropout per hidden layer, then Linear "
+                         f"to one output); got {type(mlp).__name__}({names}); train other networks with a loop of your own")
 
 
 def _weight_grad(inputs: torch.Tensor, grad: torch.Tensor, out: torch.Tensor) -> None:  # [G, B, in], [G, B, out] -> [G, in, out]
@@ -320,6 +336,8 @@ def train_models(models: Sequence[SplitModel], x: torch.Tensor, y: torch.Tensor,
     through :meth:`Quantizer.soft_with_backward`, fed the input gradients of the stacked MLP.
     On CUDA each step is replayed as a CUDA graph (``cuda_graphs=False``: launched op by op).
     """
+    if x.dim() != 2 or y.shape != x.shape[:1]:
+        raise ValueError(f"expected rows x [n, d] and targets y [n], got {list(x.shape)} and {list(y.shape)}; flatten y with y.view(-1)")
     needs_grad = [_needs_input_grad(m.quantizer) for m in models]
     order = sorted(range(len(models)), key=lambda g: (models[g].mlp[0].in_features, not needs_grad[g]))
     models = [models[g] for g in order]

@@ -3,7 +3,7 @@
 Every quantizer splits into an edge half and a cloud half:
 
 - ``encode(x)``: standardized features ``[n, d]`` -> int64 indices ``[n, d]`` in ``0..2**bits - 1``,
-  what the device transmits;
+  what the device transmits (as on the device, NaN gives index 0 and +-inf the extreme indices);
 - ``decode(index)``: indices -> the network input ``[n, out_features]``, what the server feeds
   to the MLP;
 - ``soft(x)``: the differentiable surrogate used while training (and for the soft-mode
@@ -27,11 +27,13 @@ import torch
 from torch import nn
 
 from .thresholds import (
+    bits_of_thresholds,
     check_bits,
+    check_rows,
     decode_midpoints,
     hard_index,
+    is_integral,
     midpoints,
-    n_thresholds,
     steps_from_index,
     threshold_ranks,
 )
@@ -328,10 +330,7 @@ class ThresholdQuantizer(Quantizer):
     """
 
     def __init__(self, thresholds: torch.Tensor, readout: str, trainable: bool = False) -> None:
-        n_features, m = thresholds.shape
-        super().__init__(int(math.log2(m + 1)), n_features)
-        if m != n_thresholds(self.bits):
-            raise ValueError(f"expected 2**bits - 1 thresholds per feature, got {m}")
+        super().__init__(bits_of_thresholds(thresholds), thresholds.shape[0])
         if readout not in READOUTS:
             raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
         if readout == "midpoint" and trainable:
@@ -397,11 +396,12 @@ class LSQQuantizer(Quantizer):
     @torch.no_grad()
     def init_step(self, x: torch.Tensor) -> "LSQQuantizer":
         """Set ``s_f = 2 mean|x_f| / sqrt(Q_p)`` from the training rows x [n, d] (never 0)."""
-        self.step.copy_(2 * x.abs().mean(dim=0).clamp_min(MIN_STATISTIC) / math.sqrt(self.q_max))
+        mean_abs = check_rows(x, self.n_features).abs().mean(dim=0)
+        self.step.copy_(2 * mean_abs.clamp_min(MIN_STATISTIC) / math.sqrt(self.q_max))
         return self
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        z = torch.clamp(x / self.step.detach(), self.q_min, self.q_max)
+        z = torch.clamp(x / self.step.detach(), self.q_min, self.q_max).nan_to_num_(nan=self.q_min)  # NaN: index 0
         return torch.round(z).long() - self.q_min
 
     def decode(self, index: torch.Tensor) -> torch.Tensor:
@@ -421,10 +421,12 @@ class LLTQuantizer(Quantizer):
 
     def __init__(self, bits: int, n_features: int, granularity: int) -> None:
         super().__init__(bits, n_features)
+        if not is_integral(granularity) or granularity < 1:
+            raise ValueError(f"granularity must be an integer of at least 1, got {granularity!r}")
         self.segments = 2 ** (self.bits - 1) - 1
-        self.granularity = granularity
-        self.table_size = 2 * self.segments * granularity + 1
-        self.logits = nn.Parameter(torch.zeros(n_features, self.segments, granularity))
+        self.granularity = int(granularity)
+        self.table_size = 2 * self.segments * self.granularity + 1
+        self.logits = nn.Parameter(torch.zeros(n_features, self.segments, self.granularity))
         self.log_scale = nn.Parameter(torch.zeros(n_features))  # [d]
         self.scale_initialized = False  # a Python flag (saved as extra state): no device sync per batch
 
@@ -445,7 +447,8 @@ class LLTQuantizer(Quantizer):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            _, _, position = _clamped_position(x, self.log_scale.exp(), self.table_size)
+            _, u, position = _clamped_position(x, self.log_scale.exp(), self.table_size)
+            position.masked_fill_(u.isnan(), 0)  # NaN: entry 0, level -R, index 0
             features = torch.arange(self.n_features, device=position.device)
             level = self.table(hard=True)[features, position] * self.segments  # [n, d]
         return torch.round(level).long() + self.segments
@@ -456,7 +459,9 @@ class LLTQuantizer(Quantizer):
 
     @torch.no_grad()
     def _init_scale(self, x: torch.Tensor) -> None:
-        self.log_scale.copy_(torch.log(3 * x.std(dim=0).clamp_min(MIN_STATISTIC)))
+        """Set ``s_f = 3 std(x_f)`` (never 0) from the first training batch x [n, d]; one row has spread 0."""
+        spread = x.std(dim=0) if x.shape[0] > 1 else torch.zeros_like(x[0])
+        self.log_scale.copy_(torch.log(3 * spread.clamp_min(MIN_STATISTIC)))
         self.scale_initialized = True
 
     def soft_function(self, x: torch.Tensor) -> SoftFunction:

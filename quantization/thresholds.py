@@ -6,16 +6,23 @@ work on CPU and CUDA tensors alike (results live on the device of the input).
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 MIN_BITS, MAX_BITS = 2, 8
 
 
+def is_integral(value: object) -> bool:
+    """Whether ``value`` is an integer (Python or NumPy), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def check_bits(bits: int) -> int:
-    """Return ``bits`` if it lies in 2..8, else raise a ValueError that says what to do."""
-    if isinstance(bits, bool) or not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
+    """Return ``bits`` as a plain int if it is an integer in 2..8, else raise a ValueError that says what to do."""
+    if not is_integral(bits) or not MIN_BITS <= bits <= MAX_BITS:
         raise ValueError(f"bits must be an integer from {MIN_BITS} to {MAX_BITS}, got {bits!r}")
-    return bits
+    return int(bits)
 
 
 def n_thresholds(bits: int) -> int:
@@ -23,25 +30,55 @@ def n_thresholds(bits: int) -> int:
     return 2 ** check_bits(bits) - 1
 
 
+def bits_of_thresholds(thresholds: torch.Tensor) -> int:
+    """The bit width of thresholds ``[d, 2**bits - 1]``, else a ValueError that says what shape is needed."""
+    if thresholds.ndim != 2:
+        raise ValueError(
+            f"thresholds must have shape [d, 2**bits - 1] (a row per feature), got shape {tuple(thresholds.shape)}"
+        )
+    widths = [n_thresholds(bits) for bits in range(MIN_BITS, MAX_BITS + 1)]
+    m = thresholds.shape[1]
+    if m not in widths:
+        allowed = ", ".join(map(str, widths[:-1])) + f" or {widths[-1]}"
+        raise ValueError(
+            f"expected 2**bits - 1 thresholds per feature ({allowed} for {MIN_BITS} to {MAX_BITS} bits), got {m}"
+        )
+    return MIN_BITS + widths.index(m)
+
+
+def check_rows(x: torch.Tensor, n_features: int | None = None) -> torch.Tensor:
+    """Return ``x`` if it holds at least one row of shape ``[n, d]`` (``d = n_features`` if given), else raise."""
+    d = "d" if n_features is None else n_features
+    if x.ndim != 2 or x.shape[0] == 0 or (n_features is not None and x.shape[1] != n_features):
+        raise ValueError(f"x must be training rows of shape [n, {d}] with n >= 1, got shape {tuple(x.shape)}")
+    return x
+
+
+def _thresholds_dtype(x: torch.Tensor) -> torch.dtype:
+    """Floating inputs keep their dtype; integer (or bool) inputs get torch's default float dtype."""
+    return x.dtype if x.is_floating_point() else torch.get_default_dtype()
+
+
 def quantile_thresholds(x: torch.Tensor, bits: int) -> torch.Tensor:
     """Per-feature quantiles at levels ``k / 2**bits``, ``k = 1..M`` (linear interpolation).
 
-    x: [n, d] -> [d, M]. Computed in float64 and returned in the dtype of ``x``.
+    x: [n, d] -> [d, M]. Computed in float64 and returned in the dtype of a floating ``x``
+    (torch's default float dtype for integer ``x``).
     """
-    levels = torch.arange(1, n_thresholds(bits) + 1, dtype=torch.float64, device=x.device)
-    levels = levels / 2**bits
-    return torch.quantile(x.double(), levels, dim=0).T.to(x.dtype).contiguous()
+    m = n_thresholds(bits)
+    levels = torch.arange(1, m + 1, dtype=torch.float64, device=x.device) / (m + 1)
+    return torch.quantile(check_rows(x).double(), levels, dim=0).T.to(_thresholds_dtype(x)).contiguous()
 
 
 def minmax_thresholds(x: torch.Tensor, bits: int) -> torch.Tensor:
     """Evenly spaced thresholds ``min + (max - min) / M * (k - 0.5)``, ``k = 1..M``.
 
-    x: [n, d] -> [d, M].
+    x: [n, d] -> [d, M], in the dtype of a floating ``x`` (torch's default float dtype for integer ``x``).
     """
     m = n_thresholds(bits)
-    low, high = x.double().min(dim=0).values, x.double().max(dim=0).values  # [d]
+    low, high = torch.aminmax(check_rows(x).double(), dim=0)  # [d]
     k = torch.arange(1, m + 1, dtype=torch.float64, device=x.device) - 0.5  # [M]
-    return (low[:, None] + (high - low)[:, None] / m * k).to(x.dtype).contiguous()
+    return (low[:, None] + (high - low)[:, None] / m * k).to(_thresholds_dtype(x)).contiguous()
 
 
 def hard_index(x: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .thresholds import MAX_BITS, MIN_BITS, check_bits
+from .thresholds import MAX_BITS, MIN_BITS, check_bits, is_integral
 
 
 def payload_bytes(n_samples: int, n_features: int, bits: int) -> int:
@@ -47,7 +47,8 @@ def _as_indices(indices: np.ndarray | torch.Tensor, bits: int) -> np.ndarray:
 
 def pack(indices: np.ndarray | torch.Tensor, bits: int) -> bytes:
     """Indices [n, d] in ``0..2**bits - 1`` -> the ``ceil(n * d * bits / 8)``-byte payload."""
-    values = _as_indices(indices, check_bits(bits))
+    bits = check_bits(bits)
+    values = _as_indices(indices, bits)
     bit_matrix = ((values[..., None] >> _msb_first(bits)) & 1).astype(np.uint8)  # [n, d, bits]
     return np.packbits(bit_matrix.ravel()).tobytes()
 
@@ -58,9 +59,10 @@ def unpack(payload: bytes, bits: int, n_features: int, n_samples: int | None = N
     ``n`` defaults to ``floor(len(payload) * 8 / (d * bits))``; pass ``n_samples`` where
     ``d * bits < 8``, since then the zero padding of the last byte can hold whole values.
     """
-    check_bits(bits)
-    if isinstance(n_features, bool) or not isinstance(n_features, int) or n_features < 1:
+    bits = check_bits(bits)
+    if not is_integral(n_features) or n_features < 1:
         raise ValueError(f"n_features must be a positive integer, got {n_features!r}")
+    n_features = int(n_features)
     data = np.frombuffer(payload, dtype=np.uint8)
     sample_bits = n_features * bits
     n = data.size * 8 // sample_bits if n_samples is None else n_samples

@@ -496,6 +496,20 @@ def test_temperature_after_training_ends_at_decrease_factor():
         assert model.quantizer.tau == pytest.approx(0.001, rel=1e-9), epochs
 
 
+def test_stack_companions_do_not_change_a_network() -> None:
+    """In any stack of two or more a network trains to the same bits; alone, MKL multiplies a batch
+    of one matrix with other kernels, which round differently in the last bits."""
+    x, y = tiny_data(1024, 5)
+    setting = replace(SETTING, hidden_neurons=64)
+
+    def lsq_loss(names: list[str]) -> float:
+        return run_methods(names, {n: setting for n in names}, (x, y), {"val": (x, y)}, bits=3, seed=1)["LSQ"].losses["val"]
+
+    with_fp = lsq_loss(["LSQ", "FP"])
+    assert lsq_loss(["LSQ", "SQ", "LLT4", "Pr-MQ", "Bw-QQ"]) == with_fp
+    assert lsq_loss(["LSQ"]) == pytest.approx(with_fp, rel=1e-6)
+
+
 def test_training_on_device(device):
     """Every method trains on the device, reproducibly, and a network's losses do not depend on its stack."""
     x, y = tiny_data(300, 3)
@@ -506,7 +520,7 @@ def test_training_on_device(device):
     alone = {name: run_methods([name], settings, (x, y), {"val": (x, y)}, bits=3, seed=0)[name] for name in ("Bw-SQ", "LLT4")}
     for name in ORDER:
         assert (again[name].losses, again[name].train_loss) == (results[name].losses, results[name].train_loss), name
-    for name, result in alone.items():  # exact on the CPU; cuBLAS may pick other kernels for other stack sizes
+    for name, result in alone.items():  # exact on the CPU at this tiny width (test below); cuBLAS may pick other kernels
         tolerance = 0 if device == "cpu" else 1e-4
         assert result.train_loss == pytest.approx(results[name].train_loss, rel=tolerance, abs=0), name
         assert result.losses["val"] == pytest.approx(results[name].losses["val"], rel=tolerance, abs=0), name
@@ -566,7 +580,46 @@ def test_save_load_round_trip(tiny_run, tmp_path, method):
     np.testing.assert_allclose(got, by_hand, rtol=1e-12)
     if original.model.quantizer is not None:
         assert torch.equal(loaded.model.edge(std), original.model.edge(std))
+        assert loaded.model.quantizer.tau == original.model.quantizer.tau
+        if not METHODS[method].post_training:  # trained: the temperature reached after the last epoch
+            assert original.model.quantizer.tau == pytest.approx(SETTING.decrease_factor)
+        for model in (original.model, loaded.model):
+            model.set_hard(False)
+        with torch.no_grad():
+            assert torch.equal(loaded.model(std), original.model(std))  # the soft (``*_train``) evaluation reloads too
     assert not list(tmp_path.glob("sub/*.tmp"))
+
+
+def test_save_model_refuses_a_network_it_could_not_rebuild(tiny_run, tmp_path):
+    results, *_ = tiny_run
+    original = saved(results["Bw-SQ"], "Bw-SQ", 3)
+    for wrong in (replace(original, setting=replace(SETTING, hidden_neurons=5)), replace(original, bits=4)):
+        with pytest.raises(ValueError, match="is not the network Bw-SQ builds"):
+            save_model(wrong, tmp_path / "wrong.pt")
+    assert not list(tmp_path.iterdir())
+
+
+def test_load_model_refuses_weights_that_do_not_fit(tiny_run, tmp_path):
+    results, *_ = tiny_run
+    path = tmp_path / "model.pt"
+    save_model(saved(results["LSQ"], "LSQ", 3), path)
+    payload = torch.load(path, weights_only=True)
+    payload["state_dict"]["mlp.0.weight"] = torch.zeros(2, 2)
+    torch.save(payload, path)
+    with pytest.raises(ValueError, match="model.pt holds weights that do not fit"):
+        load_model(path)
+
+
+def test_training_refuses_other_networks_and_target_shapes():
+    x, y = tiny_data()
+    tanh = SplitModel(None, MLP(3, 8, 1, 0.0))
+    tanh.mlp[1] = nn.Tanh()
+    with pytest.raises(ValueError, match=r"trains this project's MLP .* got MLP\(Linear, Tanh, Dropout, Linear\)"):
+        train_model(tanh, x, y, SETTING, seed=0)
+    with pytest.raises(ValueError, match=r"targets y \[n\], got \[300, 3\] and \[300, 1\]"):
+        train_model(SplitModel(None, MLP(3, 8, 1, 0.0)), x, y[:, None], SETTING, seed=0)
+    with pytest.raises(ValueError, match="must share depth, widths and dropout"):
+        train_models([SplitModel(None, MLP(3, 8, 1, 0.0)), SplitModel(None, MLP(3, 8, 2, 0.0))], x, y, SETTING, seed=0)
 
 
 def test_load_model_refuses_foreign_files(tmp_path):

@@ -7,12 +7,15 @@ under test (SPEC sections 2, 3 and Appendix A).
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
 import torch
 
+from models import MLP, SavedModel, Setting, SplitModel
 from quantization import LLTQuantizer, LSQQuantizer, ThresholdQuantizer
+from quantization.export import build_encoder
 from quantization.quantizers import _LLTLookup, _rise_matrix, _SteppedSum, _Thermometer
 
 T3 = torch.tensor([[-1.0, 0.0, 1.0]])  # one feature, 2 bits
@@ -141,15 +144,28 @@ def test_hard_mode_with_unsorted_thresholds_matches_steps():
 
 def test_threshold_quantizer_rejects_bad_arguments():
     with pytest.raises(ValueError):
-        ThresholdQuantizer(torch.zeros(2, 4), "index")  # 4 is not 2**b - 1
-    with pytest.raises(ValueError):
-        ThresholdQuantizer(torch.zeros(2, 1), "index")  # 1 bit
-    with pytest.raises(ValueError):
-        ThresholdQuantizer(torch.zeros(2, 511), "index")  # 9 bits
-    with pytest.raises(ValueError):
         ThresholdQuantizer(T3, "bogus")
     with pytest.raises(ValueError):
         ThresholdQuantizer(T3, "midpoint", trainable=True)
+
+
+@pytest.mark.parametrize("bits", range(2, 9))
+def test_threshold_quantizer_bits_follow_from_the_width(bits):
+    q = ThresholdQuantizer(torch.zeros(2, 2**bits - 1), "index")
+    assert q.bits == bits and type(q.bits) is int and q.n_features == 2
+
+
+@pytest.mark.parametrize("width", [0, 1, 2, 4, 6, 8, 14, 16, 254, 256, 511])
+def test_threshold_quantizer_names_the_allowed_widths(width):
+    message = r"expected 2\*\*bits - 1 thresholds per feature \(3, 7, 15, 31, 63, 127 or 255 for 2 to 8 bits\)"
+    with pytest.raises(ValueError, match=message + f", got {width}$"):
+        ThresholdQuantizer(torch.zeros(3, width), "index")
+
+
+@pytest.mark.parametrize("shape", [(3,), (2, 3, 3), ()])
+def test_threshold_quantizer_needs_a_row_per_feature(shape):
+    with pytest.raises(ValueError, match=r"thresholds must have shape \[d, 2\*\*bits - 1\]"):
+        ThresholdQuantizer(torch.zeros(shape), "index")
 
 
 def test_threshold_quantizer_copies_its_thresholds():
@@ -243,6 +259,31 @@ def test_lsq_step_initialisation(bits):
     q = LSQQuantizer(bits, 3)
     assert q.init_step(torch.tensor(x, dtype=torch.float32)) is q
     np.testing.assert_allclose(q.step.detach().numpy(), expected, rtol=1e-5)
+
+
+def test_lsq_step_initialisation_from_one_row():
+    # 3 bits: Q_p = 3; s = 2 |x| / sqrt(3), the zero column floored at 1e-8
+    q = LSQQuantizer(3, 3).double().init_step(torch.tensor([[0.5, -2.0, 0.0]], dtype=torch.float64))
+    expected = np.array([1.0, 4.0, 2e-8]) / math.sqrt(3)
+    np.testing.assert_allclose(q.step.detach().numpy(), expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(5,), (0, 2), (5, 3), (5, 1), (2, 5, 2)])
+def test_lsq_step_initialisation_needs_rows_of_its_features(shape):
+    q = LSQQuantizer(3, 2)
+    with pytest.raises(ValueError, match=r"x must be training rows of shape \[n, 2\] with n >= 1"):
+        q.init_step(torch.ones(shape))
+    assert q.step.detach().tolist() == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("bits", [np.int64(3), np.int32(3), np.uint8(3)])
+def test_quantizers_accept_numpy_integer_bits(bits):
+    lsq = LSQQuantizer(bits, 2)
+    assert lsq.bits == 3 and type(lsq.bits) is int and (lsq.q_min, lsq.q_max) == (-4, 3)
+    llt = LLTQuantizer(bits, 2, np.int64(4))
+    assert type(llt.bits) is int and type(llt.granularity) is int
+    assert (llt.segments, llt.granularity, llt.table_size) == (3, 4, 25)  # K = 2 * 3 * 4 + 1
+    assert llt.logits.shape == (2, 3, 4)
 
 
 def test_lsq_step_gradient_hand_case():
@@ -354,6 +395,37 @@ def test_llt_scale_initialised_at_first_training_forward():
     q(x * 10)  # only the first training batch sets it
     np.testing.assert_allclose(q.log_scale.detach().numpy(), expected, rtol=1e-6)
     assert q.state_dict()["_extra_state"] == {"scale_initialized": True}
+
+
+def test_llt_first_training_batch_of_one_row_gives_a_finite_scale():
+    # one row has no spread: s = 3 * 1e-8 (the floor), no NaN and no "degrees of freedom" warning
+    q = LLTQuantizer(3, 2, 4)
+    q.train()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = q(torch.tensor([[0.5, -2.0]]))
+    assert bool(torch.isfinite(out).all())
+    np.testing.assert_allclose(q.log_scale.detach().numpy(), [math.log(3e-8)] * 2, rtol=1e-6)
+    # zero logits: the arg-max is entry 0 of each segment, so T[0] = -1 and T[K - 1] = 1 (levels -3, 3);
+    # with the tiny scale any value beyond +-3e-8 lands on the table's ends: indices 6 and 0
+    q.eval()
+    q.hard = True
+    x = torch.tensor([[1.0, -1.0], [-0.5, 4.0]])
+    assert q.encode(x).tolist() == [[6, 0], [0, 6]]
+    np.testing.assert_allclose(q(x).detach().numpy(), [[3e-8, -3e-8], [-3e-8, 3e-8]], rtol=1e-5)
+
+
+@pytest.mark.parametrize("granularity", [0, -1, 2.0, 1.5, True, "4", None])
+def test_llt_granularity_must_be_a_positive_integer(granularity):
+    with pytest.raises(ValueError, match=f"granularity must be an integer of at least 1, got {granularity!r}"):
+        LLTQuantizer(3, 2, granularity)
+
+
+def test_llt_granularity_one_is_a_plain_table():
+    # G = 1, 2 bits: R = 1, K = 3, p = 1: T = [-1, 0, 1]
+    q = hard(LLTQuantizer(2, 1, 1))
+    assert q.table(hard=True).tolist() == [[-1.0, 0.0, 1.0]]
+    assert q.encode(torch.tensor([[-0.9], [0.2], [0.7]])).squeeze(1).tolist() == [0, 1, 2]
 
 
 @pytest.mark.parametrize("bits,g", [(2, 4), (3, 9), (5, 4), (8, 9)])
@@ -721,6 +793,72 @@ def test_encode_range_and_level_counts(bits):
         if name.startswith("thermometer"):
             assert bool(((out == 0) | (out == 1)).all())
             assert out.shape == (8000, d * (2**bits - 1))
+
+
+NAN, INF = float("nan"), float("inf")
+NON_FINITE = torch.tensor([[NAN, 0.3], [INF, NAN], [-INF, INF], [0.3, -INF]])
+
+
+def _lsq_half_step():
+    q = LSQQuantizer(3, 2)
+    with torch.no_grad():
+        q.step.fill_(0.5)
+    return q
+
+
+# quantizer, the indices of NON_FINITE and the decoded value of an index, worked out by hand
+NON_FINITE_CASES = {
+    # s = 0.5: NaN -> 0, +inf -> 7, -inf -> 0; 0.3 / 0.5 = 0.6 -> level 1 -> index 5; value (index - 4) * 0.5
+    "lsq": (_lsq_half_step, [[0, 5], [7, 0], [0, 7], [5, 0]], lambda i: (i - 4) * 0.5),
+    # s = 1, zero logits: rise 1 1 1 1 2 2 2 2 3 3 3 3 (K = 25); 0.3 -> position round(12 * 1.3) = 16,
+    # T[16] = 1/3 (index 4); +inf -> T[24] = 1 (index 6), -inf -> T[0] = -1 (index 0); value (index - 3) / 3
+    "llt": (lambda: LLTQuantizer(3, 2, 4), [[0, 4], [6, 0], [0, 6], [4, 0]], lambda i: (i - 3) / 3),
+    # T3: 0.3 exceeds -1 and 0; the index readout is the index
+    "threshold": (lambda: ThresholdQuantizer(T3.repeat(2, 1), "index"), [[0, 2], [3, 0], [0, 3], [2, 0]], lambda i: i),
+}
+
+
+@pytest.mark.parametrize("name", NON_FINITE_CASES)
+def test_encode_sends_nan_as_zero_and_infinities_as_the_extremes(name):
+    """The device rule: the index counts the thresholds a value strictly exceeds, none for NaN."""
+    make, index, value = NON_FINITE_CASES[name]
+    q = hard(make())
+    got = q.encode(NON_FINITE)
+    assert got.tolist() == index
+    out = q(NON_FINITE)  # the hard forward is decode(encode(x)): finite for NaN rows too
+    assert torch.equal(out, q.decode(got))
+    np.testing.assert_allclose(out.detach().numpy(), value(np.array(index)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("name,bits", [("LSQ", 3), ("LSQ", 8), ("LLT4", 2), ("LLT9", 5)])
+def test_non_finite_encode_matches_the_exported_encoder(name, bits):
+    """LSQ and LLT send for NaN and +-inf what the exported device encoder sends, and cloud(edge(x)) stays exact."""
+    gen = torch.Generator().manual_seed(bits)
+    d = 3
+    if name == "LSQ":
+        q = LSQQuantizer(bits, d)
+        with torch.no_grad():
+            q.step.copy_(torch.rand(d, generator=gen) + 0.1)
+    else:
+        q = LLTQuantizer(bits, d, int(name[3:]))
+        with torch.no_grad():
+            q.logits.copy_(torch.randn(q.logits.shape, generator=gen))
+            q.log_scale.copy_(0.3 * torch.randn(d, generator=gen))
+    model = SplitModel(q, MLP(d, 8, 1, dropout=0.0))
+    setting = Setting(0.0, 1e-3, 1, 8, 1, 0.01, 0.0)
+    saved = SavedModel(model, name, bits, setting, list("abc"), np.zeros(d), np.ones(d), 0.0, 1.0)
+    encoder = build_encoder(saved)
+    raw = torch.randn(200, d, generator=gen).numpy() * 3
+    raw[::3, 0], raw[1::3, 1], raw[2::5, 2] = np.nan, np.inf, -np.inf
+    raw[::4, 1] = np.nan
+    x = torch.from_numpy(raw)
+    with torch.inference_mode():
+        sent = model.edge(x)
+        model.eval()
+        model.set_hard(True)
+        assert torch.equal(model.cloud(sent), model(x))
+    assert np.array_equal(sent.numpy(), encoder.indices(raw))
+    assert (sent.numpy()[np.isnan(raw)] == 0).all()
 
 
 def test_bitwise_soft_quantizer_hard_outputs_are_binary():

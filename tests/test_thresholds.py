@@ -44,6 +44,19 @@ def test_n_thresholds_refuses_one_bit():
         n_thresholds(1)
 
 
+@pytest.mark.parametrize("bits", [np.int64(3), np.int32(2), np.uint8(8)])
+def test_check_bits_accepts_numpy_integers_as_plain_int(bits):
+    got = check_bits(bits)
+    assert got == int(bits) and type(got) is int
+    assert n_thresholds(bits) == 2 ** int(bits) - 1
+
+
+@pytest.mark.parametrize("bits", [np.int64(9), np.int64(1), np.float64(3.0), np.bool_(True)])
+def test_check_bits_refuses_numpy_values_outside_2_to_8(bits):
+    with pytest.raises(ValueError, match="bits must be an integer from 2 to 8"):
+        check_bits(bits)
+
+
 # --------------------------------------------------------------------------- quantile thresholds
 @pytest.mark.parametrize("bits", [2, 3, 5, 8])
 def test_quantile_thresholds_match_numpy_linear(bits):
@@ -67,6 +80,37 @@ def test_quantile_thresholds_hand_case_and_dtype():
     # 0, 1, 2, 3: positions 0.75, 1.5, 2.25 -> 0.75, 1.5, 2.25
     x = torch.arange(4, dtype=torch.float32)[:, None]
     assert quantile_thresholds(x, 2).tolist() == [[0.75, 1.5, 2.25]]
+
+
+@pytest.mark.parametrize("function", [quantile_thresholds, minmax_thresholds])
+@pytest.mark.parametrize("shape", [(10,), (4, 2, 3), (0, 3), ()])
+def test_threshold_initialisers_require_rows(function, shape):
+    with pytest.raises(ValueError, match=r"x must be training rows of shape \[n, d\] with n >= 1"):
+        function(torch.zeros(shape), 2)
+
+
+def test_threshold_initialisers_accept_one_row():
+    # a single row: every quantile and both ends of the range are the row itself
+    x = torch.tensor([[2.0, -1.0]])
+    assert quantile_thresholds(x, 2).tolist() == [[2.0] * 3, [-1.0] * 3]
+    assert minmax_thresholds(x, 2).tolist() == [[2.0] * 3, [-1.0] * 3]
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.uint8])
+@pytest.mark.parametrize("default", [torch.float32, torch.float64])
+def test_threshold_initialisers_of_integer_rows_are_floating(dtype, default):
+    # quantile of 0, 1, 2, 3 at 1/4, 2/4, 3/4: positions 0.75, 1.5, 2.25 (integers would give 0, 1, 2)
+    # min-max of 0..3 at 2 bits: width 3 / 3 = 1 -> 0.5, 1.5, 2.5; of 1..4: 1.5, 2.5, 3.5
+    x = torch.tensor([[0, 1], [1, 2], [2, 3], [3, 4]], dtype=dtype)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(default)
+    try:
+        quantiles, evenly = quantile_thresholds(x, 2), minmax_thresholds(x, 2)
+    finally:
+        torch.set_default_dtype(previous)
+    assert quantiles.dtype == default and evenly.dtype == default
+    assert quantiles.tolist() == [[0.75, 1.5, 2.25], [1.75, 2.5, 3.25]]
+    assert evenly.tolist() == [[0.5, 1.5, 2.5], [1.5, 2.5, 3.5]]
 
 
 # --------------------------------------------------------------------------- min-max thresholds

@@ -63,6 +63,16 @@ def test_bits_outside_protocol(bits) -> None:
         unpack(b"\x00", bits, 1)
 
 
+def test_numpy_integer_bits_and_features() -> None:
+    # the hand-written layout of test_hand_written_layout, with NumPy integers for bits and n_features
+    assert pack(np.array([[5, 2], [7, 0]]), np.int64(3)) == bytes([0xAB, 0x80])
+    decoded = unpack(bytes([0xAB, 0x80]), np.int64(3), np.int32(2))
+    assert decoded.dtype == np.int64 and decoded.tolist() == [[5, 2], [7, 0]]
+    assert payload_bytes(2, 2, np.uint8(3)) == 2
+    with pytest.raises(ValueError, match="n_features must be a positive integer"):
+        unpack(b"\x00", 2, np.int64(0))
+
+
 def test_bad_indices() -> None:
     with pytest.raises(ValueError, match=r"must lie in 0\.\.7 for 3 bits"):
         pack([[8, 0]], 3)
