@@ -338,6 +338,8 @@ def train_models(models: Sequence[SplitModel], x: torch.Tensor, y: torch.Tensor,
     """
     if x.dim() != 2 or y.shape != x.shape[:1]:
         raise ValueError(f"expected rows x [n, d] and targets y [n], got {list(x.shape)} and {list(y.shape)}; flatten y with y.view(-1)")
+    if not (torch.isfinite(x).all() and torch.isfinite(y).all()):  # one check per run, not per batch
+        raise ValueError("the training rows or targets hold NaN or infinite values; drop or impute them before training")
     needs_grad = [_needs_input_grad(m.quantizer) for m in models]
     order = sorted(range(len(models)), key=lambda g: (models[g].mlp[0].in_features, not needs_grad[g]))
     models = [models[g] for g in order]

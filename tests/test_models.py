@@ -618,6 +618,8 @@ def test_training_refuses_other_networks_and_target_shapes():
         train_model(tanh, x, y, SETTING, seed=0)
     with pytest.raises(ValueError, match=r"targets y \[n\], got \[300, 3\] and \[300, 1\]"):
         train_model(SplitModel(None, MLP(3, 8, 1, 0.0)), x, y[:, None], SETTING, seed=0)
+    with pytest.raises(ValueError, match="hold NaN or infinite values"):
+        train_model(SplitModel(None, MLP(3, 8, 1, 0.0)), torch.where(x > 2, torch.nan, x), y, SETTING, seed=0)
     with pytest.raises(ValueError, match="must share depth, widths and dropout"):
         train_models([SplitModel(None, MLP(3, 8, 1, 0.0)), SplitModel(None, MLP(3, 8, 2, 0.0))], x, y, SETTING, seed=0)
 
