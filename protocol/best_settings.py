@@ -20,6 +20,7 @@ from models import METHOD_NAMES, SETTING_KEYS, SavedModel, Setting, get_method, 
 
 from .common import BASE_SEED, ProtocolError
 from .schema import BEST_COLUMNS, TUNING_COLUMNS, best_path, read_results, write_results
+from .tuning import DEBUG_K_FOLDS, K_FOLDS
 
 _TUNING_NAME = re.compile(r"_hyperparameter_tuning_(\d+)bits_(\d+)iterations\.csv$")
 
@@ -45,18 +46,31 @@ def find_tuning_files(result_folder: str | os.PathLike, dataset: str) -> dict[in
     return {bits: max(found)[2] for bits, found in sorted(candidates.items())}
 
 
-def select_best(tuning: pd.DataFrame, methods: Sequence[str] = METHOD_NAMES) -> dict[str, Choice]:
+def planned_folds(tuning: pd.DataFrame, iterations: int) -> int:
+    """The folds per setting of a tuning file of ``iterations`` = settings x folds rows: 4, or 2 (``--debug``).
+
+    A file still being written may not tell yet: a fold id of 2 or more means 4 folds, a setting
+    id of ``iterations / 4`` or more (beyond 4 folds' settings) means 2; until then it counts as 4.
+    """
+    if tuning["kFold_id"].max() >= DEBUG_K_FOLDS:
+        return K_FOLDS
+    return DEBUG_K_FOLDS if tuning["hyperparameter_setting_id"].max() >= iterations / K_FOLDS else K_FOLDS
+
+
+def select_best(tuning: pd.DataFrame, k_folds: int, methods: Sequence[str] = METHOD_NAMES) -> dict[str, Choice]:
     """Average each setting over its folds, keep the smallest mean ``val_loss_<m>`` (first on ties).
 
-    Settings whose folds are not all present yet (a tuning still running) are left out, and so
-    is, per method, a setting with a missing or non-finite loss on any fold (a diverged network).
+    Settings without all ``k_folds`` folds yet (a tuning still running) are left out, and so is,
+    per method, a setting with a missing or non-finite loss on any fold (a diverged network).
     """
     per_setting = tuning.groupby("hyperparameter_setting_id", sort=True)
     folds = per_setting["kFold_id"].nunique()
-    complete = folds.index[folds == tuning["kFold_id"].nunique()]
+    complete = folds.index[folds == k_folds]
     means = per_setting[[f"val_loss_{m}" for m in methods]].mean(skipna=False).loc[complete]
     first_rows = per_setting[list(SETTING_KEYS)].first().loc[complete]
     choices = {}
+    if means.empty:
+        raise ProtocolError(f"no setting has all its {k_folds} folds yet; let the tuning finish a setting first")
     for m in methods:
         losses = means[f"val_loss_{m}"].to_numpy(dtype=float)
         if not np.isfinite(losses).any():
@@ -82,7 +96,7 @@ def load_choices(result_folder: str | os.PathLike, dataset: str, bits: Sequence[
         if frame.empty:
             raise ProtocolError(f"{files[b]} has no rows yet; let the tuning finish some settings first")
         try:
-            choices[b] = select_best(frame, methods)
+            choices[b] = select_best(frame, planned_folds(frame, int(_TUNING_NAME.search(files[b].name)[2])), methods)
         except ProtocolError as error:
             raise ProtocolError(f"{files[b]}: {error}") from None
     return choices

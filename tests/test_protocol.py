@@ -17,7 +17,7 @@ import pytest
 import best_hyperparameter_testing_multiple as best_script
 import hyperparameter_tuning as tuning_script
 from models import METHOD_NAMES, SETTING_KEYS
-from protocol.best_settings import load_choices, run_best_settings
+from protocol.best_settings import load_choices, planned_folds, run_best_settings, select_best
 from protocol.common import ProtocolError
 from protocol.schema import BEST_COLUMNS
 from protocol.search_space import draw_settings, paper_search_space
@@ -172,6 +172,21 @@ def test_selection_skips_settings_with_a_missing_or_infinite_fold(debug_results:
     frame.to_csv(path, index=False)
     with pytest.raises(ProtocolError, match=f"{path.name}: no complete setting of FP has a finite validation loss"):
         load_choices(tmp_path, "wine_quality", [3], ["FP"])
+
+
+def test_selection_waits_for_all_planned_folds(shared_dir: Path) -> None:
+    paper = pd.read_csv(paper_file(shared_dir, "sulfur", 2))  # 100 settings x 4 folds = 400 iterations
+    setting, fold = paper.hyperparameter_setting_id, paper.kFold_id
+    early = paper[((setting == 0) & (fold < 2)) | ((setting == 1) & (fold == 0))]  # two workers just started
+    assert planned_folds(early, 400) == 4
+    with pytest.raises(ProtocolError, match="no setting has all its 4 folds yet"):
+        select_best(early, 4, ["FP"])
+    later = pd.concat([early, paper[setting == 5]])
+    choice = select_best(later, planned_folds(later, 400), ["FP"])["FP"]
+    assert (choice.setting_id, choice.val_loss) == (5, pytest.approx(paper[setting == 5]["val_loss_FP"].mean(), rel=1e-12))
+    debug = paper[(setting < 3) & (fold < 2)]  # read as a --debug file of 3 settings x 2 folds
+    assert planned_folds(debug, 6) == 2  # setting 2 cannot exist with 4 folds and 6 iterations
+    assert planned_folds(debug[debug.hyperparameter_setting_id == 0], 6) == 4  # cannot tell yet: wait for 4
 
 
 def test_damaged_tuning_file_is_reported_and_kept(tmp_path: Path, capsys) -> None:
