@@ -36,8 +36,14 @@ def test_matmul_seconds_counts_matmuls_only():
 
 
 def test_time_ratio_is_the_median_of_paired_ratios():
-    report = {"methods": {"A": {"train_seconds_runs": [2.0, 3.0, 9.0]}, "B": {"train_seconds_runs": [1.0, 1.0, 3.0]}}}
-    assert bench_methods.time_ratio(report, "A", "B") == 3.0  # ratios 2, 3, 3
+    # paired ratios 1, 4, 1 -> median 1; ratio of medians 4 / 1 = 4, largest ratio 4,
+    # ratio of means (14/3) / (11/3) = 14/11, mean of ratios 2
+    report = {"methods": {"A": {"train_seconds_runs": [1.0, 4.0, 9.0]}, "B": {"train_seconds_runs": [1.0, 1.0, 9.0]}}}
+    assert bench_methods.time_ratio(report, "A", "B") == 1.0
+    # an even number of repeats: the mean of the two middle ratios (ratios 8, 1, 2, 3 -> 2.5;
+    # ratio of medians 7 / 2.5 = 2.8)
+    report = {"methods": {"A": {"train_seconds_runs": [8.0, 2.0, 6.0, 12.0]}, "B": {"train_seconds_runs": [1.0, 2.0, 3.0, 4.0]}}}
+    assert bench_methods.time_ratio(report, "A", "B") == 2.5
 
 
 def test_tiny_workload_reports_every_method():

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import shutil
 
 import numpy as np
 import pandas as pd
@@ -97,10 +96,24 @@ def test_loader_on_every_available_file(manifest, datasets_dir):
 
 def test_default_scratch_from_environment(manifest, datasets_dir, monkeypatch, tmp_path):
     name = small_file(manifest, datasets_dir)
-    shutil.copy(datasets_dir / f"{name}.csv.gz", tmp_path / f"{name}.csv.gz")
+    info = DATASETS[name]
+    # a copy that differs from the shared one (in x[0, 0] and y[0]), accepted through its sidecar
+    frame = pd.read_csv(datasets_dir / info.file_name, compression="gzip")
+    frame.iloc[0, 0] = 12345
+    frame.iloc[0, -1] = -6789
+    write_dataset_file(frame, tmp_path / info.file_name)
     monkeypatch.setenv("BSQ_SCRATCH", str(tmp_path))
-    ds = load_dataset(name)
-    assert ds.x.shape == (manifest[name]["n_rows"], manifest[name]["n_features"])
+    assert datasets_module.default_scratch() == tmp_path
+    ds = load_dataset(name)  # no scratch argument: $BSQ_SCRATCH
+    assert (ds.x[0, 0], ds.y[0]) == (12345, -6789)
+    np.testing.assert_array_equal(ds.x, frame.iloc[:, :-1].to_numpy(dtype=np.float64))
+    np.testing.assert_array_equal(ds.y, frame.iloc[:, -1].to_numpy(dtype=np.float64))
+    # unset or empty: the shared folder beside the checkout, which holds the unmodified copy
+    monkeypatch.setenv("BSQ_SCRATCH", "")
+    assert datasets_module.default_scratch() == datasets_module.SHARED_DATASETS == datasets_dir
+    monkeypatch.delenv("BSQ_SCRATCH")
+    assert datasets_module.default_scratch() == datasets_dir
+    assert load_dataset(name).x[0, 0] != 12345
 
 
 def test_friedman1_is_generated_locally(tmp_path):
@@ -161,8 +174,12 @@ def test_wrong_shape_file_is_refused(tmp_path):
     frame = pd.DataFrame(rng.normal(size=(info.n_rows, info.n_features + 1)))
     frame.columns = [f"c{i}" for i in range(info.n_features)] + ["not_the_target"]
     write_dataset_file(frame, path)
-    with pytest.raises(DatasetError, match="quality"):
+    with pytest.raises(DatasetError) as error:
         load_dataset("wine_quality", tmp_path)
+    message = str(error.value)
+    assert "ending in 'not_the_target'" in message  # the offending column
+    assert "ending in the target 'quality'" in message  # the one wine_quality must end in
+    assert f"{info.n_rows} rows x {info.n_features + 1} columns" in message
 
 
 def test_written_file_is_accepted(manifest, datasets_dir, tmp_path):

@@ -113,28 +113,32 @@ def _hard_output(saved: SavedModel, raw: np.ndarray) -> torch.Tensor:
         return saved.model(saved.standardize(raw))
 
 
-def _check_deployment(gcc: str, path: Path, out: Path, seed: int) -> None:
-    """Export ``path``, encode with C, decode in the cloud: bytes and predictions equal Python's."""
+def _check_deployment(gcc: str, original: SavedModel, path: Path, out: Path, seed: int) -> None:
+    """Export the file ``path`` that ``original`` was saved to, encode with C, decode in the cloud
+    from the reloaded file: bytes and predictions equal those of the original (never reloaded) model."""
     assert main([str(path), "--out", str(out)]) == 0
-    saved = load_model(path)
     exported = np.array(json.loads((out / "encoder.json").read_text())["thresholds"], dtype=np.float32)
-    raw = _raw_samples(saved, exported, seed)
-    indices = _python_indices(saved, raw)
-    size = -(-D * saved.bits // 8)
+    raw = _raw_samples(original, exported, seed)
+    # expectations from the object that was saved, before anything is read back
+    indices = _python_indices(original, raw)
+    expected = _hard_output(original, raw)
+    finite = np.isfinite(raw).all(axis=1)
+    expected_raw_units = original.predict(raw[finite])
+    size = -(-D * original.bits // 8)
     c_bytes = _c_encode(gcc, out, raw)
     assert len(c_bytes) == raw.shape[0] * size
     messages = [c_bytes[i : i + size] for i in range(0, len(c_bytes), size)]
-    assert messages == [pack(row[None], saved.bits) for row in indices]
-    received = np.concatenate([unpack(message, saved.bits, D) for message in messages])
+    assert messages == [pack(row[None], original.bits) for row in indices]
+    received = np.concatenate([unpack(message, original.bits, D) for message in messages])
     assert np.array_equal(received, indices)
-    expected = _hard_output(saved, raw)
-    saved.model.set_hard(False)  # the cloud must not depend on the mode flag
+    cloud = load_model(path)  # the server's copy
+    assert (cloud.method, cloud.bits, cloud.feature_names) == (original.method, original.bits, original.feature_names)
+    cloud.model.set_hard(False)  # the cloud must not depend on the mode flag
     with torch.inference_mode():
-        assert torch.equal(saved.model.cloud(torch.from_numpy(received)), expected)
-    assert np.array_equal(cloud_predict(saved, pack(indices, saved.bits)), expected.numpy())
-    finite = np.isfinite(raw).all(axis=1)
-    raw_units = cloud_predict(saved, pack(indices[finite], saved.bits), raw_units=True)
-    assert np.array_equal(raw_units, saved.predict(raw[finite]))
+        assert torch.equal(cloud.model.cloud(torch.from_numpy(received)), expected)
+    assert np.array_equal(cloud_predict(cloud, pack(indices, cloud.bits)), expected.numpy())
+    raw_units = cloud_predict(cloud, pack(indices[finite], cloud.bits), raw_units=True)
+    assert np.array_equal(raw_units, expected_raw_units)
 
 
 @pytest.mark.parametrize(
@@ -150,7 +154,7 @@ def test_saved_model_round_trip(gcc: str, tmp_path: Path, name: str, bits: int) 
         thresholds = saved.model.quantizer.thresholds.detach()
         assert (thresholds.diff(dim=-1) < 0).any(), "the test needs unsorted thresholds"
     save_model(saved, tmp_path / "model.pt")
-    _check_deployment(gcc, tmp_path / "model.pt", tmp_path / "encoder", seed=bits)
+    _check_deployment(gcc, saved, tmp_path / "model.pt", tmp_path / "encoder", seed=bits)
 
 
 def test_trained_models(gcc: str, tmp_path: Path) -> None:
@@ -161,7 +165,7 @@ def test_trained_models(gcc: str, tmp_path: Path) -> None:
     for name, result in results.items():
         saved = SavedModel(result.model, name, 3, SETTING, list("abcde"), X_MEAN, X_SCALE, 0.0, 1.0)
         save_model(saved, tmp_path / f"{name}.pt")
-        _check_deployment(gcc, tmp_path / f"{name}.pt", tmp_path / name, seed=1)
+        _check_deployment(gcc, saved, tmp_path / f"{name}.pt", tmp_path / name, seed=1)
 
 
 def test_threshold_encoding_matches_python_exactly(tmp_path: Path) -> None:
@@ -187,7 +191,20 @@ def test_encoder_json(tmp_path: Path) -> None:
     content = json.loads((tmp_path / "out" / "encoder.json").read_text())
     assert content["method"] == "SQ" and content["bits"] == 3 and content["model_file"] == "sq.pt"
     assert content["features"] == saved.feature_names and content["payload_bytes_per_sample"] == 2
-    assert {"bit_order", "encoding", "thresholds", "ranks", "x_mean", "x_scale"} <= set(content)
+    assert content["format"] == "bsq-encoder/1" and content["dataset"] == "toy" and content["n_features"] == D
+    # the model's standardization, as given to SavedModel (exact: JSON floats round-trip float64)
+    assert content["x_mean"] == [1.5, -2.0, 100.0, 0.0, 1e-3]
+    assert content["x_scale"] == [0.3, 2.0, 50.0, 1.0, 1e-4]
+    # the documented device rule and wire layout (README, "Deploying the encoder")
+    assert content["encoding"] == (
+        "index of feature f = number of k with x_f > thresholds[f][k], x_f the raw value as float32 "
+        "(strict >, NaN gives 0); thresholds are exact float32 values, Infinity where no value reaches the level"
+    )
+    assert content["bit_order"] == (
+        "one sample = the indices of features 0..d-1 in order, each written with `bits` bits most significant "
+        "bit first, concatenated and cut into bytes most significant bit first, the last byte zero-padded "
+        "(np.packbits of the row-major bit matrix, quantization.wire.pack)"
+    )
     thresholds = np.array(content["thresholds"])
     assert thresholds.shape == (D, 7) and np.array_equal(thresholds.astype(np.float32), thresholds)
     assert np.array_equal(content["ranks"], threshold_ranks(saved.model.quantizer.thresholds.detach()).numpy())

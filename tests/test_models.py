@@ -148,6 +148,41 @@ def randomize(quantizer, gen: torch.Generator) -> None:
             quantizer.log_scale.copy_(torch.randn(quantizer.log_scale.shape, generator=gen) * 0.5 + 1.0)
 
 
+def reference_hard_input(quantizer, x: torch.Tensor) -> torch.Tensor:
+    """What the network sees in hard mode, from the definitions (SPEC sections 2 and 3, Appendix A) in numpy."""
+    x64 = x.double().numpy()  # [n, d]
+    if isinstance(quantizer, ThresholdQuantizer):
+        t = quantizer.thresholds.detach().double().numpy()  # [d, M], possibly unsorted
+        steps = (x64[:, :, None] > t[None]).astype(float)  # [x > t_k] in the thresholds' own order
+        if quantizer.readout == "thermometer":
+            seen = steps.reshape(len(x64), -1)
+        elif quantizer.readout == "index":
+            seen = steps.sum(axis=-1)
+        elif quantizer.readout == "values":  # v_0 + sum_k [x > t_k] (v_k - v_{k-1})
+            v = quantizer.interval_values.detach().double().numpy()
+            seen = v[:, 0] + (steps * np.diff(v, axis=-1)).sum(axis=-1)
+        else:  # midpoint of the interval between sorted thresholds, half a gap beyond the outer ones
+            ts = np.sort(t, axis=-1)
+            mids = np.concatenate([ts[:, :1] - (ts[:, 1:2] - ts[:, :1]) / 2, (ts[:, 1:] + ts[:, :-1]) / 2,
+                                   ts[:, -1:] + (ts[:, -1:] - ts[:, -2:-1]) / 2], axis=-1)
+            count = steps.sum(axis=-1).astype(int)
+            seen = np.take_along_axis(mids, count.T, axis=1).T
+    elif isinstance(quantizer, LSQQuantizer):  # s * clip(round(x / s), -2**(b-1), 2**(b-1) - 1)
+        s = quantizer.step.detach().double().numpy()
+        half = 2 ** (quantizer.bits - 1)
+        seen = np.clip(np.round(x64 / s), -half, half - 1) * s
+    else:  # LLT: s * T[f, round((K - 1) / 2 (clip(x / s, -1, 1) + 1))], T of the arg-max segments
+        logits = quantizer.logits.detach().numpy()  # [d, R, G]
+        d, segments, granularity = logits.shape
+        one_hot = (np.arange(granularity) == logits.argmax(axis=-1)[..., None]).reshape(d, -1)
+        rise = np.cumsum(one_hot, axis=-1)
+        table = np.concatenate([-rise[:, ::-1], np.zeros((d, 1)), rise], axis=-1) / segments  # [d, K]
+        s = np.exp(quantizer.log_scale.detach().double().numpy())
+        position = np.round((table.shape[1] - 1) / 2 * (np.clip(x64 / s, -1, 1) + 1)).astype(int)
+        seen = np.take_along_axis(table, position.T, axis=1).T * s
+    return torch.as_tensor(seen, dtype=x.dtype)
+
+
 @pytest.mark.parametrize("bits", range(2, 9))
 def test_cloud_of_edge_equals_hard_model_exactly(bits):
     gen = torch.Generator().manual_seed(bits)
@@ -172,6 +207,10 @@ def test_cloud_of_edge_equals_hard_model_exactly(bits):
         assert index.dtype == torch.int64 and index.shape == (1000, d), name
         assert int(index.min()) >= 0 and int(index.max()) <= 2**bits - 1, name
         assert torch.equal(got, expected), name
+        with torch.no_grad():  # and both are the definition's network input, computed independently
+            reference = reference_hard_input(model.quantizer, x)
+            torch.testing.assert_close(model.quantizer(x), reference, rtol=1e-6, atol=1e-4, msg=name)  # float32 sums
+            torch.testing.assert_close(expected, model.mlp(reference), rtol=1e-5, atol=1e-4, msg=name)
 
 
 @pytest.mark.parametrize("bits", [2, 5, 8])
@@ -439,6 +478,14 @@ def test_run_methods_one_epoch_and_zero_hidden_layers():
     setting = replace(SETTING, num_epochs=1, hidden_layers=0, dropout_rate=0.0)
     results = run_methods(ORDER, {n: setting for n in ORDER}, (x, y), {"val": (x, y)}, bits=2, seed=0)
     assert all(math.isfinite(r.losses["val"]) for r in results.values())
+    ctx = QuantizerContext.from_training_rows(x, 2)
+    for name in ORDER:
+        training.seed_everything(0)  # as run_methods does before building each network
+        initial = build_model(METHODS[name], setting, ctx).mlp
+        trained = results[name].model.mlp
+        assert [type(m) for m in trained] == [nn.Linear] and trained[0].out_features == 1, name
+        moved = (trained[0].weight - initial[0].weight).detach().abs()
+        assert 0 < float(moved.max()) <= 2 * setting.learning_rate, name  # one Adam step moves a weight by about lr
 
 
 def test_train_model_learns_and_leaves_hard_evaluation_possible():
