@@ -286,7 +286,7 @@ def test_run_methods_all_methods_finite(tiny_run):
         assert set(result.losses) == {"val", "test"}, name
         assert all(math.isfinite(v) and v >= 0 for v in result.losses.values()), name
         assert math.isfinite(result.train_loss) and result.train_loss >= 0, name
-        assert result.seconds >= 0, name
+        assert result.seconds > 0, name  # every network, Po-* included (the FP network they share), was trained
         assert isinstance(result.model, SplitModel)
 
 
