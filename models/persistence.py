@@ -57,7 +57,8 @@ def save_model(saved: SavedModel, path: str | os.PathLike) -> None:
     The model must be the network its method builds for its setting (so that :func:`load_model`
     can rebuild it); the quantizer's temperature is kept, so soft-mode outputs reload too.
     """
-    expected = _untrained_model(saved.method, saved.bits, len(saved.feature_names), saved.setting).state_dict()
+    with torch.device("meta"):  # shapes only: no second copy of a possibly wide network
+        expected = _untrained_model(saved.method, saved.bits, len(saved.feature_names), saved.setting).state_dict()
     state = saved.model.state_dict()
     mismatch = sorted(set(expected) ^ set(state)) or [k for k in expected if torch.is_tensor(expected[k]) and expected[k].shape != state[k].shape]
     if mismatch:

@@ -67,10 +67,10 @@ def select_best(tuning: pd.DataFrame, k_folds: int, methods: Sequence[str] = MET
     folds = per_setting["kFold_id"].nunique()
     complete = folds.index[folds == k_folds]
     means = per_setting[[f"val_loss_{m}" for m in methods]].mean(skipna=False).loc[complete]
-    first_rows = per_setting[list(SETTING_KEYS)].first().loc[complete]
-    choices = {}
     if means.empty:
         raise ProtocolError(f"no setting has all its {k_folds} folds yet; let the tuning finish a setting first")
+    first_rows = per_setting[list(SETTING_KEYS)].first().loc[complete]
+    choices = {}
     for m in methods:
         losses = means[f"val_loss_{m}"].to_numpy(dtype=float)
         if not np.isfinite(losses).any():
