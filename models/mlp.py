@@ -29,7 +29,8 @@ class SplitModel(nn.Module):
 
     ``edge(x)`` gives the ``b``-bit index per feature that a device sends, ``cloud(index)`` the
     prediction the server computes from it; ``cloud(edge(x))`` equals the hard-mode forward.
-    Without a quantizer (full precision) the MLP sees the features themselves.
+    Without a quantizer (full precision) the MLP sees the features themselves. Inputs are cast
+    to the model's dtype (float64 rows into a float32 model, say).
     """
 
     def __init__(self, quantizer: Quantizer | None, mlp: MLP) -> None:
@@ -38,7 +39,9 @@ class SplitModel(nn.Module):
         self.mlp = mlp
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [n, d] -> [n]
-        return self.mlp(x if self.quantizer is None else self.quantizer(x))
+        if self.quantizer is None:
+            return self.mlp(x.to(self.mlp[-1].weight.dtype))
+        return self.mlp(self.quantizer(x))
 
     def _require_quantizer(self) -> Quantizer:
         if self.quantizer is None:
@@ -47,7 +50,8 @@ class SplitModel(nn.Module):
 
     def edge(self, x: torch.Tensor) -> torch.Tensor:
         """Standardized features [n, d] -> int64 indices [n, d] in 0..2**bits - 1."""
-        return self._require_quantizer().encode(x)
+        quantizer = self._require_quantizer()
+        return quantizer.encode(x.to(quantizer.dtype))  # as forward does
 
     def cloud(self, index: torch.Tensor) -> torch.Tensor:
         """Transmitted indices [n, d] -> predictions [n]."""

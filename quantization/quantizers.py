@@ -14,12 +14,14 @@ In hard mode (``quantizer.hard = True``, used for every reported loss) ``forward
 literally ``decode(encode(x))``, so a split deployment reproduces the model exactly. The
 sigmoid temperature ``tau`` is a plain attribute set by the training loop; quantizers without a
 temperature ignore it. Modules hold no device of their own: they follow their parameters and
-inputs (``model.to(device)``), CPU or CUDA.
+inputs (``model.to(device)``), CPU or CUDA. ``forward`` casts its input to the quantizer's
+``dtype`` (float32 unless the module was converted), so float64 rows give float32 outputs.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from typing import Callable
 
@@ -315,7 +317,13 @@ class Quantizer(nn.Module):
 
         return out, backward
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [n, d] -> [n, out_features]
+    @property
+    def dtype(self) -> torch.dtype:
+        """The floating dtype of the quantizer's parameters and buffers."""
+        return next(t.dtype for t in itertools.chain(self.parameters(), self.buffers()) if t.is_floating_point())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [n, d] -> [n, out_features], in self.dtype
+        x = x.to(self.dtype)  # float64 rows (numpy's default) into a float32 model, say
         return self.decode(self.encode(x)) if self.hard else self.soft(x)
 
 

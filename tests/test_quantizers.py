@@ -286,6 +286,43 @@ def test_quantizers_accept_numpy_integer_bits(bits):
     assert llt.logits.shape == (2, 3, 4)
 
 
+FLOAT32_TENTH = 0.10000000149011612  # float32(0.1), the threshold below
+QUANTIZER_KINDS = {
+    "SQ": lambda t: ThresholdQuantizer(t, "index", trainable=True),
+    "SQplus": lambda t: ThresholdQuantizer(t, "values", trainable=True),
+    "Bw-SQ": lambda t: ThresholdQuantizer(t, "thermometer", trainable=True),
+    "Bw-QQ": lambda t: ThresholdQuantizer(t, "thermometer"),
+    "Pr-QQ": lambda t: ThresholdQuantizer(t, "midpoint"),
+    "LSQ": lambda t: LSQQuantizer(2, 1),
+    "LLT": lambda t: LLTQuantizer(2, 1, 4),
+}
+
+
+@pytest.mark.parametrize("kind", QUANTIZER_KINDS)
+@pytest.mark.parametrize("hard", [False, True])
+def test_float64_rows_are_cast_to_the_model_dtype(kind, hard):
+    # 0.1000000016 exceeds float32(0.1) in float64 (index 2 for SQ), but cast to float32, as a
+    # device measures it, it rounds to float32(0.1) (spacing 7.5e-9) and exceeds only -1 (index 1)
+    x64 = torch.tensor([[-2.0], [0.1000000016], [0.7], [3.0]], dtype=torch.float64)
+    quantizer = QUANTIZER_KINDS[kind](torch.tensor([[-1.0, FLOAT32_TENTH, 1.0]]))
+    model = SplitModel(quantizer, MLP(quantizer.out_features, 4, 1, dropout=0.0)).eval()
+    model.set_hard(hard)
+    assert quantizer(x64).dtype == torch.float32
+    assert torch.equal(quantizer(x64), quantizer(x64.float()))
+    assert torch.equal(model(x64), model(x64.float()))
+    if hard:
+        assert torch.equal(model.edge(x64), model.edge(x64.float()))
+        assert torch.equal(model.cloud(model.edge(x64)), model(x64))
+    if kind == "SQ":
+        assert model.edge(x64).tolist() == [[0], [1], [2], [3]]
+
+
+def test_full_precision_model_casts_float64_rows():
+    mlp = MLP(2, 4, 1, dropout=0.0)
+    x64 = torch.tensor([[0.5, -1.25], [2.0, 0.1]], dtype=torch.float64)
+    assert torch.equal(SplitModel(None, mlp)(x64), mlp(x64.float()))
+
+
 def test_lsq_step_gradient_hand_case():
     # 3 bits: Qn = -4, Qp = 3, s = 0.5; one feature, batch of 4
     # x/s = 0.6, 3.4 (clamped to 3), -10 (clamped to -4), 1.48
