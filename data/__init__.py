@@ -1,7 +1,7 @@
 """The paper's datasets: registry, loading (local cache or OpenML), splits and scaling."""
 
 from .datasets import DATASETS, PAPER_DATASETS, Dataset, DatasetError, DatasetInfo, default_scratch, get_info, load_dataset
-from .splits import ScaledSplits, holdout_split, standardize, tuning_folds
+from .splits import ScaledSplits, device_precision, holdout_split, standardize, tuning_folds
 
 __all__ = [
     "DATASETS",
@@ -11,6 +11,7 @@ __all__ = [
     "DatasetInfo",
     "ScaledSplits",
     "default_scratch",
+    "device_precision",
     "get_info",
     "holdout_split",
     "load_dataset",

@@ -30,12 +30,21 @@ class ScaledSplits:
         }
 
 
+def device_precision(raw_x: np.ndarray) -> np.ndarray:
+    """Raw features rounded to float32, the numbers a device measures (as float64 for the arithmetic).
+
+    The exported encoder reads float32 raw values; standardizing these same values for training
+    and evaluation makes every index the model sees the index a device sends for that row.
+    """
+    return np.asarray(raw_x, dtype=np.float32).astype(np.float64)
+
+
 def standardize(train: tuple[np.ndarray, np.ndarray], **others: tuple[np.ndarray, np.ndarray]) -> ScaledSplits:
-    """Fit StandardScalers on the training X and y separately; apply them to every part."""
-    x_scaler = StandardScaler().fit(train[0])
+    """Fit StandardScalers on the training X (at device precision) and y; apply them to every part."""
+    x_scaler = StandardScaler().fit(device_precision(train[0]))
     y_scaler = StandardScaler().fit(train[1].reshape(-1, 1))
     parts = {
-        name: (x_scaler.transform(x), y_scaler.transform(y.reshape(-1, 1)).ravel())
+        name: (x_scaler.transform(device_precision(x)), y_scaler.transform(y.reshape(-1, 1)).ravel())
         for name, (x, y) in {"train": train, **others}.items()
     }
     return ScaledSplits(parts, x_scaler, y_scaler)

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from data.atomic import atomic_write_bytes
+from data.splits import device_precision
 
 from .methods import QuantizerContext, get_method
 from .mlp import SplitModel
@@ -34,8 +35,8 @@ class SavedModel:
     dataset: str = ""
 
     def standardize(self, raw_x: np.ndarray) -> torch.Tensor:
-        """Raw feature rows [n, d] -> the standardized float32 tensor the model expects."""
-        return torch.as_tensor((raw_x - self.x_mean) / self.x_scale, dtype=torch.float32)
+        """Raw feature rows [n, d] -> the standardized float32 tensor the model expects (as in training)."""
+        return torch.as_tensor((device_precision(raw_x) - self.x_mean) / self.x_scale, dtype=torch.float32)
 
     def predict(self, raw_x: np.ndarray) -> np.ndarray:
         """Hard-mode predictions in the target's raw units for raw feature rows [n, d]."""

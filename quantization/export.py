@@ -50,7 +50,8 @@ from .wire import payload_bytes, unpack
 FORMAT = "bsq-encoder/1"
 ENCODING = (
     "index of feature f = number of k with x_f > thresholds[f][k], x_f the raw value as float32 "
-    "(strict >, NaN gives 0); thresholds are exact float32 values, Infinity where no value reaches the level"
+    "(strict >, NaN gives 0); thresholds are exact float32 values, the string \"Infinity\" (JSON has no "
+    "infinity) where no value reaches the level"
 )
 BIT_ORDER = (
     "one sample = the indices of features 0..d-1 in order, each written with `bits` bits most significant "
@@ -167,10 +168,15 @@ def build_encoder(saved: SavedModel) -> Encoder:
 
 
 def _json_value(value: object) -> str:
-    """Compact JSON, one line per inner list of a list of lists (one feature a line)."""
+    """Strict compact JSON, one line per inner list of a list of lists (one feature a line)."""
     if isinstance(value, list) and value and isinstance(value[0], list):
-        return "[\n  " + ",\n  ".join(json.dumps(row) for row in value) + "\n ]"
-    return json.dumps(value)
+        return "[\n  " + ",\n  ".join(json.dumps(row, allow_nan=False) for row in value) + "\n ]"
+    return json.dumps(value, allow_nan=False)
+
+
+def _json_threshold(value: float) -> float | str:
+    """A threshold for JSON: the number, or ``"Infinity"`` for a level no value reaches (never -inf)."""
+    return "Infinity" if value == math.inf else value
 
 
 def encoder_json(encoder: Encoder, model_file: str = "") -> str:
@@ -186,7 +192,7 @@ def encoder_json(encoder: Encoder, model_file: str = "") -> str:
         "payload_bytes_per_sample": encoder.payload_bytes,
         "encoding": ENCODING,
         "bit_order": BIT_ORDER,
-        "thresholds": encoder.thresholds.astype(np.float64).tolist(),
+        "thresholds": [[_json_threshold(v) for v in row] for row in encoder.thresholds.tolist()],
         "ranks": encoder.ranks.tolist(),
         "x_mean": encoder.x_mean.tolist(),
         "x_scale": encoder.x_scale.tolist(),

@@ -58,9 +58,12 @@ def _saturated_sigmoid_(arguments: torch.Tensor) -> torch.Tensor:
 
 
 def _sigmoid_steps(x: torch.Tensor, thresholds: torch.Tensor, tau: float) -> torch.Tensor:
-    """``sigmoid(x / tau - t_k / tau)`` laid out feature-major: x [n, d], thresholds [d, M] -> [d, M, n]."""
-    x_t = x.T.contiguous()  # [d, n]: long rows keep the broadcasting vectorized
-    steps = torch.add((thresholds * (-1 / tau)).unsqueeze(-1), x_t.unsqueeze(1), alpha=1 / tau)
+    """``sigmoid(x / tau - t_k / tau)`` laid out feature-major: x [n, d], thresholds [d, M] -> [d, M, n].
+
+    Both terms are rounded alike (as in ``_Thermometer``), so ``x == t_k`` gives exactly 0.5.
+    """
+    x_t = (x.T * (1 / tau)).contiguous()  # [d, n]: long rows keep the broadcasting vectorized
+    steps = torch.sub(x_t.unsqueeze(1), (thresholds * (1 / tau)).unsqueeze(-1))
     return _saturated_sigmoid_(steps)
 
 

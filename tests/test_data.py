@@ -284,7 +284,8 @@ def synthetic(n: int = 1000, d: int = 3, seed: int = 0):
 
 def test_tuning_folds_match_sklearn():
     x, y = synthetic()
-    x_rest, x_test, y_rest, y_test = train_test_split(x, y, test_size=0.1, random_state=42)
+    device_x = x.astype(np.float32).astype(np.float64)  # the raw values a device measures (float32)
+    x_rest, x_test, y_rest, y_test = train_test_split(device_x, y, test_size=0.1, random_state=42)
     folds = list(KFold(n_splits=4, shuffle=True, random_state=42).split(x_rest))
     got = list(tuning_folds(x, y, 4))
     assert len(got) == 4
@@ -320,8 +321,9 @@ def test_tuning_folds_debug_two_folds():
 
 def test_holdout_split_matches_sklearn_and_depends_on_seed():
     x, y = synthetic()
+    device_x = x.astype(np.float32).astype(np.float64)  # the raw values a device measures (float32)
     for seed in (42, 43):
-        x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.1, random_state=seed)
+        x_train, x_test, y_train, y_test = train_test_split(device_x, y, test_size=0.1, random_state=seed)
         split = holdout_split(x, y, seed)
         assert list(split.parts) == ["train", "test"]
         mean, std = x_train.mean(0), x_train.std(0)

@@ -12,6 +12,9 @@ import numpy as np
 import pytest
 import torch
 
+from sklearn.model_selection import train_test_split
+
+from data import holdout_split, load_dataset
 from models import METHODS, QuantizerContext, SavedModel, Setting, build_model, load_model, run_methods, save_model
 from quantization import LLTQuantizer, LSQQuantizer, threshold_ranks
 from quantization.export import build_encoder, cloud_predict, export_encoder, main
@@ -168,6 +171,22 @@ def test_trained_models(gcc: str, tmp_path: Path) -> None:
         _check_deployment(gcc, saved, tmp_path / f"{name}.pt", tmp_path / name, seed=1)
 
 
+@pytest.mark.parametrize("name,bits", [("Bw-QQ", 2), ("Pr-QQ", 8), ("Bw-MQ", 8)])
+def test_device_sends_the_indices_the_model_was_trained_on(shared_dir: Path, name: str, bits: int) -> None:
+    """wine_quality's decimal values are tied (0.23 on 200 rows), so quantile thresholds fall on them;
+    the raw rows rounded to float32, as a device holds them, must get the pipeline's indices."""
+    data = load_dataset("wine_quality", shared_dir / "datasets")
+    splits = holdout_split(data.x, data.y, seed=42)
+    raw_train, raw_test = train_test_split(data.x, test_size=0.1, random_state=42)  # the same rows, unscaled
+    train_x, test_x = splits.tensors("cpu")["train"][0], splits.tensors("cpu")["test"][0]
+    model = build_model(METHODS[name], SETTING, QuantizerContext.from_training_rows(train_x, bits))
+    saved = SavedModel(model, name, bits, SETTING, data.feature_names, splits.x_scaler.mean_,
+                       splits.x_scaler.scale_, 0.0, 1.0, "wine_quality")
+    encoder = build_encoder(saved)
+    for raw, x in ((raw_train, train_x), (raw_test, test_x)):
+        assert np.array_equal(encoder.indices(raw.astype(np.float32)), model.edge(x).numpy())
+
+
 def test_threshold_encoding_matches_python_exactly(tmp_path: Path) -> None:
     """The numpy twin of the C rule (also on NaN), and the raw thresholds beside ``t * scale + mean``."""
     saved = _perturbed_model("Bw-SQ", 4, seed=3)
@@ -188,7 +207,7 @@ def test_encoder_json(tmp_path: Path) -> None:
     saved = _perturbed_model("SQ", 3, seed=5)
     save_model(saved, tmp_path / "sq.pt")
     assert main([str(tmp_path / "sq.pt"), "--out", str(tmp_path / "out")]) == 0
-    content = json.loads((tmp_path / "out" / "encoder.json").read_text())
+    content = _strict_json((tmp_path / "out" / "encoder.json").read_text())
     assert content["method"] == "SQ" and content["bits"] == 3 and content["model_file"] == "sq.pt"
     assert content["features"] == saved.feature_names and content["payload_bytes_per_sample"] == 2
     assert content["format"] == "bsq-encoder/1" and content["dataset"] == "toy" and content["n_features"] == D
@@ -198,7 +217,8 @@ def test_encoder_json(tmp_path: Path) -> None:
     # the documented device rule and wire layout (README, "Deploying the encoder")
     assert content["encoding"] == (
         "index of feature f = number of k with x_f > thresholds[f][k], x_f the raw value as float32 "
-        "(strict >, NaN gives 0); thresholds are exact float32 values, Infinity where no value reaches the level"
+        "(strict >, NaN gives 0); thresholds are exact float32 values, the string \"Infinity\" (JSON has no "
+        "infinity) where no value reaches the level"
     )
     assert content["bit_order"] == (
         "one sample = the indices of features 0..d-1 in order, each written with `bits` bits most significant "
@@ -212,10 +232,26 @@ def test_encoder_json(tmp_path: Path) -> None:
     assert "#define BSQ_PAYLOAD_BYTES 2" in header and "sensor 4" in header
 
 
-def test_llt_unreached_level_is_infinite() -> None:
-    encoder = build_encoder(_perturbed_model("LLT4", 3, seed=7))
+def _strict_json(text: str) -> dict:
+    """Parse as strict JSON: Python's json accepts the non-standard NaN and Infinity, other readers do not."""
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not JSON: {constant}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_llt_unreached_level_is_infinite(tmp_path: Path) -> None:
+    saved = _perturbed_model("LLT4", 3, seed=7)
+    encoder = build_encoder(saved)
     assert np.isposinf(encoder.thresholds[:, -1]).all()  # LLT uses levels 0..2**bits - 2 only
     assert np.array_equal(encoder.ranks, np.tile(np.arange(7), (D, 1)))
+    json_path, _ = export_encoder(saved, tmp_path)
+    thresholds = _strict_json(json_path.read_text())["thresholds"]
+    assert [row[-1] for row in thresholds] == ["Infinity"] * D
+    # the device rule read back from the JSON (float("Infinity") is +inf) gives the model's indices
+    rule = np.array([[float(v) for v in row] for row in thresholds], dtype=np.float32)
+    raw = _raw_samples(saved, encoder.thresholds, seed=7)
+    raw[:4, 0] = [np.inf, -np.inf, np.nan, np.finfo(np.float32).max]
+    assert np.array_equal((raw[..., None] > rule).sum(axis=-1), _python_indices(saved, raw))
 
 
 def test_full_precision_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

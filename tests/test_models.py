@@ -618,11 +618,11 @@ def test_save_load_round_trip(tiny_run, tmp_path, method):
     expected = original.predict(raw)
     got = loaded.predict(raw)
     np.testing.assert_array_equal(got, expected)
-    # predict is the hard model in raw units: check the scaling by hand
+    # predict is the hard model in raw units, of the raw values as float32 (as in training): by hand
     original.model.eval()
     original.model.set_hard(True)
     with torch.no_grad():
-        std = torch.tensor((raw - original.x_mean) / original.x_scale, dtype=torch.float32)
+        std = torch.tensor((raw.astype(np.float32).astype(np.float64) - original.x_mean) / original.x_scale, dtype=torch.float32)
         by_hand = original.model(std).double().numpy() * 0.25 + 1.5
     np.testing.assert_allclose(got, by_hand, rtol=1e-12)
     if original.model.quantizer is not None:

@@ -113,6 +113,21 @@ def test_soft_outputs_are_sigmoids(tau):
     np.testing.assert_allclose(q(X).squeeze(1).detach().numpy(), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("readout", ["index", "values", "thermometer"])
+@pytest.mark.parametrize("value", [2.3, 35.1, -0.62784415])
+def test_soft_step_at_its_threshold_is_one_half(readout, value):
+    # sigmoid(0) = 0.5 exactly, at any tau: x - t must not pick up rounding (x / tau - t / tau
+    # rounds both terms alike; -t / tau + x * (1 / tau) in one fused step does not)
+    q = ThresholdQuantizer(torch.tensor([[value, value + 10, value + 20]]), readout, trainable=True)
+    if readout == "values":
+        with torch.no_grad():
+            q.interval_values.copy_(torch.tensor([[0.0, 1.0, 1.0, 1.0]]))  # output = the first step
+    q.tau = 1e-4
+    with torch.no_grad():
+        out = q.soft(torch.tensor([[value]]))
+    assert out.flatten()[0].item() == 0.5 and (out.flatten()[1:] == 0).all()
+
+
 def test_hard_mode_with_unsorted_thresholds_matches_steps():
     """Bw-SQ / SQplus in hard mode equal [x > t_k] read out, even with unordered thresholds."""
     rng = np.random.default_rng(3)
