@@ -49,9 +49,12 @@ def find_tuning_files(result_folder: str | os.PathLike, dataset: str) -> dict[in
 def planned_folds(tuning: pd.DataFrame, iterations: int) -> int:
     """The folds per setting of a tuning file of ``iterations`` = settings x folds rows: 4, or 2 (``--debug``).
 
-    A file still being written may not tell yet: a fold id of 2 or more means 4 folds, a setting
-    id of ``iterations / 4`` or more (beyond 4 folds' settings) means 2; until then it counts as 4.
+    A row count that 4 does not divide means 2. Otherwise a file still being written may not
+    tell yet: a fold id of 2 or more means 4 folds, a setting id of ``iterations / 4`` or more
+    (beyond 4 folds' settings) means 2; until then it counts as 4.
     """
+    if iterations % K_FOLDS:
+        return DEBUG_K_FOLDS
     if tuning["kFold_id"].max() >= DEBUG_K_FOLDS:
         return K_FOLDS
     return DEBUG_K_FOLDS if tuning["hyperparameter_setting_id"].max() >= iterations / K_FOLDS else K_FOLDS

@@ -199,7 +199,10 @@ def test_selection_waits_for_all_planned_folds(shared_dir: Path) -> None:
     assert (choice.setting_id, choice.val_loss) == (5, pytest.approx(paper[setting == 5]["val_loss_FP"].mean(), rel=1e-12))
     debug = paper[(setting < 3) & (fold < 2)]  # read as a --debug file of 3 settings x 2 folds
     assert planned_folds(debug, 6) == 2  # setting 2 cannot exist with 4 folds and 6 iterations
-    assert planned_folds(debug[debug.hyperparameter_setting_id == 0], 6) == 4  # cannot tell yet: wait for 4
+    first = debug[debug.hyperparameter_setting_id == 0]
+    assert planned_folds(first, 8) == 4  # 2 settings x 4 folds or 4 x 2: cannot tell yet, wait for 4
+    assert planned_folds(first, 6) == 2 and planned_folds(first, 2) == 2  # 4 folds cannot make 6 or 2 rows
+    assert select_best(first, planned_folds(first, 2), ["FP"])["FP"].setting_id == 0  # --debug --n_steps 1
 
 
 def test_damaged_tuning_file_is_reported_and_kept(tmp_path: Path, capsys) -> None:
