@@ -26,6 +26,17 @@ ADAM_PIECES, ADAM_CHUNK = 256, 4096  # on CUDA Adam updates the stacked weights 
 STACK_PARAMETERS = 2**24  # MLP weights trained as one stack at most: with gradients and Adam's state about 270 MB
 
 
+SETTING_RANGES: dict[str, tuple[str, Callable[[float], bool]]] = {  # key -> (the range in words, its test)
+    "weight_decay": (">= 0", lambda v: v >= 0),
+    "learning_rate": ("> 0", lambda v: v > 0),
+    "hidden_layers": (">= 0", lambda v: v >= 0),
+    "hidden_neurons": (">= 1", lambda v: v >= 1),
+    "num_epochs": (">= 1", lambda v: v >= 1),
+    "decrease_factor": ("in (0, 1]", lambda v: 0 < v <= 1),
+    "dropout_rate": ("in [0, 1)", lambda v: 0 <= v < 1),
+}
+
+
 @dataclass(frozen=True)
 class Setting:
     """One hyperparameter setting of the search space (the paper's Table 3)."""
@@ -43,11 +54,16 @@ class Setting:
         """Read the seven keys from a dict or CSV row, with their proper Python types."""
         return cls(**{f.name: f.type(values[f.name]) for f in fields(cls)})
 
+    @staticmethod
+    def check_value(key: str, value: float) -> None:
+        """Raise a ValueError naming ``key`` if ``value`` is outside its range (``SETTING_RANGES``)."""
+        words, in_range = SETTING_RANGES[key]
+        if not in_range(value):
+            raise ValueError(f"{key} must be {words}, got {value!r}")
+
     def __post_init__(self) -> None:
-        if self.num_epochs < 1 or self.hidden_layers < 0 or self.hidden_neurons < 1:
-            raise ValueError(f"num_epochs and hidden_neurons must be >= 1 and hidden_layers >= 0: {self}")
-        if not 0.0 <= self.dropout_rate < 1.0 or self.learning_rate <= 0 or not 0 < self.decrease_factor <= 1:
-            raise ValueError(f"need 0 <= dropout_rate < 1, learning_rate > 0, 0 < decrease_factor <= 1: {self}")
+        for key in SETTING_RANGES:
+            self.check_value(key, getattr(self, key))
 
 
 SETTING_KEYS: tuple[str, ...] = tuple(f.name for f in fields(Setting))

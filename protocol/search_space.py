@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from models import SETTING_KEYS
+from models import SETTING_KEYS, Setting
 
 from .common import ProtocolError
 
@@ -58,8 +58,10 @@ def _check_values(path: str | os.PathLike, key: str, values: object) -> None:
         kind = numbers.Integral if integer else numbers.Real
         if isinstance(value, bool) or not isinstance(value, kind):
             raise ProtocolError(f"{path}: {key} must list {'integers' if integer else 'numbers'}, got {value!r}")
-        if (integer and value < (0 if key == "hidden_layers" else 1)) or (not integer and value < 0):
-            raise ProtocolError(f"{path}: {key} has the out-of-range value {value!r}")
+        try:
+            Setting.check_value(key, value)
+        except ValueError as error:
+            raise ProtocolError(f"{path}: {error}") from None
 
 
 def draw_settings(space: dict[str, list], n_steps: int) -> pd.DataFrame:

@@ -296,7 +296,11 @@ def test_tuning_rows_of_other_settings_are_refused(debug_results: Path, tmp_path
         ({"hidden_layers": []}, "non-empty list"),
         ({"hidden_neurons": [32.5]}, "integers"),
         ({"learning_rate": ["fast"]}, "numbers"),
-        ({"num_epochs": [0]}, "out-of-range"),
+        ({"num_epochs": [0]}, "num_epochs must be >= 1, got 0"),
+        ({"dropout_rate": [0.2, 1.5]}, "dropout_rate must be in [0, 1), got 1.5"),
+        ({"decrease_factor": [0]}, "decrease_factor must be in (0, 1], got 0"),
+        ({"learning_rate": [0.0]}, "learning_rate must be > 0, got 0.0"),
+        ({"weight_decay": [-1e-4]}, "weight_decay must be >= 0, got -0.0001"),
     ],
 )
 def test_bad_search_space_is_refused(tmp_path: Path, space: dict, message: str) -> None:
