@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n_steps", type=parse_positive, default=10, help="runs per bit width and method (default: 10)")
     parser.add_argument("--result_folder", default="results", help="holds the tuning files; the output goes below it (default: results)")
     parser.add_argument("--bits", nargs="+", type=parse_bits, default=None, help="bit widths (default: every one with a tuning file)")
-    parser.add_argument("--methods", nargs="+", choices=list(METHOD_NAMES), default=list(METHOD_NAMES), metavar="METHOD", help=f"methods to run (default: all of {' '.join(METHOD_NAMES)})")
+    parser.add_argument("--methods", nargs="+", choices=list(METHOD_NAMES), default=None, metavar="METHOD", help=f"methods to run, of {' '.join(METHOD_NAMES)} (default: every method of the tuning files)")
     add_runtime_arguments(parser)
     parser.add_argument("--select_only", action="store_true", help="print the selected settings as CSV and train nothing")
     parser.add_argument("--save_models", default=None, metavar="DIR", help="keep every trained model in DIR (for quantization.export)")

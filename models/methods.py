@@ -1,10 +1,11 @@
-"""The thirteen methods of the paper as a registry of small definitions (SPEC section 3).
+"""The methods as a registry of small definitions: the paper's thirteen (SPEC section 3) and yours.
 
 A method is what the network sees (its quantizer, or none), whether it is trained at all
 (``post_training`` methods evaluate the full-precision network of the same setting), and
 whether the paper also reports it evaluated without rounding (``soft_eval``). Whether
 thresholds train is a property of the quantizer the method builds. Adding a method is one
-entry in ``METHODS``.
+entry in ``METHODS``: the protocol scripts then train it beside the paper's, write its columns
+after the paper's (``protocol.schema``), and still read files written without it.
 """
 
 from __future__ import annotations
@@ -83,6 +84,10 @@ METHODS: dict[str, Method] = {
     ]
 }
 METHOD_NAMES: tuple[str, ...] = tuple(METHODS)
+PAPER_METHODS: tuple[str, ...] = (  # the paper's methods, in the column order of its result files
+    "FP", "Po-MQ", "Po-QQ", "Pr-MQ", "Pr-QQ", "SQ", "SQplus", "Bw-MQ", "Bw-QQ", "Bw-SQ", "LLT9", "LLT4", "LSQ",
+)
+assert set(PAPER_METHODS) <= set(METHODS), "the paper's methods stay registered: its result files need them"
 
 
 def get_method(name: str) -> Method:

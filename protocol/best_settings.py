@@ -19,7 +19,7 @@ from data.splits import holdout_split
 from models import METHOD_NAMES, SETTING_KEYS, SavedModel, Setting, get_method, run_methods, save_model
 
 from .common import BASE_SEED, ProtocolError
-from .schema import BEST_COLUMNS, TUNING_COLUMNS, best_path, read_results, write_results
+from .schema import BEST, BEST_COLUMNS, TUNING, best_path, has_method, read_results, write_results
 from .tuning import DEBUG_K_FOLDS, K_FOLDS
 
 _TUNING_NAME = re.compile(r"_hyperparameter_tuning_(\d+)bits_(\d+)iterations\.csv$")
@@ -60,12 +60,15 @@ def planned_folds(tuning: pd.DataFrame, iterations: int) -> int:
     return DEBUG_K_FOLDS if tuning["hyperparameter_setting_id"].max() >= iterations / K_FOLDS else K_FOLDS
 
 
-def select_best(tuning: pd.DataFrame, k_folds: int, methods: Sequence[str] = METHOD_NAMES) -> dict[str, Choice]:
-    """Average each setting over its folds, keep the smallest mean ``val_loss_<m>`` (first on ties).
+def select_best(tuning: pd.DataFrame, k_folds: int, methods: Sequence[str] | None = None) -> dict[str, Choice]:
+    """Average each setting over its folds, keep the smallest mean ``val_loss_<m>`` (first on ties),
+    for ``methods`` (default: every method of the frame).
 
     Settings without all ``k_folds`` folds yet (a tuning still running) are left out, and so is,
     per method, a setting with a missing or non-finite loss on any fold (a diverged network).
     """
+    if methods is None:
+        methods = [m for m in METHOD_NAMES if has_method(tuning, m)]
     per_setting = tuning.groupby("hyperparameter_setting_id", sort=True)
     folds = per_setting["kFold_id"].nunique()
     complete = folds.index[folds == k_folds]
@@ -84,8 +87,11 @@ def select_best(tuning: pd.DataFrame, k_folds: int, methods: Sequence[str] = MET
     return choices
 
 
-def load_choices(result_folder: str | os.PathLike, dataset: str, bits: Sequence[int] | None, methods: Sequence[str]) -> dict[int, dict[str, Choice]]:
-    """The choices per bit width from the tuning files (all bit widths found, or ``bits``)."""
+def load_choices(
+    result_folder: str | os.PathLike, dataset: str, bits: Sequence[int] | None, methods: Sequence[str] | None = None
+) -> dict[int, dict[str, Choice]]:
+    """The choices per bit width from the tuning files (all bit widths found, or ``bits``) for
+    ``methods``, by default every method that all these files hold."""
     files = find_tuning_files(result_folder, dataset)
     wanted = list(files) if bits is None else list(bits)
     if not wanted:
@@ -93,11 +99,16 @@ def load_choices(result_folder: str | os.PathLike, dataset: str, bits: Sequence[
     missing = [b for b in wanted if b not in files]
     if missing:
         raise ProtocolError(f"no tuning file for {dataset} at {missing} bits in {Path(result_folder) / dataset}; run hyperparameter_tuning.py for them or drop them from --bits")
+    frames = {b: read_results(files[b], TUNING) for b in wanted}
+    if methods is None:
+        methods = [m for m in METHOD_NAMES if all(has_method(frame, m) for frame in frames.values())]
     choices = {}
-    for b in wanted:
-        frame = read_results(files[b], TUNING_COLUMNS)
+    for b, frame in frames.items():
         if frame.empty:
             raise ProtocolError(f"{files[b]} has no rows yet; let the tuning finish some settings first")
+        absent = [m for m in methods if not has_method(frame, m)]
+        if absent:
+            raise ProtocolError(f"{files[b]} was written without the method(s) {', '.join(absent)}; leave them out of --methods")
         try:
             choices[b] = select_best(frame, planned_folds(frame, int(_TUNING_NAME.search(files[b].name)[2])), methods)
         except ProtocolError as error:
@@ -122,7 +133,7 @@ def run_best_settings(
     result_folder: str | os.PathLike,
     n_steps: int = 10,
     bits: Sequence[int] | None = None,
-    methods: Sequence[str] = METHOD_NAMES,
+    methods: Sequence[str] | None = None,
     scratch: str | os.PathLike | None = None,
     device: torch.device | str = "cpu",
     save_models: str | os.PathLike | None = None,
@@ -131,15 +142,18 @@ def run_best_settings(
     """Rerun each method's best setting ``n_steps`` times per bit width; resumable per (bits, run).
 
     Run ``s`` splits with ``random_state = 42 + s`` and seeds every network with ``42 + s``.
-    A row already in the output keeps its methods; only missing ones are computed.
+    ``methods`` defaults to every method of the tuning files. A row already in the output keeps
+    its methods; only missing ones are computed.
     """
-    for m in methods:
+    for m in methods or ():
         get_method(m)
     if n_steps < 1:
         raise ProtocolError(f"--n_steps must be at least 1, got {n_steps}")
     choices = load_choices(result_folder, dataset, bits, methods)
+    methods = list(next(iter(choices.values())))
     path = best_path(result_folder, dataset)
-    rows = {(int(r["bits"]), int(r["step"])): r for r in read_results(path, BEST_COLUMNS).to_dict("records")} if path.exists() else {}
+    stored = read_results(path, BEST).reindex(columns=list(BEST_COLUMNS)) if path.exists() else pd.DataFrame()
+    rows = {(int(r["bits"]), int(r["step"])): r for r in stored.to_dict("records")}
     for (b, step), row in rows.items():
         for m in methods:
             stored = row[f"best_hyperparameter_id_{m}"]
@@ -192,6 +206,6 @@ def run_best_settings(
                         float(splits.y_scaler.mean_[0]), float(splits.y_scaler.scale_[0]), dataset,
                     )
                     save_model(saved, Path(save_models) / f"{dataset}_{b}bits_{m}_run{step}.pt")
-            write_results(pd.DataFrame([rows[key] for key in sorted(rows)]), path, BEST_COLUMNS)
+            write_results(pd.DataFrame([rows[key] for key in sorted(rows)]), path, BEST)
             bar.update()
     return path

@@ -1,47 +1,79 @@
 """The two result-file schemas of SPEC sections 5 and 6, and their safe reading and writing.
 
-Column lists derive from the method registry; the only fixed parts are two quirks of the
-paper's files: they record no training time for ``*-QQ`` in the tuning files, and they list
-the soft-mode losses in the order SQ, SQplus, LLT9, LLT4, Bw-SQ.
+A header is the paper's columns for its thirteen methods, then, per further registered method
+(``models.METHODS``), that method's columns. The paper's part has two quirks: its tuning files
+record no training time for ``*-QQ``, and list the soft-mode losses in the order SQ, SQplus,
+LLT9, LLT4, Bw-SQ. Files written before a method was registered stay readable: its columns are
+absent, which means "not computed".
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Sequence
 
 import pandas as pd
 
 from data.atomic import atomic_write_text
-from models import METHOD_NAMES, METHODS, SETTING_KEYS
+from models import METHOD_NAMES, METHODS, PAPER_METHODS, SETTING_KEYS
 
 from .common import ProtocolError
 
 UNTIMED_IN_TUNING = ("Pr-QQ", "Bw-QQ")
 PAPER_SOFT_ORDER = ("SQ", "SQplus", "LLT9", "LLT4", "Bw-SQ")
+EXTRA_METHODS = tuple(m for m in METHOD_NAMES if m not in PAPER_METHODS)  # registered beyond the paper's
 
 TRAINED = tuple(m for m in METHOD_NAMES if not METHODS[m].post_training)
 SOFT_EVALUATED = tuple(m for m in PAPER_SOFT_ORDER if METHODS[m].soft_eval) + tuple(
     m for m in METHOD_NAMES if METHODS[m].soft_eval and m not in PAPER_SOFT_ORDER
 )
+SPLITS = ("val", "test")
+
+
+@dataclass(frozen=True)
+class Schema:
+    """A result file's header: the paper's columns, then those of each further method."""
+
+    paper_columns: tuple[str, ...]
+    method_columns: Callable[[str], tuple[str, ...]]  # a further method's columns
+
+    def columns(self, extra_methods: Sequence[str] = EXTRA_METHODS) -> tuple[str, ...]:
+        """The header of a file holding the paper's methods and ``extra_methods`` (all registered: the default)."""
+        return self.paper_columns + tuple(c for m in extra_methods for c in self.method_columns(m))
+
+
+def _tuning_method_columns(m: str) -> tuple[str, ...]:
+    trained = () if METHODS[m].post_training else (f"train_loss_{m}", f"time_{m}")
+    soft = tuple(f"{split}_loss_{m}_train" for split in SPLITS) if METHODS[m].soft_eval else ()
+    return (f"val_loss_{m}", f"test_loss_{m}", *trained, *soft)
+
+
+def _paper(methods: Sequence[str]) -> tuple[str, ...]:
+    return tuple(m for m in methods if m in PAPER_METHODS)
+
 
 TUNING_KEYS = ("hyperparameter_setting_id", "kFold_id", "bits", *SETTING_KEYS)
-TUNING_COLUMNS: tuple[str, ...] = (
-    *TUNING_KEYS,
-    *(f"val_loss_{m}" for m in METHOD_NAMES),
-    *(f"test_loss_{m}" for m in METHOD_NAMES),
-    *(f"train_loss_{m}" for m in TRAINED),
-    *(f"time_{m}" for m in TRAINED if m not in UNTIMED_IN_TUNING),
-    *(f"{split}_loss_{m}_train" for m in SOFT_EVALUATED for split in ("val", "test")),
+TUNING = Schema(
+    (
+        *TUNING_KEYS,
+        *(f"{split}_loss_{m}" for split in SPLITS for m in PAPER_METHODS),
+        *(f"train_loss_{m}" for m in _paper(TRAINED)),
+        *(f"time_{m}" for m in _paper(TRAINED) if m not in UNTIMED_IN_TUNING),
+        *(f"{split}_loss_{m}_train" for m in _paper(SOFT_EVALUATED) for split in SPLITS),
+    ),
+    _tuning_method_columns,
 )
-BEST_COLUMNS: tuple[str, ...] = (
-    *(f"best_hyperparameter_id_{m}" for m in METHOD_NAMES),
-    *(f"val_loss_{m}" for m in METHOD_NAMES),
-    *(f"test_loss_{m}" for m in METHOD_NAMES),
-    *(f"time_{m}" for m in METHOD_NAMES),
-    "bits",
-    "step",
+BEST = Schema(
+    (
+        *(f"{prefix}_{m}" for prefix in ("best_hyperparameter_id", "val_loss", "test_loss", "time") for m in PAPER_METHODS),
+        "bits",
+        "step",
+    ),
+    lambda m: tuple(f"{prefix}_{m}" for prefix in ("best_hyperparameter_id", "val_loss", "test_loss", "time")),
 )
+TUNING_COLUMNS, BEST_COLUMNS = TUNING.columns(), BEST.columns()
 INTEGER_COLUMNS = {"hyperparameter_setting_id", "kFold_id", "bits", "step"} | {f"best_hyperparameter_id_{m}" for m in METHOD_NAMES}
 
 
@@ -55,8 +87,11 @@ def best_path(result_folder: str | os.PathLike, dataset: str) -> Path:
     return Path(result_folder) / "best_hyperparameter_multiple" / f"{dataset}_best_hyperparameter_test_multiple.csv"
 
 
-def read_results(path: str | os.PathLike, columns: tuple[str, ...]) -> pd.DataFrame:
-    """Read a result CSV and check that its header is exactly ``columns``."""
+def read_results(path: str | os.PathLike, schema: Schema) -> pd.DataFrame:
+    """Read a result CSV whose header is ``schema``'s for the paper's methods and any further ones.
+
+    The frame has the file's columns; ``has_method`` tells which further methods they cover.
+    """
     try:
         frame = pd.read_csv(path)
     except FileNotFoundError:
@@ -64,6 +99,8 @@ def read_results(path: str | os.PathLike, columns: tuple[str, ...]) -> pd.DataFr
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]  # pandas' messages may span lines
         raise ProtocolError(f"{path} is not a readable CSV ({reason}); move it away or repair it") from None
+    present = [m for m in EXTRA_METHODS if set(schema.method_columns(m)) & set(frame.columns)]
+    columns = schema.columns(present)
     if tuple(frame.columns) != columns:
         missing = [c for c in columns if c not in frame.columns]
         extra = [c for c in frame.columns if c not in columns]
@@ -79,7 +116,14 @@ def read_results(path: str | os.PathLike, columns: tuple[str, ...]) -> pd.DataFr
     return frame
 
 
-def write_results(frame: pd.DataFrame, path: str | os.PathLike, columns: tuple[str, ...]) -> None:
-    """Write ``frame`` with exactly ``columns``, atomically, so a kill never leaves half a file."""
-    frame = frame.loc[:, list(columns)].astype({c: "Int64" for c in columns if c in INTEGER_COLUMNS})
+def has_method(frame: pd.DataFrame, method: str) -> bool:
+    """Whether a result frame has ``method``'s columns (a file written before it was registered has not)."""
+    return f"test_loss_{method}" in frame.columns
+
+
+def write_results(frame: pd.DataFrame, path: str | os.PathLike, schema: Schema) -> None:
+    """Write ``frame`` with the header of all registered methods (absent ones empty), atomically,
+    so a kill never leaves half a file."""
+    columns = schema.columns()
+    frame = frame.reindex(columns=list(columns)).astype({c: "Int64" for c in columns if c in INTEGER_COLUMNS})
     atomic_write_text(path, frame.to_csv(index=False, lineterminator="\n"))

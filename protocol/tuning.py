@@ -24,7 +24,7 @@ from models import METHOD_NAMES, SETTING_KEYS, MethodResult, Setting, run_method
 from quantization import check_bits
 
 from .common import BASE_SEED, ProtocolError
-from .schema import SOFT_EVALUATED, TRAINED, TUNING_COLUMNS, UNTIMED_IN_TUNING, read_results, tuning_path, write_results
+from .schema import EXTRA_METHODS, SOFT_EVALUATED, TRAINED, TUNING, TUNING_COLUMNS, UNTIMED_IN_TUNING, has_method, read_results, tuning_path, write_results
 from .search_space import draw_settings, paper_search_space
 from .study import (
     HEARTBEAT_SECONDS,
@@ -84,6 +84,8 @@ class TuningPlan:
         """The plan's optuna study, named after everything that shapes its rows."""
         digest = hashlib.sha256(json.dumps(self.space, sort_keys=True).encode()).hexdigest()[:8]
         name = f"{self.dataset}-{self.bits}bits-{self.n_steps}steps-{self.k_folds}folds-{self.sampler}-{self.objective}-space{digest}"
+        if EXTRA_METHODS:  # rows with further methods form another study than the paper's methods alone
+            name += "-with-" + "+".join(EXTRA_METHODS)
         initial = tuple(self.setting_values(s) for s in self.settings.index) if self.sampler == "paper" else ()
         return StudySpec(name, self.space, self.k_folds, self.n_steps, self.sampler, initial)
 
@@ -130,7 +132,13 @@ def finished_rows(plan: TuningPlan) -> list[Row]:
     """Rows already in the plan's CSV, after checking that they belong to this plan."""
     if not plan.path.exists():
         return []
-    frame = read_results(plan.path, TUNING_COLUMNS)
+    frame = read_results(plan.path, TUNING)
+    absent = [m for m in EXTRA_METHODS if not has_method(frame, m)]
+    if absent:
+        raise ProtocolError(
+            f"{plan.path} was written without the method(s) {', '.join(absent)}, and every tuning row holds all "
+            "registered methods; tune into another --result_folder"
+        )
     planned = set(plan.rows())
     for record in frame.to_dict("records"):
         key = (record["hyperparameter_setting_id"], record["kFold_id"])
@@ -164,7 +172,7 @@ def open_tuning(plan: TuningPlan, storage: str | None = None, heartbeat: int = H
 def export_csv(plan: TuningPlan, tuning: TuningStudy) -> int:
     """Rewrite the plan's CSV atomically from the study; returns its number of rows."""
     rows = stored_rows(tuning)
-    write_results(pd.DataFrame(rows, columns=list(TUNING_COLUMNS)), plan.path, TUNING_COLUMNS)
+    write_results(pd.DataFrame(rows, columns=list(TUNING_COLUMNS)), plan.path, TUNING)
     return len(rows)
 
 
@@ -231,7 +239,7 @@ def run_tuning(
 
 def _check_foreign_export(plan: TuningPlan, tuning: TuningStudy) -> None:
     """Refuse to overwrite a sampler's CSV with rows that its (empty) study does not hold."""
-    if plan.sampler != "paper" and plan.path.exists() and len(read_results(plan.path, TUNING_COLUMNS)) and not stored_rows(tuning):
+    if plan.sampler != "paper" and plan.path.exists() and len(read_results(plan.path, TUNING)) and not stored_rows(tuning):
         raise ProtocolError(f"{plan.path} exists but {tuning.storage.label} holds none of its rows; move it away or pass the --storage it was made with")
 
 

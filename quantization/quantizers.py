@@ -259,7 +259,12 @@ SoftFunction = tuple[type[torch.autograd.Function], tuple]  # a fused Function a
 
 
 class Quantizer(nn.Module):
-    """Base class: hard ``decode(encode(x))`` in hard mode, ``soft(x)`` otherwise."""
+    """Base class: hard ``decode(encode(x))`` in hard mode, ``soft(x)`` otherwise.
+
+    A subclass implements ``encode`` and ``decode``, and for training either ``soft`` (plain
+    autograd) or ``soft_function`` (a fused autograd Function, whose backward the training loop
+    also calls by hand).
+    """
 
     def __init__(self, bits: int, n_features: int) -> None:
         super().__init__()
@@ -274,19 +279,22 @@ class Quantizer(nn.Module):
         return self.n_features
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Standardized features [n, d] -> int64 indices [n, d] in ``0..2**bits - 1``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement encode")
 
     def decode(self, index: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Indices [n, d] -> the network input [n, out_features]."""
+        raise NotImplementedError(f"{type(self).__name__} must implement decode")
 
     def soft_function(self, x: torch.Tensor) -> SoftFunction | None:
         """The fused autograd Function computing ``soft(x)`` and its arguments, or None."""
         return None
 
     def soft(self, x: torch.Tensor) -> torch.Tensor:
+        """The differentiable training surrogate [n, d] -> [n, out_features]."""
         call = self.soft_function(x)
         if call is None:
-            raise NotImplementedError
+            raise NotImplementedError(f"{type(self).__name__} must implement soft or soft_function")
         function, arguments = call
         return function.apply(*arguments)
 
@@ -390,9 +398,7 @@ class ThresholdQuantizer(Quantizer):
     def _read(self, steps: torch.Tensor) -> torch.Tensor:  # hard steps [n, d, M] -> [n, out_features]
         if self.readout == "thermometer":
             return steps.flatten(1)
-        if self.readout == "index":
-            return steps.sum(dim=-1)
-        values = self.interval_values
+        values = self.interval_values  # "values"; "index" and "midpoint" decode without steps
         return values[:, 0] + (steps * values.diff(dim=-1)).sum(dim=-1)
 
 

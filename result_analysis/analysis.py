@@ -3,10 +3,12 @@
 Input: one ``{dataset}_best_hyperparameter_test_multiple.csv`` per dataset (SPEC section 6),
 one row per (bits, run), for the paper's datasets by default or any dataset of the registry
 (``data.datasets.DATASETS``). The analysis reads the columns ``bits``, ``step`` and
-``test_loss_<m>`` for all thirteen methods; the other columns are not needed and not checked.
+``test_loss_<m>`` for the paper's thirteen methods, and for any further registered method
+whose column a file has; the other columns are not needed and not checked.
 
 Missing values: an empty ``test_loss_<m>`` cell means that method or run was not computed
-(``best_hyperparameter_testing_multiple.py --methods ...``, or a method with fewer runs). It is
+(``best_hyperparameter_testing_multiple.py --methods ...``, or a method with fewer runs), and so
+does a further method's absent column. It is
 read as NaN and left out: means, marks and the relative row use the present values only, a method
 without any value for a (dataset, bits) is an empty cell (CSV: empty, LaTeX and Markdown: ``–``),
 the confidence table has no row for it, and the figures leave it out. Any other non-numeric
@@ -25,7 +27,7 @@ booktabs rules, one ``\\multirow`` per dataset, three decimals) and ``.md`` (pan
   widths where both are present of ``100 * loss_m(b) / loss_Bw-SQ(b)``: 100 for Bw-SQ, above 100
   where a method is worse on average, ``–`` (n/a) where no such bit width exists (always when
   Bw-SQ is absent). That row has one decimal and no marks.
-- ``confidence``: per dataset, bits and method (all thirteen), the number ``n`` of runs with a
+- ``confidence``: per dataset, bits and method (all registered), the number ``n`` of runs with a
   test loss, the mean test loss, its standard error (std with ddof=1 over sqrt(n)) and the 95 %
   t-interval ``mean ± t_{0.975, n-1} * sem`` (NaN where n = 1); combinations with n = 0 have no
   row. Long format; the LaTeX file is a longtable.
@@ -43,7 +45,7 @@ from scipy import stats
 
 from data.atomic import atomic_write_text
 from data.datasets import DATASETS, PAPER_DATASETS
-from models.methods import METHOD_NAMES
+from models.methods import METHOD_NAMES, PAPER_METHODS
 
 TABLE2_METHODS: tuple[str, ...] = ("FP", "Pr-MQ", "Pr-QQ", "LLT4", "LLT9", "LSQ", "Bw-SQ")
 ABLATION_METHODS: tuple[str, ...] = ("SQ", "Bw-MQ", "Bw-QQ", "Bw-SQ")
@@ -86,11 +88,14 @@ def check_out_dir(out_dir: Path) -> None:
         )
 
 
-def read_result_file(path: Path, columns: Sequence[str], allow_empty: bool = False) -> pd.DataFrame:
+def read_result_file(
+    path: Path, columns: Sequence[str], allow_empty: bool = False, optional: Sequence[str] = ()
+) -> pd.DataFrame:
     """Read and validate a result file; return bits, step (integers) and the given numeric columns.
 
     With allow_empty, an empty cell of the given columns becomes NaN (a method that was not run);
     any other non-numeric value, and any empty bits or step, is an error naming column and line.
+    ``optional`` columns are read like ``columns`` where the file has them, else they are all NaN.
     """
     path = Path(path)
     if not path.is_file():
@@ -101,6 +106,8 @@ def read_result_file(path: Path, columns: Sequence[str], allow_empty: bool = Fal
         raise ResultFileError(f"{path} is empty.") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise ResultFileError(f"{path} is not a readable CSV file ({exc}).") from None
+    absent_optional = [c for c in optional if c not in raw.columns]
+    columns = [*columns, *(c for c in optional if c in raw.columns)]
     needed = [*KEY_COLUMNS, *columns]
     missing = [c for c in needed if c not in raw.columns]
     if missing:
@@ -124,7 +131,14 @@ def read_result_file(path: Path, columns: Sequence[str], allow_empty: bool = Fal
         data[column] = data[column].astype(int)
     if data.duplicated(list(KEY_COLUMNS)).any():
         raise ResultFileError(f"{path} has more than one row for the same (bits, step).")
-    return data
+    return data.assign(**{c: np.nan for c in absent_optional})
+
+
+def loss_columns(methods: Sequence[str], prefixes: Sequence[str] = ("test_loss",)) -> tuple[list[str], list[str]]:
+    """The columns of ``methods`` with these prefixes: those every file has (the paper's methods), and
+    those of further registered methods, which files written before them lack."""
+    columns = [(f"{prefix}_{m}", m in PAPER_METHODS) for m in methods for prefix in prefixes]
+    return [c for c, paper in columns if paper], [c for c, paper in columns if not paper]
 
 
 def load_results(
@@ -142,8 +156,8 @@ def load_results(
     if unknown:
         raise ValueError(f"unknown dataset(s) {', '.join(unknown)}; known: {', '.join(KNOWN_DATASETS)}")
     order = [d for d in KNOWN_DATASETS if d in datasets]
-    losses = [f"test_loss_{m}" for m in METHOD_NAMES]
-    frames = {d: read_result_file(result_file(results_dir, d), losses, allow_empty=True)
+    losses, further_losses = loss_columns(METHOD_NAMES)
+    frames = {d: read_result_file(result_file(results_dir, d), losses, allow_empty=True, optional=further_losses)
               for d in order if result_file(results_dir, d).is_file()}
     missing = [d for d in order if d not in frames]
     if not frames:

@@ -27,7 +27,7 @@ if __package__ in (None, ""):
 
 from data.atomic import atomic_write_text  # noqa: E402
 from models.methods import METHOD_NAMES  # noqa: E402
-from result_analysis.analysis import BIT_RANGE, ResultFileError, exit_status, read_result_file  # noqa: E402
+from result_analysis.analysis import BIT_RANGE, ResultFileError, exit_status, loss_columns, read_result_file  # noqa: E402
 
 COLUMNS: tuple[str, ...] = (
     "method", "bits", "n_ours", "mean_ours", "std_ours", "n_theirs", "mean_theirs", "std_theirs",
@@ -48,11 +48,11 @@ def _check_methods(methods: Sequence[str] | None) -> list[str]:
 def read_runs(path: Path, methods: Sequence[str] | None = None) -> pd.DataFrame:
     """Read and validate a best-setting file; return bits, step and the methods' id and test-loss columns.
 
-    Empty cells become NaN (a method that was not run); any other non-numeric value is an error.
+    Empty cells become NaN (a method that was not run), and so do the columns of a further
+    registered method that the file lacks; any other non-numeric value is an error.
     """
-    columns = [f"{prefix}_{m}" for m in _check_methods(methods)
-               for prefix in ("best_hyperparameter_id", "test_loss")]
-    return read_result_file(path, columns, allow_empty=True)
+    columns, further = loss_columns(_check_methods(methods), ("best_hyperparameter_id", "test_loss"))
+    return read_result_file(path, columns, allow_empty=True, optional=further)
 
 
 def _welch(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
