@@ -310,7 +310,7 @@ def _pid_alive(pid: int) -> bool:
 
 @contextmanager
 def working(claim: Claim) -> Iterator[None]:
-    """Beat the claim's heartbeat from a thread while the block runs; on any exit fail the trial."""
+    """Beat the claim's heartbeat from a thread while the block runs; if the block raises, fail the trial."""
     stop = threading.Event()
     thread = threading.Thread(target=_beat, args=(claim, stop), daemon=True)
     thread.start()

@@ -1,10 +1,11 @@
 """The paper's figures from the best-setting result files (SPEC section 8).
 
 - Figure 4 (``lineplot``): one subplot per dataset, mean test MSE over the runs against bits,
-  one line per method (FP dashed, Bw-SQ thicker), one legend for the figure.
+  one line per method of ``methods`` (by default Table 2's; FP dashed, Bw-SQ thicker), one
+  legend for the figure.
 - Figure 6 (``boxplot_{b}bits``): per bit width, one subplot per dataset with a box plot of the
-  per-run test MSEs of every method, the single runs as points on top, and a dashed
-  horizontal line at the FP median (where FP has runs).
+  per-run test MSEs of each method of ``methods``, the single runs as points on top, and a
+  dashed horizontal line at the FP median (where FP has runs).
 
 Methods without a test loss (empty cells: not computed) are left out: a line only joins the bit
 widths a method has, and a subplot has boxes only for the methods with runs there. Every figure
@@ -14,6 +15,7 @@ is written as PNG and PDF; axis limits follow the data.
 from __future__ import annotations
 
 import io
+import itertools
 import math
 import warnings
 from collections.abc import Sequence
@@ -37,9 +39,10 @@ DPI = 150
 
 
 def method_colors(methods: Sequence[str]) -> dict[str, tuple[float, float, float]]:
-    """A colour per method: FP grey, Bw-SQ vermillion, the others from the colorblind palette."""
+    """A colour per method: FP grey, Bw-SQ vermillion, the others from the colorblind palette
+    (nine colours, repeated for more methods)."""
     palette = sns.color_palette("colorblind")
-    others = iter(palette[i] for i in (0, 9, 2, 5, 4, 1, 7, 8, 6))
+    others = itertools.cycle(palette[i] for i in (0, 9, 2, 5, 4, 1, 7, 8, 6))
     special = {"FP": (0.45, 0.45, 0.45), REFERENCE_METHOD: palette[3]}
     return {m: special[m] if m in special else next(others) for m in methods}
 
@@ -60,14 +63,14 @@ def dataset_axes(datasets: Sequence[str], width: float, height: float) -> tuple[
 
 
 def plot_lines(long: pd.DataFrame, methods: Sequence[str] = TABLE2_METHODS) -> Figure:
-    """Figure 4: per dataset the mean test MSE against bits, one line per method with test losses there."""
+    """Figure 4: per dataset the mean test MSE against bits, one line per method of ``methods`` with test losses there."""
     means = (long[long["method"].isin(methods)].dropna(subset=["test_loss"])
              .groupby(["dataset", "method", "bits"], observed=True)["test_loss"].mean())
     datasets = list(long["dataset"].cat.categories)
     colors = method_colors(methods)
     fig, axes = dataset_axes(datasets, 3.8, 2.9)
     for ax, dataset in zip(axes, datasets):
-        for method, marker in zip(methods, MARKERS):
+        for method, marker in zip(methods, itertools.cycle(MARKERS)):
             if (dataset, method) not in means.index:
                 continue
             series = means.loc[(dataset, method)]
@@ -95,7 +98,7 @@ def legend_handles(axes: Sequence[Axes], methods: Sequence[str]) -> dict[str, Ar
 
 
 def plot_boxes(long: pd.DataFrame, bits: int, methods: Sequence[str] = TABLE2_METHODS) -> Figure:
-    """Figure 6 for one bit width: per dataset box plots of the per-run test MSE of every method with runs."""
+    """Figure 6 for one bit width: per dataset box plots of the per-run test MSE of each method of ``methods`` with runs."""
     sub = (long[(long["bits"] == bits) & long["method"].isin(methods)]
            .dropna(subset=["test_loss"]).astype({"method": str}))
     datasets = list(long["dataset"].cat.categories)

@@ -205,6 +205,20 @@ def test_lineplot_figure(paper_frames):
 
 
 @needs_paper
+def test_lineplot_of_all_methods(paper_frames):
+    # more methods than the palette's nine colours (and, with a fourteenth, than the thirteen markers)
+    colors = plots.method_colors([*METHOD_NAMES, "a fourteenth"])
+    assert len(colors) == 14 and colors["FP"] == (0.45, 0.45, 0.45)
+    fig = plots.plot_lines(analysis.long_losses(paper_frames), METHOD_NAMES)
+    try:
+        labels = [line.get_label() for line in fig.axes[0].get_lines()]
+        assert labels == list(METHOD_NAMES)
+        assert len({line.get_marker() for line in fig.axes[0].get_lines()}) == 13
+    finally:
+        plots.plt.close(fig)
+
+
+@needs_paper
 def test_boxplot_figure(paper_frames):
     long = analysis.long_losses(paper_frames)
     fig = plots.plot_boxes(long, 3)
