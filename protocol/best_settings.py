@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -12,9 +13,10 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import torch
+from filelock import FileLock
 from tqdm.auto import tqdm
 
-from data import load_dataset
+from data import Dataset, load_dataset
 from data.splits import holdout_split
 from models import METHOD_NAMES, SETTING_KEYS, SavedModel, Setting, get_method, run_methods, save_model
 
@@ -128,6 +130,38 @@ def _empty_row(bits: int, step: int) -> dict[str, object]:
     return {**{c: np.nan for c in BEST_COLUMNS}, "bits": bits, "step": step}
 
 
+def stored_runs(path: Path, choices: dict[int, dict[str, Choice]]) -> dict[tuple[int, int], dict[str, object]]:
+    """The output's rows by (bits, run) as they are now, checked against the choices: a method's
+    stored runs must come from the setting, and the validation loss, that the tuning selects now."""
+    if not path.exists():
+        return {}
+    frame = read_results(path, BEST).reindex(columns=list(BEST_COLUMNS))
+    rows = {(int(r["bits"]), int(r["step"])): r for r in frame.to_dict("records")}
+    for (b, _), row in rows.items():
+        for m, choice in choices.get(b, {}).items():
+            setting_id, val_loss = row[f"best_hyperparameter_id_{m}"], row[f"val_loss_{m}"]
+            if pd.isna(setting_id):
+                continue
+            if int(setting_id) != choice.setting_id or not np.isclose(val_loss, choice.val_loss, rtol=1e-9, atol=0):
+                raise ProtocolError(
+                    f"{path} was computed with setting {setting_id} (validation loss {val_loss:.6g}) for {m} at {b} bits, "
+                    f"but the tuning now selects setting {choice.setting_id} (validation loss {choice.val_loss:.6g}); "
+                    "move it away to rerun"
+                )
+    return rows
+
+
+def _check_writable(folder: Path) -> None:
+    """Create ``folder`` and write a scratch file there: a folder that cannot take the output fails now, not after training."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=folder):
+        pass
+
+
+def _model_path(save_models: str | os.PathLike, dataset: str, bits: int, method: str, step: int) -> Path:
+    return Path(save_models) / f"{dataset}_{bits}bits_{method}_run{step}.pt"
+
+
 def run_best_settings(
     dataset: str,
     result_folder: str | os.PathLike,
@@ -143,7 +177,9 @@ def run_best_settings(
 
     Run ``s`` splits with ``random_state = 42 + s`` and seeds every network with ``42 + s``.
     ``methods`` defaults to every method of the tuning files. A row already in the output keeps
-    its methods; only missing ones are computed.
+    its methods; only missing ones are computed. Several runs may share the output (other bits
+    or methods, or the same command twice): each run's results are merged into the file as it
+    is then, under a lock, and work another run has finished meanwhile is skipped.
     """
     for m in methods or ():
         get_method(m)
@@ -152,60 +188,66 @@ def run_best_settings(
     choices = load_choices(result_folder, dataset, bits, methods)
     methods = list(next(iter(choices.values())))
     path = best_path(result_folder, dataset)
-    stored = read_results(path, BEST).reindex(columns=list(BEST_COLUMNS)) if path.exists() else pd.DataFrame()
-    rows = {(int(r["bits"]), int(r["step"])): r for r in stored.to_dict("records")}
-    for (b, step), row in rows.items():
-        for m in methods:
-            stored = row[f"best_hyperparameter_id_{m}"]
-            if b in choices and not pd.isna(stored) and int(stored) != choices[b][m].setting_id:
-                raise ProtocolError(f"{path} was computed with setting {stored} for {m} at {b} bits, but the tuning now selects {choices[b][m].setting_id}; move it away to rerun")
 
-    def missing(b: int, step: int) -> list[str]:
+    def missing(rows: dict[tuple[int, int], dict[str, object]], b: int, step: int) -> list[str]:
         row = rows.get((b, step))
         return [m for m in methods if row is None or pd.isna(row[f"test_loss_{m}"])]
 
-    todo = [(b, s) for b in choices for s in range(n_steps) if missing(b, s)]
+    rows = stored_runs(path, choices)
+    todo = [(b, s) for b in choices for s in range(n_steps) if missing(rows, b, s)]
     if save_models is not None:
-        Path(save_models).mkdir(parents=True, exist_ok=True)  # a bad folder fails now, not after the first run
-        done = sum(len(methods) - len(missing(b, s)) for b in choices for s in range(n_steps))
-        if done:
-            print(f"note: {done} of the requested (bits, run, method) results are already in {path} and are not "
-                  f"trained again, so --save_models saves no model for them; move {path} away to train and save them",
-                  file=sys.stderr)
+        _check_writable(Path(save_models))
+        unsaved = sum(not _model_path(save_models, dataset, b, m, s).exists()
+                      for b in choices for s in range(n_steps) for m in methods if m not in missing(rows, b, s))
+        if unsaved:
+            print(f"note: {unsaved} of the requested (bits, run, method) results are already in {path} without a model "
+                  f"in {save_models}; they are not trained again, so no model is saved for them (move {path} away "
+                  "to train and save them)", file=sys.stderr)
     if not todo:
         return path
+    _check_writable(path.parent)
     data = load_dataset(dataset, scratch)
     total = len(choices) * n_steps
     with tqdm(total=total, initial=total - len(todo), desc=f"{dataset} best settings", unit="run", disable=not progress) as bar:
         for b, step in todo:
-            names = missing(b, step)
-            splits = holdout_split(data.x, data.y, seed=BASE_SEED + step)
-            parts = splits.tensors(device)
-            results = run_methods(
-                names,
-                {m: choices[b][m].setting for m in names},
-                parts["train"],
-                {"test": parts["test"]},
-                b,
-                BASE_SEED + step,
-                on_method=lambda m: bar.set_postfix_str(f"{b} bits run {step} {m}"),
-            )
-            row = rows.setdefault((b, step), _empty_row(b, step))
-            for m, result in results.items():
-                row.update({
-                    f"best_hyperparameter_id_{m}": choices[b][m].setting_id,
-                    f"val_loss_{m}": choices[b][m].val_loss,
-                    f"test_loss_{m}": result.losses["test"],
-                    f"time_{m}": result.seconds,
-                })
-                if save_models is not None:
-                    assert result.model is not None
-                    saved = SavedModel(
-                        result.model.cpu(), m, b, choices[b][m].setting, data.feature_names,
-                        splits.x_scaler.mean_, splits.x_scaler.scale_,
-                        float(splits.y_scaler.mean_[0]), float(splits.y_scaler.scale_[0]), dataset,
-                    )
-                    save_model(saved, Path(save_models) / f"{dataset}_{b}bits_{m}_run{step}.pt")
-            write_results(pd.DataFrame([rows[key] for key in sorted(rows)]), path, BEST)
+            names = missing(stored_runs(path, choices), b, step)  # another run may have done them meanwhile
+            if names:
+                _rerun(dataset, data, b, step, names, choices, path, device, save_models, bar)
             bar.update()
     return path
+
+
+def _rerun(dataset: str, data: Dataset, b: int, step: int, names: list[str], choices: dict[int, dict[str, Choice]],
+           path: Path, device: torch.device | str, save_models: str | os.PathLike | None, bar: tqdm) -> None:
+    """Train run ``step`` of the methods ``names`` at ``b`` bits and merge their results into the output."""
+    splits = holdout_split(data.x, data.y, seed=BASE_SEED + step)
+    parts = splits.tensors(device)
+    results = run_methods(
+        names,
+        {m: choices[b][m].setting for m in names},
+        parts["train"],
+        {"test": parts["test"]},
+        b,
+        BASE_SEED + step,
+        on_method=lambda m: bar.set_postfix_str(f"{b} bits run {step} {m}"),
+    )
+    if save_models is not None:
+        for m, result in results.items():
+            assert result.model is not None
+            saved = SavedModel(
+                result.model.cpu(), m, b, choices[b][m].setting, data.feature_names,
+                splits.x_scaler.mean_, splits.x_scaler.scale_,
+                float(splits.y_scaler.mean_[0]), float(splits.y_scaler.scale_[0]), dataset,
+            )
+            save_model(saved, _model_path(save_models, dataset, b, m, step))
+    with FileLock(path.with_name(f".{path.name}.lock")):
+        rows = stored_runs(path, choices)
+        row = rows.setdefault((b, step), _empty_row(b, step))
+        for m, result in results.items():
+            row.update({
+                f"best_hyperparameter_id_{m}": choices[b][m].setting_id,
+                f"val_loss_{m}": choices[b][m].val_loss,
+                f"test_loss_{m}": result.losses["test"],
+                f"time_{m}": result.seconds,
+            })
+        write_results(pd.DataFrame([rows[key] for key in sorted(rows)]), path, BEST)

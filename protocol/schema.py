@@ -9,6 +9,7 @@ absent, which means "not computed".
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,7 +75,8 @@ BEST = Schema(
     lambda m: tuple(f"{prefix}_{m}" for prefix in ("best_hyperparameter_id", "val_loss", "test_loss", "time")),
 )
 TUNING_COLUMNS, BEST_COLUMNS = TUNING.columns(), BEST.columns()
-INTEGER_COLUMNS = {"hyperparameter_setting_id", "kFold_id", "bits", "step"} | {f"best_hyperparameter_id_{m}" for m in METHOD_NAMES}
+KEY_COLUMNS = ("hyperparameter_setting_id", "kFold_id", "bits", "step")  # what identifies a row (never empty)
+INTEGER_COLUMNS = {*KEY_COLUMNS} | {f"best_hyperparameter_id_{m}" for m in METHOD_NAMES}
 
 
 def tuning_path(result_folder: str | os.PathLike, dataset: str, bits: int, iterations: int) -> Path:
@@ -93,12 +95,15 @@ def read_results(path: str | os.PathLike, schema: Schema) -> pd.DataFrame:
     The frame has the file's columns; ``has_method`` tells which further methods they cover.
     """
     try:
-        frame = pd.read_csv(path)
+        content = Path(path).read_bytes()
+        frame = pd.read_csv(io.BytesIO(content))
     except FileNotFoundError:
         raise ProtocolError(f"{path} does not exist") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]  # pandas' messages may span lines
         raise ProtocolError(f"{path} is not a readable CSV ({reason}); move it away or repair it") from None
+    if not content.endswith(b"\n"):  # every file written here ends with one; a cut-off copy does not
+        raise ProtocolError(f"{path} ends in an incomplete line (a copy or write cut short); move it away or repair it")
     present = [m for m in EXTRA_METHODS if set(schema.method_columns(m)) & set(frame.columns)]
     columns = schema.columns(present)
     if tuple(frame.columns) != columns:
@@ -111,8 +116,14 @@ def read_results(path: str | os.PathLike, schema: Schema) -> pd.DataFrame:
     for column in frame.columns:
         if column in INTEGER_COLUMNS:
             frame[column] = frame[column].astype("Int64")
+        elif frame.empty:
+            frame[column] = frame[column].astype(float)  # a header alone reads as text columns
         elif not pd.api.types.is_numeric_dtype(frame[column]):
             raise ProtocolError(f"{path} has non-numeric values in column {column}; move it away or repair it")
+    for column in (c for c in KEY_COLUMNS if c in frame.columns):
+        empty = frame[column].isna().to_numpy().nonzero()[0]
+        if empty.size:
+            raise ProtocolError(f"{path} has no {column} on line {empty[0] + 2}; move it away or repair it")
     return frame
 
 

@@ -17,6 +17,7 @@ import pytest
 import best_hyperparameter_testing_multiple as best_script
 import hyperparameter_tuning as tuning_script
 from models import METHOD_NAMES, SETTING_KEYS
+from protocol import best_settings
 from protocol.best_settings import load_choices, planned_folds, run_best_settings, select_best
 from protocol.common import ProtocolError
 from protocol.schema import BEST_COLUMNS
@@ -225,6 +226,62 @@ def test_save_models_names_the_runs_it_does_not_train_again(debug_results: Path,
     path = run_best_settings("wine_quality", tmp_path, save_models=tmp_path / "again", **run)
     assert list((tmp_path / "again").glob("*.pt")) == []
     assert f"1 of the requested (bits, run, method) results are already in {path}" in capsys.readouterr().err
+
+
+def test_runs_sharing_the_output_merge(debug_results: Path, shared_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """A run for LSQ finishes while one for FP trains (as another job would): both land in the file."""
+    copy_tuning(debug_results, tmp_path)
+    run = dict(n_steps=1, scratch=shared_dir / "datasets", progress=False)
+    train = best_settings.run_methods
+    others = []
+
+    def train_while_another_run_writes(names, *args, **kwargs):
+        if names == ["FP"] and not others:
+            others.append(run_best_settings("wine_quality", tmp_path, methods=["LSQ"], **run))
+        return train(names, *args, **kwargs)
+
+    monkeypatch.setattr(best_settings, "run_methods", train_while_another_run_writes)
+    path = run_best_settings("wine_quality", tmp_path, methods=["FP"], **run)
+    assert others == [path]
+    merged = pd.read_csv(path)
+    assert len(merged) == 1 and merged[["test_loss_FP", "test_loss_LSQ"]].notna().all(axis=None)
+    # a run that finds its work done by another run trains nothing
+    monkeypatch.setattr(best_settings, "run_methods", None)
+    assert run_best_settings("wine_quality", tmp_path, methods=["LSQ", "FP"], **run) == path
+
+
+def test_runs_from_another_tuning_are_refused(debug_results: Path, shared_dir: Path, tmp_path: Path) -> None:
+    copy_tuning(debug_results, tmp_path)
+    run = dict(methods=["FP"], scratch=shared_dir / "datasets", progress=False)
+    path = run_best_settings("wine_quality", tmp_path, n_steps=1, **run)
+    frame = pd.read_csv(path)
+    frame["val_loss_FP"] *= 1.5  # same setting id, but another tuning file's mean validation loss
+    frame.to_csv(path, index=False)
+    with pytest.raises(ProtocolError, match="computed with setting 0 .*validation loss .* for FP at 3 bits, but the tuning now selects setting 0"):
+        run_best_settings("wine_quality", tmp_path, n_steps=2, **run)
+
+
+def test_cut_off_and_header_only_files(debug_results: Path, shared_dir: Path, tmp_path: Path) -> None:
+    tuning = copy_tuning(debug_results, tmp_path)
+    content = tuning.read_bytes()
+    tuning.write_bytes(content[: len(content) - 100])  # the last row cut off mid-line
+    with pytest.raises(ProtocolError, match="ends in an incomplete line"):
+        run_tuning(plan_tuning("wine_quality", 3, 2, tmp_path, debug=True), shared_dir / "datasets", progress=False)
+    with pytest.raises(ProtocolError, match="ends in an incomplete line"):
+        load_choices(tmp_path, "wine_quality", None)
+    lines = content.splitlines(keepends=True)
+    tuning.write_bytes(lines[0] + b"," + lines[1].split(b",", 1)[1])  # a row without its setting id
+    with pytest.raises(ProtocolError, match="has no hyperparameter_setting_id on line 2"):
+        load_choices(tmp_path, "wine_quality", None)
+    tuning.write_bytes(lines[0])  # the header alone, as --export_csv writes it before any row
+    with pytest.raises(ProtocolError, match="has no rows yet"):
+        load_choices(tmp_path, "wine_quality", None)
+    run_tuning(plan_tuning("wine_quality", 3, 2, tmp_path, debug=True), shared_dir / "datasets", progress=False)
+    assert len(pd.read_csv(tuning)) == 4
+    best = run_best_settings("wine_quality", tmp_path, n_steps=1, methods=["FP"], scratch=shared_dir / "datasets", progress=False)
+    best.write_bytes(best.read_bytes()[:-10])
+    with pytest.raises(ProtocolError, match="ends in an incomplete line"):
+        run_best_settings("wine_quality", tmp_path, n_steps=2, methods=["FP"], scratch=shared_dir / "datasets", progress=False)
 
 
 def test_unusable_paths_are_one_sentence(debug_results: Path, shared_dir: Path, tmp_path: Path, capsys) -> None:
