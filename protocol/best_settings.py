@@ -13,7 +13,6 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import torch
-from filelock import FileLock
 from tqdm.auto import tqdm
 
 from data import Dataset, load_dataset
@@ -22,6 +21,7 @@ from models import METHOD_NAMES, SETTING_KEYS, SavedModel, Setting, get_method, 
 
 from .common import BASE_SEED, ProtocolError
 from .schema import BEST, BEST_COLUMNS, TUNING, best_path, has_method, read_results, write_results
+from .study import file_lock
 from .tuning import DEBUG_K_FOLDS, K_FOLDS
 
 _TUNING_NAME = re.compile(r"_hyperparameter_tuning_(\d+)bits_(\d+)iterations\.csv$")
@@ -240,7 +240,7 @@ def _rerun(dataset: str, data: Dataset, b: int, step: int, names: list[str], cho
                 float(splits.y_scaler.mean_[0]), float(splits.y_scaler.scale_[0]), dataset,
             )
             save_model(saved, _model_path(save_models, dataset, b, m, step))
-    with FileLock(path.with_name(f".{path.name}.lock")):
+    with file_lock(str(path)):
         rows = stored_runs(path, choices)
         row = rows.setdefault((b, step), _empty_row(b, step))
         for m, result in results.items():

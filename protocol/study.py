@@ -104,21 +104,39 @@ def open_storage(url: str, create: bool = True) -> Storage:
 
 def _journal(path: Path, create: bool) -> Storage:
     _check_file(path, create)
+    damaged = "" if _ends_in_complete_line(path) else "its last line is incomplete, a write cut short"
     try:
         backend = JournalStorage(JournalFileBackend(str(path)))  # replays the whole journal
     except (ValueError, LookupError, TypeError) as error:  # undecodable bytes, broken JSON, missing fields
+        damaged = type(error).__name__
+    if damaged:  # optuna would append after a cut-off line and so break the journal for good
         raise ProtocolError(
-            f"the storage {path} is not a readable optuna journal ({type(error).__name__}); "
+            f"the storage {path} is not a readable optuna journal ({damaged}); "
             "move it away to start again from the rows in the CSV, or restore it"
-        ) from None
-    return Storage(backend, partial(_file_lock, f"{path}.claim"), f"journal:{path}")
+        )
+    return Storage(backend, partial(file_lock, f"{path}.claim"), f"journal:{path}")
+
+
+def _ends_in_complete_line(path: Path, attempts: int = 3) -> bool:
+    """Whether the file is missing, empty or ends with a newline; a worker appending right now gets a second to finish."""
+    for attempt in range(attempts):
+        try:
+            with path.open("rb") as journal:
+                size = journal.seek(0, os.SEEK_END)
+                if size == 0 or (journal.seek(size - 1) >= 0 and journal.read(1) == b"\n"):
+                    return True
+        except FileNotFoundError:
+            return True
+        if attempt < attempts - 1:
+            time.sleep(0.5)
+    return False
 
 
 def _sqlite(url: str, database: str | None, create: bool) -> Storage:
     if not database or database == ":memory:":
         raise ProtocolError(f"--storage {url} names no file; workers can only share a file, as in sqlite:///PATH")
     _check_file(Path(database), create)
-    lock = partial(_file_lock, f"{database}.claim")
+    lock = partial(file_lock, f"{database}.claim")
     return Storage(_rdb(url, url, lock, connect_args={"timeout": 120}), lock, url)
 
 
@@ -147,8 +165,8 @@ def _rdb(url: str, label: str, lock: Callable[[], ContextManager[None]], **engin
 
 
 @contextmanager
-def _file_lock(path: str) -> Iterator[None]:
-    """A lock file beside a storage file (safe on NFS); one left by a dead worker expires."""
+def file_lock(path: str) -> Iterator[None]:
+    """A lock file ``path + ".lock"`` (safe on NFS); one left by a dead worker expires."""
     lock = JournalFileSymlinkLock(path, grace_period=LOCK_GRACE_SECONDS)
     lock.acquire()
     try:

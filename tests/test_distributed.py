@@ -229,3 +229,26 @@ def test_damaged_journal_is_one_sentence_and_kept(tmp_path: Path) -> None:
     with pytest.raises(ProtocolError, match="is not a readable optuna journal.*move it away"):
         open_tuning(debug_plan(tmp_path), f"journal:{journal}")
     assert journal.read_bytes() == damaged
+
+
+def test_journal_with_a_cut_off_last_line_is_refused_before_any_write(tmp_path: Path) -> None:
+    journal = tmp_path / "cut.journal"
+    open_tuning(debug_plan(tmp_path), f"journal:{journal}")  # a study, one line per operation
+    cut = journal.read_bytes() + b'{"op_code": 5, "worker_id": "w", "trial_id": 0, "us'  # a worker died mid-append
+    journal.write_bytes(cut)
+    with pytest.raises(ProtocolError, match="last line is incomplete.*move it away"):
+        open_tuning(debug_plan(tmp_path), f"journal:{journal}")
+    assert journal.read_bytes() == cut
+
+
+def test_two_tunings_writing_one_csv_are_refused(tmp_path: Path) -> None:
+    # one setting x 4 folds and --debug's 2 settings x 2 folds both write ..._4iterations.csv
+    space = {"weight_decay": [0.0], "learning_rate": [0.001], "hidden_layers": [1], "hidden_neurons": [5],
+             "num_epochs": [10], "decrease_factor": [0.001], "dropout_rate": [0.0]}
+    four_folds = plan_tuning("wine_quality", 3, 1, tmp_path, search_space=space)
+    debug = plan_tuning("wine_quality", 3, 2, tmp_path, debug=True, search_space=space)
+    assert four_folds.path == debug.path
+    open_tuning(four_folds)
+    with pytest.raises(ProtocolError, match="already the CSV of another tuning .*use another --result_folder"):
+        open_tuning(debug)
+    open_tuning(four_folds)  # its own study opens again

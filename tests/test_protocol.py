@@ -284,6 +284,18 @@ def test_cut_off_and_header_only_files(debug_results: Path, shared_dir: Path, tm
         run_best_settings("wine_quality", tmp_path, n_steps=2, methods=["FP"], scratch=shared_dir / "datasets", progress=False)
 
 
+@pytest.mark.parametrize("command", [
+    ["hyperparameter_tuning.py", "--dataset", "fried", "--n_bits", "3", "--list_settings"],
+    ["best_hyperparameter_testing_multiple.py", "--dataset", "fried", "--select_only"],
+])
+def test_ctrl_c_while_the_libraries_load_prints_no_traceback(command: list[str]) -> None:
+    worker = subprocess.Popen([sys.executable, *command], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.3)  # importing torch takes longer
+    worker.send_signal(signal.SIGINT)
+    _, stderr = worker.communicate(timeout=60)
+    assert "Traceback" not in stderr and worker.returncode in (-signal.SIGINT, 130), stderr
+
+
 def test_unusable_paths_are_one_sentence(debug_results: Path, shared_dir: Path, tmp_path: Path, capsys) -> None:
     a_file = tmp_path / "a_file"
     a_file.write_text("not a folder")
