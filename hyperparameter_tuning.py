@@ -1,4 +1,4 @@
-"""Random-search hyperparameter tuning of all 13 methods for one dataset and bit width.
+"""Random-search hyperparameter tuning of every registered method (the paper's 13) for one dataset and bit width.
 
 Writes ``{result_folder}/{dataset}/{dataset}_hyperparameter_tuning_{b}bits_{k*n_steps}iterations.csv``
 (SPEC section 5), one row per (setting, fold). The rows are kept in an optuna study in --storage

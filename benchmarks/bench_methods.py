@@ -1,4 +1,4 @@
-"""Time one tuning row of all 13 methods against the workload's arithmetic floor.
+"""Time one tuning row of all methods (the paper's 13) against the workload's arithmetic floor.
 
 Reference workload (issue 5): Friedman #1 data (``make_friedman1(n_samples=20000, noise=1.0,
 random_state=0)``), 4 bits, 60 % train / 20 % validation / 20 % test rows, an MLP with 3
@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.splits import standardize  # noqa: E402
 from models import METHOD_NAMES, METHODS, QuantizerContext, Setting, build_model, run_methods  # noqa: E402
+from models.training import needs_input_grad  # noqa: E402
 from protocol.common import ProtocolError, resolve_device  # noqa: E402
 
 BITS = 4
@@ -72,8 +73,7 @@ def workload_flops(method: str, setting: Setting, ctx: QuantizerContext, n_train
     model = build_model(METHODS[method], setting, ctx)
     linears = [m for m in model.mlp if isinstance(m, torch.nn.Linear)]
     forward = sum(2 * m.in_features * m.out_features for m in linears)
-    input_grad_needed = model.quantizer is not None and any(p.requires_grad for p in model.quantizer.parameters())
-    first_input_grad = 2 * linears[0].in_features * linears[0].out_features if input_grad_needed else 0
+    first_input_grad = 2 * linears[0].in_features * linears[0].out_features if needs_input_grad(model.quantizer) else 0
     backward = 2 * forward - 2 * linears[0].in_features * linears[0].out_features + first_input_grad
     evaluations = 2 if METHODS[method].soft_eval else 1
     trained = 0 if METHODS[method].post_training else n_train * setting.num_epochs * (forward + backward)
@@ -170,7 +170,7 @@ def print_workload(report: dict, rate: float) -> None:
               f"{m['train_seconds_alone'] / r['train_seconds_alone']:.2f}), "
               f"matmul FLOPs {m['gflop'] / r['gflop']:.2f}")
     floor = report["gflop"] / rate
-    print(f"whole row of 13 methods (grouped as the tuning runs it): {report['seconds']:.3f} s, "
+    print(f"whole row of {len(METHOD_NAMES)} methods (grouped as the tuning runs it): {report['seconds']:.3f} s, "
           f"{report['gflop']:.1f} GFLOP, floor {floor:.3f} s, ratio to floor {report['seconds'] / floor:.2f}")
     if report.get("matmul_seconds") is not None:
         print(f"  of which in matmul operators (one profiled row): {report['matmul_seconds']:.3f} s, "
@@ -208,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"device {device}: 2048x2048 float32 matmul at {rate:.1f} GFLOP/s (before the runs {rate_before:.1f})")
     print_workload(reports[0], rate)
     if args.scaling:
-        print("\nscaling (whole row of 13 methods)")
+        print(f"\nscaling (whole row of {len(METHOD_NAMES)} methods)")
         print(f"{'rows':>6} {'epochs':>6} {'seconds':>8} {'us per sample-epoch':>20} {'ratio to floor':>15}")
         for r in sorted(reports, key=lambda r: (r["epochs"], r["rows"])):
             per = r["seconds"] / (r["rows"] * 0.6 * r["epochs"]) * 1e6

@@ -47,7 +47,7 @@ def estimate(tuning_folder: Path, n_steps: int, gflops: float, overhead: float, 
         info = DATASETS[dataset]
         n_train = int(0.9 * info.n_rows)
         for bits, per_method in load_choices(tuning_folder, dataset, None, REPRODUCED_METHODS).items():
-            networks = {(("FP" if METHODS[m].post_training else m), c.setting) for m, c in per_method.items()}
+            networks = {(METHODS[m].network, c.setting) for m, c in per_method.items()}
             rate, step_seconds = gflops * 1e9 / overhead, step_ms / 1e3
             seconds = sum(training_seconds(m, s, info.n_features, bits, n_train, rate, step_seconds) for m, s in networks)
             minutes.setdefault(dataset, {})[bits] = seconds * n_steps / 60

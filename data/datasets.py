@@ -39,7 +39,7 @@ class DatasetInfo:
     n_rows: int
     n_features: int
     sha256: str | None = None  # of the reference copy in shared/datasets
-    offline_copy: bool = True  # False: the shared bundle has no copy, it must come from OpenML
+    offline_copy: bool = True  # whether the shared bundle has a copy (False: from OpenML, or generated)
     openml_version: int = 1
 
     @property
@@ -56,7 +56,7 @@ DATASETS: dict[str, DatasetInfo] = {
         DatasetInfo("sulfur", 23515, "y1", 10081, 6, "45a077e35df5ba4fd3a146eedda15a17e9d24a64bf792203d8cd00208310c454"),
         DatasetInfo("superconduct", 43174, "critical_temp", 21263, 81, offline_copy=False),
         DatasetInfo("wine_quality", 287, "quality", 6497, 11, "68e07faed4518373ab8bf6ee597e2ba2ea9c3429c738f94969e64a06b5e35a70"),
-        DatasetInfo("friedman1", None, "Y", 40768, 10),
+        DatasetInfo("friedman1", None, "Y", 40768, 10, offline_copy=False),
     ]
 }
 PAPER_DATASETS: tuple[str, ...] = ("california", "fried", "superconduct", "cpu_act", "sulfur", "wine_quality")

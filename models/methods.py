@@ -11,7 +11,7 @@ after the paper's (``protocol.schema``), and still read files written without it
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 
@@ -60,24 +60,32 @@ class Method:
     post_training: bool = False  # quantize the inputs of the trained FP network, train nothing
     soft_eval: bool = False  # also evaluate without rounding (``*_train`` columns)
 
+    @property
+    def network(self) -> str:
+        """The method whose trained network this one evaluates: its own, or FP's after training."""
+        return "FP" if self.post_training else self.name
 
-def _thresholds(kind: str, readout: str, trainable: bool = False) -> Callable[[QuantizerContext], Quantizer]:
-    return lambda ctx: ThresholdQuantizer(getattr(ctx, kind), readout, trainable)
+
+def _threshold_quantizer(
+    thresholds: Literal["quantile", "minmax"], readout: str, trainable: bool = False
+) -> Callable[[QuantizerContext], Quantizer]:
+    """A ThresholdQuantizer factory starting from the context's quantile or min-max thresholds."""
+    return lambda ctx: ThresholdQuantizer(getattr(ctx, thresholds), readout, trainable)
 
 
 METHODS: dict[str, Method] = {
     method.name: method
     for method in [
         Method("FP", None),
-        Method("Po-MQ", _thresholds("minmax", "midpoint"), post_training=True),
-        Method("Po-QQ", _thresholds("quantile", "midpoint"), post_training=True),
-        Method("Pr-MQ", _thresholds("minmax", "midpoint")),
-        Method("Pr-QQ", _thresholds("quantile", "midpoint")),
-        Method("SQ", _thresholds("quantile", "index", trainable=True), soft_eval=True),
-        Method("SQplus", _thresholds("quantile", "values", trainable=True), soft_eval=True),
-        Method("Bw-MQ", _thresholds("minmax", "thermometer")),
-        Method("Bw-QQ", _thresholds("quantile", "thermometer")),
-        Method("Bw-SQ", _thresholds("quantile", "thermometer", trainable=True), soft_eval=True),
+        Method("Po-MQ", _threshold_quantizer("minmax", "midpoint"), post_training=True),
+        Method("Po-QQ", _threshold_quantizer("quantile", "midpoint"), post_training=True),
+        Method("Pr-MQ", _threshold_quantizer("minmax", "midpoint")),
+        Method("Pr-QQ", _threshold_quantizer("quantile", "midpoint")),
+        Method("SQ", _threshold_quantizer("quantile", "index", trainable=True), soft_eval=True),
+        Method("SQplus", _threshold_quantizer("quantile", "values", trainable=True), soft_eval=True),
+        Method("Bw-MQ", _threshold_quantizer("minmax", "thermometer")),
+        Method("Bw-QQ", _threshold_quantizer("quantile", "thermometer")),
+        Method("Bw-SQ", _threshold_quantizer("quantile", "thermometer", trainable=True), soft_eval=True),
         Method("LLT9", lambda ctx: LLTQuantizer(ctx.bits, ctx.n_features, granularity=9), soft_eval=True),
         Method("LLT4", lambda ctx: LLTQuantizer(ctx.bits, ctx.n_features, granularity=4), soft_eval=True),
         Method("LSQ", lambda ctx: LSQQuantizer(ctx.bits, ctx.n_features).init_step(ctx.train_x)),

@@ -234,7 +234,7 @@ def _check_stock_mlp(mlp: nn.Module) -> None:
 def _weight_grad(inputs: torch.Tensor, grad: torch.Tensor, out: torch.Tensor) -> None:  # [G, B, in], [G, B, out] -> [G, in, out]
     """Write ``inputs^T @ grad`` into ``out``.
 
-    For one output (the 128 -> 1 layer) as ``(grad^T @ inputs)^T``, whose product [G, 1, in] is
+    For one output (the H -> 1 output layer) as ``(grad^T @ inputs)^T``, whose product [G, 1, in] is
     ``out`` transposed and contiguous: on CPU a third of the time of the matrix-vector product.
     """
     if grad.shape[-1] == 1:
@@ -250,7 +250,8 @@ def _input_grad(grad: torch.Tensor, weight: torch.Tensor, out: torch.Tensor | No
     return torch.bmm(grad, weight.transpose(1, 2), out=out)
 
 
-def _needs_input_grad(quantizer: nn.Module | None) -> bool:
+def needs_input_grad(quantizer: nn.Module | None) -> bool:
+    """Whether the MLP must hand an input gradient to this quantizer (it has parameters to train)."""
     return quantizer is not None and any(p.requires_grad for p in quantizer.parameters())
 
 
@@ -356,7 +357,7 @@ def train_models(models: Sequence[SplitModel], x: torch.Tensor, y: torch.Tensor,
         raise ValueError(f"expected rows x [n, d] and targets y [n], got {list(x.shape)} and {list(y.shape)}; flatten y with y.view(-1)")
     if not (torch.isfinite(x).all() and torch.isfinite(y).all()):  # one check per run, not per batch
         raise ValueError("the training rows or targets hold NaN or infinite values; drop or impute them before training")
-    needs_grad = [_needs_input_grad(m.quantizer) for m in models]
+    needs_grad = [needs_input_grad(m.quantizer) for m in models]
     order = sorted(range(len(models)), key=lambda g: (models[g].mlp[0].in_features, not needs_grad[g]))
     models = [models[g] for g in order]
     quantizers = [m.quantizer for m in models]
@@ -447,7 +448,7 @@ def run_methods(
     evaluations: Mapping[str, Split],
     bits: int,
     seed: int,
-    on_method: Callable[[str], None] | None = None,
+    on_stack: Callable[[str], None] | None = None,
 ) -> dict[str, MethodResult]:
     """Train and evaluate each named method with its setting on one split of the data.
 
@@ -456,7 +457,7 @@ def run_methods(
     network of its setting, trained once and shared (with FP itself too). Networks of one
     setting train together (:func:`train_models`), in stacks of at most ``STACK_PARAMETERS``
     weights so that the paper's widest settings fit in memory; each network is charged an equal
-    share of its stack's training time. ``on_method(label)`` reports progress.
+    share of its stack's training time. ``on_stack(names)`` is called with the space-separated methods of each stack before it trains.
     """
     names = list(names)
     ctx = QuantizerContext.from_training_rows(train[0], bits)
@@ -468,8 +469,8 @@ def run_methods(
             networks[key] = build_model(METHODS[key[0]], key[1], ctx)
     trained: dict[tuple[str, Setting], tuple[float, float]] = {}  # key -> (train loss, seconds)
     for keys in _stacks(networks):
-        if on_method is not None:
-            on_method(" ".join(key[0] for key in keys))
+        if on_stack is not None:
+            on_stack(" ".join(key[0] for key in keys))
         start = time.perf_counter()
         losses = train_models([networks[key] for key in keys], *train, keys[0][1], seed)
         seconds = (time.perf_counter() - start) / len(keys)
@@ -503,7 +504,7 @@ def _stacks(networks: Mapping[tuple[str, Setting], SplitModel]) -> list[list[tup
 
 def _network_key(name: str, setting: Setting) -> tuple[str, Setting]:
     """The network a method needs: its own, or for post-training methods FP's of that setting."""
-    return ("FP" if METHODS[name].post_training else name, setting)
+    return (METHODS[name].network, setting)
 
 
 def _evaluated(

@@ -229,7 +229,7 @@ def _rerun(dataset: str, data: Dataset, b: int, step: int, names: list[str], cho
         {"test": parts["test"]},
         b,
         BASE_SEED + step,
-        on_method=lambda m: bar.set_postfix_str(f"{b} bits run {step} {m}"),
+        on_stack=lambda methods: bar.set_postfix_str(f"{b} bits run {step} {methods}"),
     )
     if save_models is not None:
         for m, result in results.items():

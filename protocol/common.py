@@ -10,6 +10,7 @@ from typing import Callable, Sequence
 import torch
 
 from data import DatasetError
+from quantization.thresholds import MAX_BITS, MIN_BITS, check_bits
 
 
 BASE_SEED = 42  # the protocol's seeds are offsets from it (SPEC sections 5 and 6)
@@ -44,14 +45,11 @@ def apply_runtime(args: argparse.Namespace) -> torch.device:
 
 
 def parse_bits(text: str) -> int:
-    """argparse type for a bit width in 2..8."""
+    """argparse type for a bit width in 2..8 (``quantization.check_bits``)."""
     try:
-        bits = int(text)
+        return check_bits(int(text))
     except ValueError:
-        bits = None
-    if bits is None or not 2 <= bits <= 8:
-        raise argparse.ArgumentTypeError(f"bits must be an integer from 2 to 8, got {text!r}")
-    return bits
+        raise argparse.ArgumentTypeError(f"bits must be an integer from {MIN_BITS} to {MAX_BITS}, got {text!r}") from None
 
 
 def parse_positive(text: str) -> int:

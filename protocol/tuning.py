@@ -1,4 +1,4 @@
-"""Hyperparameter tuning (SPEC section 5): every (setting, fold) row trains all 13 methods.
+"""Hyperparameter tuning (SPEC section 5): every (setting, fold) row trains every registered method (the paper's 13).
 
 The rows live in an optuna study (:mod:`protocol.study`) that any number of workers share; a
 worker stores each row there as soon as it ends and rewrites the CSV from the study after it.
@@ -55,7 +55,7 @@ class TuningPlan:
 
     dataset: str
     bits: int
-    settings: pd.DataFrame  # the paper's draws: index hyperparameter_setting_id, columns SETTING_KEYS
+    settings: pd.DataFrame  # the paper sampler's draws (other samplers use only their number): index hyperparameter_setting_id, columns SETTING_KEYS
     k_folds: int
     path: Path
     space: dict[str, list]
@@ -208,7 +208,7 @@ class _Folds:
         data = load_dataset(self.plan.dataset, self.scratch)
         return [splits.tensors(self.device) for splits in tuning_folds(data.x, data.y, self.plan.k_folds)]
 
-    def row(self, claim: Claim, fold: int, on_method: Callable[[str], None]) -> Row:
+    def row(self, claim: Claim, fold: int, on_stack: Callable[[str], None]) -> Row:
         """Train and evaluate all methods on one fold of the claimed setting."""
         setting, parts = Setting.from_mapping(claim.values), self.parts[fold]
         results = run_methods(
@@ -218,7 +218,7 @@ class _Folds:
             {"val": parts["val"], "test": parts["test"]},
             self.plan.bits,
             self.plan.seed(claim.setting_id, fold),
-            on_method=on_method,
+            on_stack=on_stack,
         )
         return tuning_row(self.plan, claim.setting_id, fold, claim.values, results)
 
@@ -262,8 +262,8 @@ def _show(bar: tqdm, done: int, postfix: str | None = None) -> None:
     bar.refresh()
 
 
-def _show_method(bar: tqdm, label: str, method: str) -> None:
-    bar.set_postfix_str(f"{label} {method}")
+def _show_stack(bar: tqdm, label: str, methods: str) -> None:
+    bar.set_postfix_str(f"{label} {methods}")
 
 
 def _work(plan: TuningPlan, claim: Claim, folds: _Folds, bar: tqdm) -> None:
@@ -272,7 +272,7 @@ def _work(plan: TuningPlan, claim: Claim, folds: _Folds, bar: tqdm) -> None:
         for fold in range(plan.k_folds):
             if fold in claim.stored:
                 continue
-            row = folds.row(claim, fold, on_method=partial(_show_method, bar, f"setting {claim.setting_id} fold {fold}"))
+            row = folds.row(claim, fold, on_stack=partial(_show_stack, bar, f"setting {claim.setting_id} fold {fold}"))
             if not store_fold(claim, fold, row):
                 return  # declared dead meanwhile: the setting went to another worker
             _show(bar, export_csv(plan, claim.tuning))

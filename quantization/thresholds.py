@@ -1,7 +1,7 @@
 """Threshold initialisation and the hard encode/decode rules of SPEC section 2.
 
-All functions take per-feature thresholds of shape ``[d, M]`` with ``M = 2**bits - 1`` and
-work on CPU and CUDA tensors alike (results live on the device of the input).
+Per-feature thresholds have the shape ``[d, M]`` with ``M = 2**bits - 1``; every function
+works on CPU and CUDA tensors alike (results live on the device of the input).
 """
 
 from __future__ import annotations

@@ -46,6 +46,7 @@ from scipy import stats
 from data.atomic import atomic_write_text
 from data.datasets import DATASETS, PAPER_DATASETS
 from models.methods import METHOD_NAMES, PAPER_METHODS
+from quantization.thresholds import MAX_BITS, MIN_BITS
 
 TABLE2_METHODS: tuple[str, ...] = ("FP", "Pr-MQ", "Pr-QQ", "LLT4", "LLT9", "LSQ", "Bw-SQ")
 ABLATION_METHODS: tuple[str, ...] = ("SQ", "Bw-MQ", "Bw-QQ", "Bw-SQ")
@@ -53,7 +54,7 @@ REFERENCE_METHOD = "Bw-SQ"
 RELATIVE_ROW = f"mean rel. to {REFERENCE_METHOD} (%)"
 NEAR_MIN_FACTOR = 1.025
 CONFIDENCE = 0.95
-BIT_RANGE = range(2, 9)
+BIT_RANGE = range(MIN_BITS, MAX_BITS + 1)
 KEY_COLUMNS: tuple[str, ...] = ("bits", "step")
 KNOWN_DATASETS: tuple[str, ...] = (*PAPER_DATASETS, *(d for d in DATASETS if d not in PAPER_DATASETS))
 MISSING = "–"
@@ -154,7 +155,7 @@ def load_results(
     """
     unknown = sorted(set(datasets) - set(KNOWN_DATASETS))
     if unknown:
-        raise ValueError(f"unknown dataset(s) {', '.join(unknown)}; known: {', '.join(KNOWN_DATASETS)}")
+        raise ResultFileError(f"unknown dataset(s) {', '.join(unknown)}; known: {', '.join(KNOWN_DATASETS)}.")
     order = [d for d in KNOWN_DATASETS if d in datasets]
     losses, further_losses = loss_columns(METHOD_NAMES)
     frames = {d: read_result_file(result_file(results_dir, d), losses, allow_empty=True, optional=further_losses)

@@ -26,7 +26,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.atomic import atomic_write_text  # noqa: E402
-from models.methods import METHOD_NAMES  # noqa: E402
+from models.methods import METHOD_NAMES, get_method  # noqa: E402
 from result_analysis.analysis import BIT_RANGE, ResultFileError, exit_status, loss_columns, read_result_file  # noqa: E402
 
 COLUMNS: tuple[str, ...] = (
@@ -37,12 +37,9 @@ COLUMNS: tuple[str, ...] = (
 
 def _check_methods(methods: Sequence[str] | None) -> list[str]:
     """Return the requested methods in registry order (all of them for None); reject unknown names."""
-    if methods is None:
-        return list(METHOD_NAMES)
-    unknown = sorted(set(methods) - set(METHOD_NAMES))
-    if unknown:
-        raise ValueError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(METHOD_NAMES)}")
-    return [m for m in METHOD_NAMES if m in methods]
+    for method in methods or ():
+        get_method(method)
+    return [m for m in METHOD_NAMES if methods is None or m in methods]
 
 
 def read_runs(path: Path, methods: Sequence[str] | None = None) -> pd.DataFrame:

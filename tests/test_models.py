@@ -466,7 +466,7 @@ def test_run_methods_splits_wide_settings_into_stacks_with_the_same_results(tiny
     weights = sum(p.numel() for p in results["FP"].model.mlp.parameters())  # 3 inputs
     monkeypatch.setattr(training, "STACK_PARAMETERS", 2 * weights)  # two 3-input networks per stack at most
     stacks = []
-    again = run_methods(ORDER, settings, train, evaluations, bits=3, seed=7, on_method=stacks.append)
+    again = run_methods(ORDER, settings, train, evaluations, bits=3, seed=7, on_stack=stacks.append)
     assert stacks == ["FP Pr-MQ", "Pr-QQ SQ", "SQplus", "Bw-MQ", "Bw-QQ", "Bw-SQ", "LLT9 LLT4", "LSQ"]
     for name in ORDER:
         assert again[name].losses == results[name].losses, name
