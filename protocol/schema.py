@@ -27,9 +27,7 @@ PAPER_SOFT_ORDER = ("SQ", "SQplus", "LLT9", "LLT4", "Bw-SQ")
 EXTRA_METHODS = tuple(m for m in METHOD_NAMES if m not in PAPER_METHODS)  # registered beyond the paper's
 
 TRAINED = tuple(m for m in METHOD_NAMES if not METHODS[m].post_training)
-SOFT_EVALUATED = tuple(m for m in PAPER_SOFT_ORDER if METHODS[m].soft_eval) + tuple(
-    m for m in METHOD_NAMES if METHODS[m].soft_eval and m not in PAPER_SOFT_ORDER
-)
+SOFT_EVALUATED = tuple(m for m in METHOD_NAMES if METHODS[m].soft_eval)
 SPLITS = ("val", "test")
 
 
@@ -51,18 +49,14 @@ def _tuning_method_columns(m: str) -> tuple[str, ...]:
     return (f"val_loss_{m}", f"test_loss_{m}", *trained, *soft)
 
 
-def _paper(methods: Sequence[str]) -> tuple[str, ...]:
-    return tuple(m for m in methods if m in PAPER_METHODS)
-
-
 TUNING_KEYS = ("hyperparameter_setting_id", "kFold_id", "bits", *SETTING_KEYS)
 TUNING = Schema(
     (
         *TUNING_KEYS,
         *(f"{split}_loss_{m}" for split in SPLITS for m in PAPER_METHODS),
-        *(f"train_loss_{m}" for m in _paper(TRAINED)),
-        *(f"time_{m}" for m in _paper(TRAINED) if m not in UNTIMED_IN_TUNING),
-        *(f"{split}_loss_{m}_train" for m in _paper(SOFT_EVALUATED) for split in SPLITS),
+        *(f"train_loss_{m}" for m in PAPER_METHODS if m in TRAINED),
+        *(f"time_{m}" for m in PAPER_METHODS if m in TRAINED and m not in UNTIMED_IN_TUNING),
+        *(f"{split}_loss_{m}_train" for m in PAPER_SOFT_ORDER for split in SPLITS),
     ),
     _tuning_method_columns,
 )
