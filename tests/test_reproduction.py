@@ -12,7 +12,7 @@ from result_analysis.compare_runs import compare, read_runs, to_markdown
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = [REPO / "results" / "reproduction" / name
-        for name in ("fried_best_hyperparameter_test_multiple.csv", "fried_3bits_stacked_engine.csv")]
+        for name in ("fried_best_hyperparameter_test_multiple.csv", "fried_3bits_stacked_engine.csv", "fried_2bits_float32_inputs.csv")]
 
 
 @pytest.mark.parametrize("ours", RUNS, ids=lambda path: path.name)
