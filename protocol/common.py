@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 from typing import Callable, Sequence
@@ -75,6 +76,10 @@ def run_cli(main: Callable[[argparse.Namespace], int], parser: argparse.Argument
     except OSError as error:  # a file where a folder should be, no permission, a full disk
         where = f"cannot use {error.filename}: " if error.filename else ""
         print(f"error: {where}{error.strerror or error}; check that the paths given are folders you can write to", file=sys.stderr)
+        return 2
+    except json.JSONDecodeError:  # optuna replaying a journal that a worker's crash left broken while this one ran
+        print("error: the tuning's journal became unreadable while this worker ran (another worker died mid-write?); "
+              "every row stored before is in the CSV: move the journal away and run the same command again", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: every finished row is saved; run the same command again to continue", file=sys.stderr)

@@ -6,6 +6,7 @@ PostgreSQL runs where ``BSQ_TEST_POSTGRES_URL`` names a server (``.ci/postgres.s
 from __future__ import annotations
 
 import contextlib
+import json
 import multiprocessing
 import os
 import signal
@@ -20,7 +21,7 @@ import pytest
 from optuna.trial import TrialState
 
 import hyperparameter_tuning as tuning_script
-from protocol.common import ProtocolError
+from protocol.common import ProtocolError, run_cli
 from protocol.study import FOLD_PREFIX, OWNER_ATTR, SETTING_ATTR, claim_setting, open_storage
 from protocol.tuning import TuningPlan, open_tuning, plan_tuning
 
@@ -252,3 +253,13 @@ def test_two_tunings_writing_one_csv_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ProtocolError, match="already the CSV of another tuning .*use another --result_folder"):
         open_tuning(debug)
     open_tuning(four_folds)  # its own study opens again
+
+
+def test_journal_broken_while_running_is_one_sentence(capsys) -> None:
+    def replay_a_broken_journal(args):
+        raise json.JSONDecodeError("Expecting ',' delimiter", '{"op_code": 5, "us', 17)  # what optuna raises
+
+    assert run_cli(replay_a_broken_journal, tuning_script.build_parser(), ["--dataset", "fried", "--n_bits", "3"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: the tuning's journal became unreadable") and "move the journal away" in error
+    assert len(error.splitlines()) == 1
