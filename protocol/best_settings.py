@@ -240,7 +240,7 @@ def _rerun(dataset: str, data: Dataset, b: int, step: int, names: list[str], cho
                 float(splits.y_scaler.mean_[0]), float(splits.y_scaler.scale_[0]), dataset,
             )
             save_model(saved, _model_path(save_models, dataset, b, m, step))
-    with file_lock(str(path)):
+    with file_lock(str(path.with_name(f".{path.name}.merge"))):
         rows = stored_runs(path, choices)
         row = rows.setdefault((b, step), _empty_row(b, step))
         for m, result in results.items():

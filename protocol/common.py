@@ -66,7 +66,8 @@ def parse_positive(text: str) -> int:
 
 def run_cli(main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     """Parse ``argv`` and run ``main``; bad input, unusable paths and Ctrl-C end with one line, not a traceback."""
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C raises KeyboardInterrupt again (quiet_start)
+    if signal.getsignal(signal.SIGINT) is signal.SIG_DFL:  # set while the libraries loaded (quiet_start)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     args = parser.parse_args(argv)
     try:
         return main(args)

@@ -84,9 +84,10 @@ def best_path(result_folder: str | os.PathLike, dataset: str) -> Path:
 
 
 def read_results(path: str | os.PathLike, schema: Schema) -> pd.DataFrame:
-    """Read a result CSV whose header is ``schema``'s for the paper's methods and any further ones.
+    """Read a result CSV with ``schema``'s columns for the paper's methods and any further ones, in any order.
 
-    The frame has the file's columns; ``has_method`` tells which further methods they cover.
+    The frame has the file's columns in the schema's order; ``has_method`` tells which further
+    methods they cover.
     """
     try:
         content = Path(path).read_bytes()
@@ -97,16 +98,20 @@ def read_results(path: str | os.PathLike, schema: Schema) -> pd.DataFrame:
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]  # pandas' messages may span lines
         raise ProtocolError(f"{path} is not a readable CSV ({reason}); move it away or repair it") from None
     if not content.endswith(b"\n"):  # every file written here ends with one; a cut-off copy does not
-        raise ProtocolError(f"{path} ends in an incomplete line (a copy or write cut short); move it away or repair it")
+        raise ProtocolError(
+            f"{path} ends without a newline, so its last line may be cut short (a copy or write interrupted); "
+            "check that line and end the file with a newline, or move it away"
+        )
     present = [m for m in EXTRA_METHODS if set(schema.method_columns(m)) & set(frame.columns)]
     columns = schema.columns(present)
-    if tuple(frame.columns) != columns:
-        missing = [c for c in columns if c not in frame.columns]
-        extra = [c for c in frame.columns if c not in columns]
+    missing = [c for c in columns if c not in frame.columns]
+    extra = [c for c in frame.columns if c not in columns]
+    if missing or extra:
         raise ProtocolError(
-            f"{path} does not have this project's schema (missing {missing[:3]}, unexpected {extra[:3]}, "
-            "or columns out of order); move it away or point --result_folder elsewhere"
+            f"{path} does not have this project's schema (missing {missing[:3]}, unexpected {extra[:3]}); "
+            "move it away or point --result_folder elsewhere"
         )
+    frame = frame[list(columns)]  # the columns in this project's order (older files put further methods elsewhere)
     for column in frame.columns:
         if column in INTEGER_COLUMNS:
             frame[column] = frame[column].astype("Int64")

@@ -166,7 +166,10 @@ def _rdb(url: str, label: str, lock: Callable[[], ContextManager[None]], **engin
 
 @contextmanager
 def file_lock(path: str) -> Iterator[None]:
-    """A lock file ``path + ".lock"`` (safe on NFS); one left by a dead worker expires."""
+    """A lock ``path + ".lock"``, a symbolic link to ``path`` (safe on NFS); one left by a dead worker
+    expires after ``LOCK_GRACE_SECONDS``. ``path`` is created empty if missing: optuna dates the
+    lock by its target, and waits without end (and without a pause) for a lock whose target is missing."""
+    Path(path).touch(exist_ok=True)
     lock = JournalFileSymlinkLock(path, grace_period=LOCK_GRACE_SECONDS)
     lock.acquire()
     try:

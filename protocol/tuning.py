@@ -46,7 +46,7 @@ K_FOLDS, DEBUG_K_FOLDS = 4, 2
 SAMPLERS = ("paper", "random", "tpe")
 DEFAULT_OBJECTIVE = "Bw-SQ"
 POLL_SECONDS = 5  # how often a worker with nothing to take looks again
-CSV_ATTR = "csv"  # the study's user attribute naming the CSV it exports to
+CSV_ATTR = "csv"  # the study's user attribute holding the absolute path of the CSV it exports to
 
 
 @dataclass(frozen=True)
@@ -169,15 +169,16 @@ def open_tuning(plan: TuningPlan, storage: str | None = None, heartbeat: int = H
     that no other study there writes the same CSV."""
     url = storage or f"journal:{plan.path.with_suffix('.journal')}"
     tuning = open_study(open_storage(url, create), plan.spec(), heartbeat, create)
+    csv = str(plan.path.resolve())
     others = [s.study_name for s in tuning.storage.backend.get_all_studies()
-              if s.user_attrs.get(CSV_ATTR) == plan.path.name and s.study_name != tuning.spec.name]
+              if s.user_attrs.get(CSV_ATTR) == csv and s.study_name != tuning.spec.name]
     if others:  # say, 4 folds x 1 setting and --debug's 2 folds x 2 settings: both "..._4iterations.csv"
         raise ProtocolError(
             f"{plan.path.name} is already the CSV of another tuning in {tuning.storage.label} ({others[0]}: other "
             "folds, search space, sampler or methods give the same file name); use another --result_folder"
         )
-    if create and tuning.study.user_attrs.get(CSV_ATTR) != plan.path.name:
-        tuning.study.set_user_attr(CSV_ATTR, plan.path.name)
+    if create and tuning.study.user_attrs.get(CSV_ATTR) != csv:
+        tuning.study.set_user_attr(CSV_ATTR, csv)
     return tuning
 
 

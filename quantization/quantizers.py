@@ -330,8 +330,9 @@ class Quantizer(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        """The floating dtype of the quantizer's parameters and buffers."""
-        return next(t.dtype for t in itertools.chain(self.parameters(), self.buffers()) if t.is_floating_point())
+        """The floating dtype of the quantizer's parameters and buffers (torch's default without any)."""
+        tensors = itertools.chain(self.parameters(), self.buffers())
+        return next((t.dtype for t in tensors if t.is_floating_point()), torch.get_default_dtype())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [n, d] -> [n, out_features], in self.dtype
         x = x.to(self.dtype)  # float64 rows (numpy's default) into a float32 model, say

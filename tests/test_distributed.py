@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import pytest
 from optuna.trial import TrialState
 
 import hyperparameter_tuning as tuning_script
+from protocol import study
 from protocol.common import ProtocolError, run_cli
 from protocol.study import FOLD_PREFIX, OWNER_ATTR, SETTING_ATTR, claim_setting, open_storage
 from protocol.tuning import TuningPlan, open_tuning, plan_tuning
@@ -263,3 +265,18 @@ def test_journal_broken_while_running_is_one_sentence(capsys) -> None:
     error = capsys.readouterr().err
     assert error.startswith("error: the tuning's journal became unreadable") and "move the journal away" in error
     assert len(error.splitlines()) == 1
+
+
+def test_a_dead_writer_s_lock_expires_even_before_its_target_exists(tmp_path: Path, monkeypatch) -> None:
+    target = tmp_path / ".results.csv.merge"
+    os.symlink(target, f"{target}.lock")  # left by a writer killed while holding it, before anything was written
+    monkeypatch.setattr(study, "LOCK_GRACE_SECONDS", 3)  # optuna warns below 3
+    done = threading.Event()
+
+    def take_the_lock() -> None:
+        with study.file_lock(str(target)):
+            done.set()
+
+    threading.Thread(target=take_the_lock, daemon=True).start()
+    assert done.wait(timeout=20), "the stale lock was never released"
+    assert not os.path.lexists(f"{target}.lock")

@@ -265,9 +265,9 @@ def test_cut_off_and_header_only_files(debug_results: Path, shared_dir: Path, tm
     tuning = copy_tuning(debug_results, tmp_path)
     content = tuning.read_bytes()
     tuning.write_bytes(content[: len(content) - 100])  # the last row cut off mid-line
-    with pytest.raises(ProtocolError, match="ends in an incomplete line"):
+    with pytest.raises(ProtocolError, match="ends without a newline, so its last line may be cut short"):
         run_tuning(plan_tuning("wine_quality", 3, 2, tmp_path, debug=True), shared_dir / "datasets", progress=False)
-    with pytest.raises(ProtocolError, match="ends in an incomplete line"):
+    with pytest.raises(ProtocolError, match="ends without a newline, so its last line may be cut short"):
         load_choices(tmp_path, "wine_quality", None)
     lines = content.splitlines(keepends=True)
     tuning.write_bytes(lines[0] + b"," + lines[1].split(b",", 1)[1])  # a row without its setting id
@@ -280,7 +280,7 @@ def test_cut_off_and_header_only_files(debug_results: Path, shared_dir: Path, tm
     assert len(pd.read_csv(tuning)) == 4
     best = run_best_settings("wine_quality", tmp_path, n_steps=1, methods=["FP"], scratch=shared_dir / "datasets", progress=False)
     best.write_bytes(best.read_bytes()[:-10])
-    with pytest.raises(ProtocolError, match="ends in an incomplete line"):
+    with pytest.raises(ProtocolError, match="ends without a newline, so its last line may be cut short"):
         run_best_settings("wine_quality", tmp_path, n_steps=2, methods=["FP"], scratch=shared_dir / "datasets", progress=False)
 
 
@@ -294,6 +294,29 @@ def test_ctrl_c_while_the_libraries_load_prints_no_traceback(command: list[str])
     worker.send_signal(signal.SIGINT)
     _, stderr = worker.communicate(timeout=60)
     assert "Traceback" not in stderr and worker.returncode in (-signal.SIGINT, 130), stderr
+
+
+def test_scripts_leave_sigint_alone_unless_run() -> None:
+    # this test process imported both scripts: Ctrl-C must still raise KeyboardInterrupt here
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_worker_started_with_sigint_ignored_keeps_running() -> None:
+    command = [sys.executable, "hyperparameter_tuning.py", "--dataset", "fried", "--n_bits", "3", "--list_settings"]
+    worker = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))  # as `worker &` in a script
+    time.sleep(0.3)
+    worker.send_signal(signal.SIGINT)
+    stdout, stderr = worker.communicate(timeout=60)
+    assert worker.returncode == 0 and len(stdout.splitlines()) == 101, stderr
+
+
+def test_result_columns_in_another_order_are_read(shared_dir: Path, tmp_path: Path) -> None:
+    paper = pd.read_csv(paper_file(shared_dir, "fried", 3))
+    shuffled = tmp_path / "fried" / "fried_hyperparameter_tuning_3bits_400iterations.csv"
+    shuffled.parent.mkdir()
+    paper[list(reversed(paper.columns))].to_csv(shuffled, index=False)  # say, an older layout
+    assert load_choices(tmp_path, "fried", [3]) == load_choices(shared_dir / "paper_results", "fried", [3])
 
 
 def test_unusable_paths_are_one_sentence(debug_results: Path, shared_dir: Path, tmp_path: Path, capsys) -> None:
