@@ -275,7 +275,8 @@ def test_a_dead_writer_s_lock_expires_even_before_its_target_exists(tmp_path: Pa
 
     def take_the_lock() -> None:
         with study.file_lock(str(target)):
-            done.set()
+            pass
+        done.set()  # taken and released
 
     threading.Thread(target=take_the_lock, daemon=True).start()
     assert done.wait(timeout=20), "the stale lock was never released"
