@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +20,7 @@ from models import (
     METHOD_NAMES,
     METHODS,
     MLP,
+    Method,
     QuantizerContext,
     SavedModel,
     Setting,
@@ -708,3 +711,18 @@ def test_adam_on_flat_chunks_updates_flat_as_adam_on_flat():
             optimizer.step()
     assert bool((twin.flat != initial).all())  # the chunks' updates land in flat
     torch.testing.assert_close(twin.flat, stacked.flat, rtol=1e-6, atol=0)
+
+
+def readme_python_blocks() -> list[str]:
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    return re.findall(r"```python\n(.*?)```", text, re.S)
+
+
+def test_readme_examples_run() -> None:
+    usage, new_method = readme_python_blocks()
+    exec(compile(usage, "README.md", "exec"), {})  # its own assert: cloud(edge(x)) equals the hard forward
+    (method,) = eval(new_method, {"Method": Method, "ThresholdQuantizer": ThresholdQuantizer})
+    ctx = QuantizerContext.from_training_rows(torch.randn(50, 3), 2)
+    quantizer = method.quantizer(ctx)
+    assert method.soft_eval and quantizer.trainable and quantizer.readout == "thermometer"
+    assert torch.equal(quantizer.thresholds, ctx.minmax)
