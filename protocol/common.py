@@ -6,7 +6,9 @@ import argparse
 import json
 import signal
 import sys
-from typing import Callable, Sequence
+import threading
+from contextlib import contextmanager
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -64,13 +66,33 @@ def parse_positive(text: str) -> int:
     return value
 
 
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    """A scheduler's SIGTERM (a time limit, a pre-emption) stops the work as Ctrl-C does: the setting
+    being tuned is released at once rather than after its heartbeats lapse, and no half-written file stays."""
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def _sigterm_stops_as_ctrl_c() -> Iterator[None]:
+    """While the block runs, SIGTERM raises KeyboardInterrupt (where SIGTERM has its default action)."""
+    install = signal.getsignal(signal.SIGTERM) is signal.SIG_DFL and threading.current_thread() is threading.main_thread()
+    if install:
+        signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    try:
+        yield
+    finally:
+        if install:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def run_cli(main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     """Parse ``argv`` and run ``main``; bad input, unusable paths and Ctrl-C end with one line, not a traceback."""
     if signal.getsignal(signal.SIGINT) is signal.SIG_DFL:  # set while the libraries loaded (quiet_start)
         signal.signal(signal.SIGINT, signal.default_int_handler)
     args = parser.parse_args(argv)
     try:
-        return main(args)
+        with _sigterm_stops_as_ctrl_c():
+            return main(args)
     except (ProtocolError, DatasetError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

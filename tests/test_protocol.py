@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pandas as pd
 import pytest
 
@@ -22,7 +23,7 @@ from protocol.best_settings import load_choices, planned_folds, run_best_setting
 from protocol.common import ProtocolError
 from protocol.schema import BEST_COLUMNS
 from protocol.search_space import draw_settings, paper_search_space
-from protocol.tuning import plan_tuning, run_tuning
+from protocol.tuning import open_tuning, plan_tuning, run_tuning
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER_BEST_DATASETS = ["california", "fried", "sulfur", "superconduct", "wine_quality"]
@@ -106,6 +107,25 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path, debug_re
     resumed = pd.read_csv(path)
     pd.testing.assert_frame_equal(without_times(resumed), without_times(reference))
     assert not list(path.parent.glob("*.tmp")), "no temporary files are left behind"
+
+
+def test_sigterm_releases_the_setting_at_once(tmp_path: Path, shared_dir: Path) -> None:
+    """A scheduler's SIGTERM (time limit) fails the running trial, so a resubmitted job takes it without waiting."""
+    path = tmp_path / "wine_quality" / "wine_quality_hyperparameter_tuning_3bits_4iterations.csv"
+    command = [
+        sys.executable, "hyperparameter_tuning.py", "--dataset", "wine_quality", "--n_bits", "3", "--n_steps", "2",
+        "--debug", "--device", "cpu", "--scratch", str(shared_dir / "datasets"), "--result_folder", str(tmp_path), "--quiet",
+    ]
+    worker = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (path.exists() and len(pd.read_csv(path)) >= 1):
+        time.sleep(0.05)
+    worker.send_signal(signal.SIGTERM)
+    _, stderr = worker.communicate(timeout=60)
+    assert worker.returncode == 130 and stderr.startswith("interrupted: every finished row is saved"), stderr
+    trials = open_tuning(plan_tuning("wine_quality", 3, 2, tmp_path, debug=True), create=False).study.get_trials()
+    assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING], "no setting is left claimed"
+    assert not list(path.parent.glob(".*.tmp")), "no half-written file is left behind"
 
 
 def test_select_only_reproduces_the_paper_choices(shared_dir: Path) -> None:
