@@ -68,7 +68,7 @@ def parse_positive(text: str) -> int:
 
 def _stop_on_sigterm(signum: int, frame: object) -> None:
     """A scheduler's SIGTERM (a time limit, a pre-emption) stops the work as Ctrl-C does: the setting
-    being tuned is released at once rather than after its heartbeats lapse, and no half-written file stays."""
+    being tuned is released at once rather than after its heartbeats lapse."""
     raise KeyboardInterrupt
 
 

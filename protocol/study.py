@@ -166,16 +166,34 @@ def _rdb(url: str, label: str, lock: Callable[[], ContextManager[None]], **engin
 
 @contextmanager
 def file_lock(path: str) -> Iterator[None]:
-    """A lock ``path + ".lock"``, a symbolic link to ``path`` (safe on NFS); one left by a dead worker
-    expires after ``LOCK_GRACE_SECONDS``. ``path`` is created empty if missing: optuna dates the
-    lock by its target, and waits without end (and without a pause) for a lock whose target is missing."""
-    Path(path).touch(exist_ok=True)
+    """A lock ``path + ".lock"``, a symbolic link to ``path`` (safe on NFS), for short critical sections;
+    one left by a dead worker expires after ``LOCK_GRACE_SECONDS``.
+
+    optuna dates a lock by the modification time of its target and breaks it once that time has
+    not changed for the grace period (it waits without end, and without a pause, where the target
+    is missing). So ``path`` is created, writable by every user, and touched on every acquisition:
+    a waiter whose timer ran out on a dead worker's lock then sees a new time instead of breaking
+    the lock the next worker has just taken.
+    """
+    _touch(Path(path))
     lock = JournalFileSymlinkLock(path, grace_period=LOCK_GRACE_SECONDS)
     lock.acquire()
+    _touch(Path(path))
     try:
         yield
     finally:
-        lock.release()
+        with suppress(RuntimeError):  # broken by a waiter after all: the section is done anyway
+            lock.release()
+
+
+def _touch(path: Path) -> None:
+    """Create ``path`` empty and writable by all (workers may run as different users), or update its time."""
+    with suppress(PermissionError):  # someone else's file from before: the lock works, without the time
+        if path.exists():
+            os.utime(path)
+        else:
+            path.touch()
+            path.chmod(0o666)
 
 
 @contextmanager

@@ -46,7 +46,7 @@ K_FOLDS, DEBUG_K_FOLDS = 4, 2
 SAMPLERS = ("paper", "random", "tpe")
 DEFAULT_OBJECTIVE = "Bw-SQ"
 POLL_SECONDS = 5  # how often a worker with nothing to take looks again
-CSV_ATTR = "csv"  # the study's user attribute holding the absolute path of the CSV it exports to
+CSV_ATTR = "csv"  # the study's user attribute naming the CSV it exports to (see open_tuning)
 
 
 @dataclass(frozen=True)
@@ -169,7 +169,9 @@ def open_tuning(plan: TuningPlan, storage: str | None = None, heartbeat: int = H
     that no other study there writes the same CSV."""
     url = storage or f"journal:{plan.path.with_suffix('.journal')}"
     tuning = open_study(open_storage(url, create), plan.spec(), heartbeat, create)
-    csv = str(plan.path.resolve())
+    # the default journal sits beside its CSV, so there the name is the file (also after the folder
+    # moves); a storage given with --storage may serve many folders, so there it is the absolute path
+    csv = plan.path.name if storage is None else str(plan.path.resolve())
     others = [s.study_name for s in tuning.storage.backend.get_all_studies()
               if s.user_attrs.get(CSV_ATTR) == csv and s.study_name != tuning.spec.name]
     if others:  # say, 4 folds x 1 setting and --debug's 2 folds x 2 settings: both "..._4iterations.csv"

@@ -10,6 +10,7 @@ import json
 import multiprocessing
 import os
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -25,6 +26,7 @@ import hyperparameter_tuning as tuning_script
 from protocol import study
 from protocol.common import ProtocolError, run_cli
 from protocol.study import FOLD_PREFIX, OWNER_ATTR, SETTING_ATTR, claim_setting, open_storage
+from protocol.search_space import paper_search_space
 from protocol.tuning import TuningPlan, open_tuning, plan_tuning
 
 REPO = Path(__file__).resolve().parents[1]
@@ -255,6 +257,11 @@ def test_two_tunings_writing_one_csv_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ProtocolError, match="already the CSV of another tuning .*use another --result_folder"):
         open_tuning(debug)
     open_tuning(four_folds)  # its own study opens again
+    moved = tmp_path.parent / f"{tmp_path.name}-moved"
+    tmp_path.rename(moved)  # the folder, its CSV and its default journal move together
+    with pytest.raises(ProtocolError, match="already the CSV of another tuning"):
+        open_tuning(plan_tuning("wine_quality", 3, 2, moved, debug=True, search_space=space))
+    open_tuning(plan_tuning("wine_quality", 3, 1, moved, search_space=space))
 
 
 def test_journal_broken_while_running_is_one_sentence(capsys) -> None:
@@ -271,13 +278,25 @@ def test_a_dead_writer_s_lock_expires_even_before_its_target_exists(tmp_path: Pa
     target = tmp_path / ".results.csv.merge"
     os.symlink(target, f"{target}.lock")  # left by a writer killed while holding it, before anything was written
     monkeypatch.setattr(study, "LOCK_GRACE_SECONDS", 3)  # optuna warns below 3
-    done = threading.Event()
+    done, times = threading.Event(), []
 
     def take_the_lock() -> None:
         with study.file_lock(str(target)):
-            pass
+            times.append(os.stat(target).st_mtime)
         done.set()  # taken and released
 
     threading.Thread(target=take_the_lock, daemon=True).start()
     assert done.wait(timeout=20), "the stale lock was never released"
     assert not os.path.lexists(f"{target}.lock")
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o666  # other users' workers can touch it too
+    # taking the lock touches its target, so waiters that timed out on the dead lock see a fresh one
+    assert times[0] > time.time() - 5
+
+
+def test_a_shared_storage_serves_tunings_in_several_folders(tmp_path: Path) -> None:
+    shared = f"journal:{tmp_path / 'shared.journal'}"
+    space = {"num_epochs": [1]}
+    open_tuning(plan_tuning("wine_quality", 3, 1, tmp_path / "a", debug=True), shared)
+    open_tuning(plan_tuning("wine_quality", 3, 1, tmp_path / "b", debug=True, search_space={**paper_search_space(True), **space}), shared)
+    with pytest.raises(ProtocolError, match="already the CSV of another tuning"):  # b's CSV, by another study
+        open_tuning(plan_tuning("wine_quality", 3, 1, tmp_path / "b", debug=True), shared)

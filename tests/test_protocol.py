@@ -125,7 +125,6 @@ def test_sigterm_releases_the_setting_at_once(tmp_path: Path, shared_dir: Path) 
     assert worker.returncode == 130 and stderr.startswith("interrupted: every finished row is saved"), stderr
     trials = open_tuning(plan_tuning("wine_quality", 3, 2, tmp_path, debug=True), create=False).study.get_trials()
     assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING], "no setting is left claimed"
-    assert not list(path.parent.glob(".*.tmp")), "no half-written file is left behind"
 
 
 def test_select_only_reproduces_the_paper_choices(shared_dir: Path) -> None:
