@@ -7,7 +7,7 @@ where ``--overhead`` is the measured ratio of training time to the arithmetic fl
 networks large enough to be arithmetic-bound and ``--step_ms`` the measured time of one step
 of a small network (see BENCHMARKS.md).
 
-    python benchmarks/estimate_reproduction_cost.py --gflops 187 --overhead 3 --step_ms 1
+    python benchmarks/estimate_reproduction_cost.py --gflops 161 --overhead 3 --step_ms 1.5   # REPRODUCTION.md's table
 """
 
 from __future__ import annotations
@@ -57,8 +57,9 @@ def estimate(tuning_folder: Path, n_steps: int, gflops: float, overhead: float, 
 def main(argv: Sequence[str] | None = None) -> int:
     """Print the estimate as a markdown table of minutes."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tuning_folder", type=Path, default=Path("../shared/paper_results"))
-    parser.add_argument("--n_steps", type=int, default=10, help="runs per method and bit width")
+    parser.add_argument("--tuning_folder", type=Path, default=Path("../shared/paper_results"),
+                        help="folder with the paper's tuning files, one subfolder per dataset (default: %(default)s)")
+    parser.add_argument("--n_steps", type=int, default=10, help="runs per method and bit width (default: %(default)s)")
     parser.add_argument("--gflops", type=float, required=True, help="measured float32 matmul GFLOP/s")
     parser.add_argument("--overhead", type=float, required=True, help="measured time / arithmetic floor of training")
     parser.add_argument("--step_ms", type=float, required=True, help="measured milliseconds of one step of a small network")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -96,6 +97,9 @@ def run_cli(main: Callable[[argparse.Namespace], int], parser: argparse.Argument
     except (ProtocolError, DatasetError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the output went to a reader that stopped early (| head): nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's exit flush must not fail too
+        return 141
     except OSError as error:  # a file where a folder should be, no permission, a full disk
         where = f"cannot use {error.filename}: " if error.filename else ""
         print(f"error: {where}{error.strerror or error}; check that the paths given are folders you can write to", file=sys.stderr)

@@ -13,7 +13,7 @@ from .thresholds import (
     steps_from_index,
     threshold_ranks,
 )
-from .wire import pack, payload_bytes, payload_table, unpack
+from .wire import pack, payload_bytes, payload_table, unpack, unpack_samples
 
 __all__ = [
     "LLTQuantizer",
@@ -34,4 +34,5 @@ __all__ = [
     "steps_from_index",
     "threshold_ranks",
     "unpack",
+    "unpack_samples",
 ]

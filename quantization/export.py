@@ -45,7 +45,7 @@ from models.persistence import SavedModel, load_model
 
 from .quantizers import ThresholdQuantizer
 from .thresholds import n_thresholds, threshold_ranks
-from .wire import payload_bytes, unpack
+from .wire import payload_bytes, unpack, unpack_samples
 
 FORMAT = "bsq-encoder/1"
 ENCODING = (
@@ -281,10 +281,12 @@ def export_encoder(saved: SavedModel, out_dir: str | Path, model_file: str = "")
 
 
 def cloud_predict(
-    saved: SavedModel, payload: bytes, raw_units: bool = False, n_samples: int | None = None
+    saved: SavedModel, payload: bytes, raw_units: bool = False, n_samples: int | None = None, per_sample: bool = False
 ) -> np.ndarray:
-    """Predictions [n] from a payload of :func:`quantization.wire.pack`: standardized, or in target units."""
-    index = unpack(payload, saved.bits, len(saved.feature_names), n_samples)
+    """Predictions [n], standardized or in target units, from a payload of :func:`quantization.wire.pack`,
+    or with ``per_sample`` from one-sample payloads in a row (what ``bsq_encode`` writes per sample)."""
+    d = len(saved.feature_names)
+    index = unpack_samples(payload, saved.bits, d) if per_sample else unpack(payload, saved.bits, d, n_samples)
     saved.model.eval()
     with torch.inference_mode():
         out = saved.model.cloud(torch.from_numpy(index)).numpy()

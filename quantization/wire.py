@@ -6,7 +6,8 @@ bits are concatenated into one stream and the stream is cut into bytes, the firs
 stream being the most significant bit of the first byte; the last byte is zero-padded. This is
 ``np.packbits`` of the row-major ``[n, d, b]`` bit matrix. ``n`` samples of ``d`` features take
 ``ceil(n * d * b / 8)`` bytes; one sample alone takes ``ceil(d * b / 8)`` bytes, which is what
-the exported C encoder writes per sample (``quantization.export``).
+the exported C encoder writes per sample (``quantization.export``; :func:`unpack_samples` reads
+such samples in a row).
 """
 
 from __future__ import annotations
@@ -75,6 +76,24 @@ def unpack(payload: bytes, bits: int, n_features: int, n_samples: int | None = N
     if stream[n * sample_bits :].any():
         raise ValueError("the padding bits of the last payload byte must be zero")
     bit_matrix = stream[: n * sample_bits].reshape(n, n_features, bits).astype(np.int64)
+    return bit_matrix @ (1 << _msb_first(bits))
+
+
+def unpack_samples(payload: bytes, bits: int, n_features: int) -> np.ndarray:
+    """One-sample payloads in a row -> int64 indices [n, d].
+
+    Each sample is a payload of its own, ``ceil(d * bits / 8)`` bytes with its last byte
+    zero-padded: what the exported C encoder's ``bsq_encode`` writes per sample. (Where
+    ``d * bits`` is not a multiple of 8 this differs from :func:`pack` of n samples at once.)
+    """
+    size = payload_bytes(1, n_features, bits)
+    if len(payload) % size:
+        raise ValueError(f"{len(payload)} bytes are not a whole number of one-sample payloads of {size} bytes")
+    rows = np.frombuffer(payload, dtype=np.uint8).reshape(-1, size)
+    stream = np.unpackbits(rows, axis=1)  # [n, 8 * size]
+    if stream[:, n_features * bits :].any():
+        raise ValueError("the padding bits of each sample's last byte must be zero")
+    bit_matrix = stream[:, : n_features * bits].reshape(len(rows), n_features, bits).astype(np.int64)
     return bit_matrix @ (1 << _msb_first(bits))
 
 

@@ -140,10 +140,10 @@ def _run(args: argparse.Namespace, methods: list[str]) -> None:
         _write(args.out, text)
     if args.csv:
         _write(args.csv, table.to_csv(index=False))
+    print(text, end="", flush=True)  # the table first, then the note, also where both go to one terminal
     skipped = [m for m in methods if m not in set(table["method"])]
     if skipped:
         print(f"skipped, no runs in both files: {', '.join(skipped)}", file=sys.stderr)
-    print(text, end="")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,7 @@ from data import holdout_split, load_dataset
 from models import METHODS, QuantizerContext, SavedModel, Setting, build_model, load_model, run_methods, save_model
 from quantization import LLTQuantizer, LSQQuantizer, threshold_ranks
 from quantization.export import build_encoder, cloud_predict, export_encoder, main
-from quantization.wire import pack, unpack
+from quantization.wire import pack, unpack, unpack_samples
 
 D = 5  # odd, so most bit widths leave padding in the last byte
 SETTING = Setting(0.0, 1e-3, 2, 8, 1, 0.01, 0.0)
@@ -134,12 +134,14 @@ def _check_deployment(gcc: str, original: SavedModel, path: Path, out: Path, see
     assert messages == [pack(row[None], original.bits) for row in indices]
     received = np.concatenate([unpack(message, original.bits, D) for message in messages])
     assert np.array_equal(received, indices)
+    assert np.array_equal(unpack_samples(c_bytes, original.bits, D), indices)  # the device program's whole output
     cloud = load_model(path)  # the server's copy
     assert (cloud.method, cloud.bits, cloud.feature_names) == (original.method, original.bits, original.feature_names)
     cloud.model.set_hard(False)  # the cloud must not depend on the mode flag
     with torch.inference_mode():
         assert torch.equal(cloud.model.cloud(torch.from_numpy(received)), expected)
     assert np.array_equal(cloud_predict(cloud, pack(indices, cloud.bits)), expected.numpy())
+    assert np.array_equal(cloud_predict(cloud, c_bytes, per_sample=True), expected.numpy())
     raw_units = cloud_predict(cloud, pack(indices[finite], cloud.bits), raw_units=True)
     assert np.array_equal(raw_units, expected_raw_units)
 

@@ -338,6 +338,14 @@ def test_result_columns_in_another_order_are_read(shared_dir: Path, tmp_path: Pa
     assert load_choices(tmp_path, "fried", [3]) == load_choices(shared_dir / "paper_results", "fried", [3])
 
 
+def test_output_into_a_reader_that_stops_early_is_quiet() -> None:
+    command = [sys.executable, "hyperparameter_tuning.py", "--dataset", "fried", "--n_bits", "3", "--n_steps", "200000", "--list_settings"]
+    worker = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert worker.stdout.readline().startswith(b"hyperparameter_setting_id")
+    worker.stdout.close()  # as `| head -1` does: 200 000 settings are far more than a pipe holds
+    assert worker.wait(timeout=60) == 141 and worker.stderr.read() == b""
+
+
 def test_unusable_paths_are_one_sentence(debug_results: Path, shared_dir: Path, tmp_path: Path, capsys) -> None:
     a_file = tmp_path / "a_file"
     a_file.write_text("not a folder")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from quantization.wire import pack, payload_bytes, payload_table, unpack
+from quantization.wire import pack, payload_bytes, payload_table, unpack, unpack_samples
 
 
 def _bit_string_reference(indices: np.ndarray, bits: int) -> bytes:
@@ -94,6 +94,21 @@ def test_wrong_payload_length() -> None:
         unpack(bytes([0, 0x01]), 3, 3)
     with pytest.raises(ValueError, match="n_features must be a positive integer"):
         unpack(b"\x00", 3, 0)
+
+
+def test_one_sample_payloads_in_a_row() -> None:
+    # 3 features at 3 bits: 9 bits, so every sample is 2 bytes with 7 padding bits, 3 samples 6 bytes;
+    # pack of the three at once is 27 bits, 4 bytes: the two layouts differ
+    indices = np.array([[7, 0, 5], [1, 2, 3], [0, 0, 0]])
+    rows = [0b11100010, 0b10000000, 0b00101001, 0b10000000, 0, 0]  # 111 000 101|0000000, 001 010 011|0000000, ...
+    stream = bytes(rows)
+    assert stream == b"".join(pack(row[None], 3) for row in indices) and len(pack(indices, 3)) == 4
+    np.testing.assert_array_equal(unpack_samples(stream, 3, 3), indices)
+    assert unpack_samples(b"", 3, 3).shape == (0, 3)
+    with pytest.raises(ValueError, match="5 bytes are not a whole number of one-sample payloads of 2 bytes"):
+        unpack_samples(stream[:5], 3, 3)
+    with pytest.raises(ValueError, match="padding bits of each sample's last byte must be zero"):
+        unpack_samples(bytes([0, 1]), 3, 3)
 
 
 def test_payload_table() -> None:
