@@ -147,11 +147,13 @@ def load_results(
     datasets: Sequence[str] = PAPER_DATASETS,
     bits: Sequence[int] | None = None,
 ) -> tuple[dict[str, pd.DataFrame], list[str]]:
-    """Load the result files present in results_dir; return {dataset: frame} and the missing datasets.
+    """Load the result files present in results_dir; return {dataset: frame} and what is missing:
+    the datasets without a file, and ``"<dataset> at <b>, ... bits"`` for bit widths a file lacks.
 
     Datasets come in KNOWN_DATASETS order; empty test-loss cells are NaN (not computed).
-    The bit widths analysed are ``bits`` or, by default, every bit width found in any file;
-    every loaded file must have rows for each of them, and only bit widths in BIT_RANGE.
+    The bit widths analysed are ``bits`` or, by default, every bit width found in any file
+    (only bit widths in BIT_RANGE); a file without rows for some of them has no rows there in
+    the tables and no points in the figures.
     """
     unknown = sorted(set(datasets) - set(KNOWN_DATASETS))
     if unknown:
@@ -171,11 +173,8 @@ def load_results(
                 f"{result_file(results_dir, dataset)} has bit widths {outside} outside 2..8."
             )
         absent = [b for b in wanted if b not in set(frame["bits"])]
-        if absent:
-            raise ResultFileError(
-                f"{result_file(results_dir, dataset)} has no rows for "
-                f"{', '.join(map(str, absent))} bits."
-            )
+        if absent:  # a run still going, or one of some bit widths only: those cells stay empty
+            missing.append(f"{dataset} at {', '.join(map(str, absent))} bits")
         frames[dataset] = frame[frame["bits"].isin(wanted)].reset_index(drop=True)
     return frames, missing
 
