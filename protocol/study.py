@@ -123,7 +123,10 @@ def _ends_in_complete_line(path: Path, attempts: int = 3) -> bool:
         try:
             with path.open("rb") as journal:
                 size = journal.seek(0, os.SEEK_END)
-                if size == 0 or (journal.seek(size - 1) >= 0 and journal.read(1) == b"\n"):
+                if size == 0:
+                    return True
+                journal.seek(size - 1)
+                if journal.read(1) == b"\n":
                     return True
         except FileNotFoundError:
             return True
@@ -171,29 +174,25 @@ def file_lock(path: str) -> Iterator[None]:
 
     optuna dates a lock by the modification time of its target and breaks it once that time has
     not changed for the grace period (it waits without end, and without a pause, where the target
-    is missing). So ``path`` is created, writable by every user, and touched on every acquisition:
-    a waiter whose timer ran out on a dead worker's lock then sees a new time instead of breaking
-    the lock the next worker has just taken.
+    is missing). So ``path`` is created, writable by every user, and touched on every acquisition
+    (not while waiting, which would keep a dead worker's lock alive): a waiter whose timer ran out
+    on a dead worker's lock then sees a new time instead of breaking the lock the next worker has
+    just taken.
     """
-    _touch(Path(path))
+    target = Path(path)
+    if not target.exists():
+        target.touch()
+        with suppress(PermissionError):  # another user's worker created it a moment ago
+            target.chmod(0o666)  # workers may run as different users
     lock = JournalFileSymlinkLock(path, grace_period=LOCK_GRACE_SECONDS)
     lock.acquire()
-    _touch(Path(path))
+    with suppress(PermissionError):  # another user's target from before 0o666: the lock works without it
+        os.utime(target)
     try:
         yield
     finally:
         with suppress(RuntimeError):  # broken by a waiter after all: the section is done anyway
             lock.release()
-
-
-def _touch(path: Path) -> None:
-    """Create ``path`` empty and writable by all (workers may run as different users), or update its time."""
-    with suppress(PermissionError):  # someone else's file from before: the lock works, without the time
-        if path.exists():
-            os.utime(path)
-        else:
-            path.touch()
-            path.chmod(0o666)
 
 
 @contextmanager
