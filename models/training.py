@@ -5,6 +5,7 @@ and slices batches from it, losses are accumulated on the device and read once, 
 evaluation runs under ``torch.inference_mode`` in large batches.
 """
 
+import functools
 import itertools
 import random
 import time
@@ -293,17 +294,20 @@ class _GraphedStep:
 
     The graph computes exactly what the step computes (the same kernels on copies of the batch
     in fixed buffers). It is captured again after :meth:`new_epoch`, because the temperature is
-    a constant of the captured kernels; batches of another size (an epoch's last) run eagerly.
+    a constant of the captured kernels, into the memory pool of the graph it replaces (which is
+    never replayed again), so memory does not grow with the epochs; batches of another size (an
+    epoch's last) run eagerly.
     """
 
     def __init__(self, step: _TrainingStep) -> None:
         self.step = step
-        self.stream = torch.cuda.Stream()  # warm-up and capture run here, as CUDA graphs require
+        self.stream = _capture_stream(torch.cuda.current_device())  # warm-up and capture run here, as CUDA graphs require
         self.graph: torch.cuda.CUDAGraph | None = None
+        self.stale = True  # the graph must be captured (again) before its next replay
         self.buffers: tuple | None = None  # (rows, targets, fixed inputs) the graph reads
 
     def new_epoch(self) -> None:
-        self.graph = None
+        self.stale = True
 
     def __call__(self, rows: torch.Tensor, targets: torch.Tensor, fixed_inputs: Mapping[int, torch.Tensor],
                  squared_error: torch.Tensor | None) -> None:
@@ -319,18 +323,20 @@ class _GraphedStep:
         static_targets.copy_(targets)
         for block, inputs in fixed_inputs.items():
             static_fixed[block].copy_(inputs)
-        if self.graph is None:
-            self.graph = torch.cuda.CUDAGraph()
-            self.graph.register_generator_state(self.step.generator)
-            self._on_side_stream(self._capture, static_rows, static_targets, static_fixed, squared_error)
+        if self.stale:
+            graph = torch.cuda.CUDAGraph()
+            graph.register_generator_state(self.step.generator)
+            pool = None if self.graph is None else self.graph.pool()
+            self._on_side_stream(self._capture, graph, pool, static_rows, static_targets, static_fixed, squared_error)
+            self.graph, self.stale = graph, False
         self.graph.replay()
 
-    def _capture(self, *batch) -> None:
-        self.graph.capture_begin()
+    def _capture(self, graph: torch.cuda.CUDAGraph, pool: tuple | None, *batch) -> None:
+        graph.capture_begin(pool=pool)
         try:
             self.step(*batch)
         finally:
-            self.graph.capture_end()
+            graph.capture_end()
 
     def _on_side_stream(self, function: Callable[..., None], *arguments) -> None:
         current = torch.cuda.current_stream()
@@ -338,6 +344,12 @@ class _GraphedStep:
         with torch.cuda.stream(self.stream):
             function(*arguments)
         current.wait_stream(self.stream)
+
+
+@functools.lru_cache(maxsize=None)
+def _capture_stream(device: int) -> torch.cuda.Stream:
+    """One side stream per GPU for every capture: cuBLAS keeps a workspace for each stream it runs on."""
+    return torch.cuda.Stream(device)
 
 
 def train_models(models: Sequence[SplitModel], x: torch.Tensor, y: torch.Tensor, setting: Setting, seed: int,
@@ -359,10 +371,22 @@ def train_models(models: Sequence[SplitModel], x: torch.Tensor, y: torch.Tensor,
         raise ValueError("the training rows or targets hold NaN or infinite values; drop or impute them before training")
     needs_grad = [needs_input_grad(m.quantizer) for m in models]
     order = sorted(range(len(models)), key=lambda g: (models[g].mlp[0].in_features, not needs_grad[g]))
-    models = [models[g] for g in order]
-    quantizers = [m.quantizer for m in models]
-    stacked = StackedMLP([m.mlp for m in models], [needs_grad[g] for g in order])
     graphed = cuda_graphs and x.is_cuda and hasattr(torch.cuda.CUDAGraph, "register_generator_state")  # torch >= 2.5
+    squared_error = _train_stack([models[g] for g in order], [needs_grad[g] for g in order], x, y, setting, seed, graphed)
+    if graphed:  # the graphs' memory pool, freed with the stack, goes back to the device (to other processes too)
+        torch.cuda.empty_cache()
+    losses = (squared_error / x.shape[0]).tolist()
+    return [losses[order.index(g)] for g in range(len(models))]
+
+
+def _train_stack(models: Sequence[SplitModel], needs_grad: Sequence[bool], x: torch.Tensor, y: torch.Tensor,
+                 setting: Setting, seed: int, graphed: bool) -> torch.Tensor:
+    """:func:`train_models` on networks in stacking order; return their summed squared errors of the last epoch [G].
+
+    The stack, its optimizer and its CUDA graph live only here, so their memory is free when it returns.
+    """
+    quantizers = [m.quantizer for m in models]
+    stacked = StackedMLP([m.mlp for m in models], needs_grad)
     quantizer_parameters = [p for q in quantizers if q is not None for p in q.parameters() if p.requires_grad]
     # on CUDA with or without graphs alike, so that both paths compute the same numbers
     mlp_parameters = stacked.flat_chunks(ADAM_PIECES, ADAM_CHUNK) if x.is_cuda else [stacked.flat]
@@ -399,11 +423,12 @@ def train_models(models: Sequence[SplitModel], x: torch.Tensor, y: torch.Tensor,
             fixed_inputs = {block: inputs[:, batch] for block, inputs in fixed_epoch.items()}
             step(x_epoch[batch], y_epoch[batch], fixed_inputs, squared_error if last_epoch else None)
         schedule.step()
+    for p in quantizer_parameters:
+        p.grad = None  # of the last batch only; on CUDA it lives in the graph's memory pool
     stacked.unstack_into([m.mlp for m in models])
     for model in models:
         model.set_temperature(schedule.tau)  # the soft-mode evaluations use the final temperature
-    losses = (squared_error / n).tolist()
-    return [losses[order.index(g)] for g in range(len(models))]
+    return squared_error
 
 
 def train_model(model: SplitModel, x: torch.Tensor, y: torch.Tensor, setting: Setting, seed: int | None = None) -> float:

@@ -464,6 +464,27 @@ def test_cuda_graphs_train_as_eager_launches_do():
         torch.testing.assert_close(got, want, rtol=0, atol=0, msg=name)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_graph_memory_does_not_grow_with_epochs_and_is_returned():
+    """Each epoch's graph is captured into the memory pool of the one it replaces, and training returns the pool."""
+    x, y = tiny_data(1300, 3)
+    x, y = x.cuda(), y.cuda()
+    ctx = QuantizerContext.from_training_rows(x, 3)
+
+    def train(epochs):  # -> (peak reserved bytes, reserved but unallocated bytes afterwards)
+        setting = replace(SETTING, hidden_neurons=512, num_epochs=epochs)  # 1 MiB tensors: pools of 20 MiB segments
+        torch.manual_seed(0)
+        models = [build_model(METHODS[name], setting, ctx) for name in ("Bw-SQ", "LLT4")]
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        train_models(models, x, y, setting, seed=1)
+        return torch.cuda.max_memory_reserved(), torch.cuda.memory_reserved() - torch.cuda.memory_allocated()
+
+    (peak_2, _), (peak_12, unallocated) = train(2), train(12)
+    assert peak_12 <= peak_2 + 2**20  # ten more captures, no more memory (each used to add a pool of its own)
+    assert unallocated < 20 * 2**20  # not even one pool segment is left cached
+
+
 def test_run_methods_splits_wide_settings_into_stacks_with_the_same_results(tiny_run, monkeypatch):
     results, train, evaluations, settings = tiny_run
     weights = sum(p.numel() for p in results["FP"].model.mlp.parameters())  # 3 inputs
