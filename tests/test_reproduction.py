@@ -11,8 +11,15 @@ from protocol.schema import BEST_COLUMNS
 from result_analysis.compare_runs import compare, read_runs, to_markdown
 
 REPO = Path(__file__).resolve().parents[1]
-RUNS = [REPO / "results" / "reproduction" / name
-        for name in ("fried_best_hyperparameter_test_multiple.csv", "fried_3bits_stacked_engine.csv", "fried_2bits_float32_inputs.csv")]
+RUNS = [REPO / "results" / "reproduction" / name for name in (
+    "fried_best_hyperparameter_test_multiple.csv", "fried_3bits_stacked_engine.csv", "fried_2bits_float32_inputs.csv",
+    "sulfur_2bits_h100.csv", "wine_quality_2bits_h100.csv", "california_2bits_h100.csv",
+)]
+
+
+def dataset_of(run: Path) -> str:
+    """The dataset a reproduction file reruns: its name up to the bits or the standard suffix."""
+    return run.name.split("_best_hyperparameter")[0].split("_2bits")[0].split("_3bits")[0]
 
 
 @pytest.mark.parametrize("ours", RUNS, ids=lambda path: path.name)
@@ -24,6 +31,6 @@ def test_committed_reproduction_has_the_paper_schema(ours: Path) -> None:
 
 @pytest.mark.parametrize("ours", RUNS, ids=lambda path: path.name)
 def test_reproduction_document_shows_the_script_output(shared_dir: Path, ours: Path) -> None:
-    theirs = shared_dir / "paper_results" / "best_hyperparameter_multiple" / "fried_best_hyperparameter_test_multiple.csv"
+    theirs = shared_dir / "paper_results" / "best_hyperparameter_multiple" / f"{dataset_of(ours)}_best_hyperparameter_test_multiple.csv"
     table = to_markdown(compare(read_runs(ours), read_runs(theirs)))
     assert table in (REPO / "REPRODUCTION.md").read_text()
