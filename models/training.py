@@ -5,6 +5,7 @@ and slices batches from it, losses are accumulated on the device and read once, 
 evaluation runs under ``torch.inference_mode`` in large batches.
 """
 
+import contextlib
 import functools
 import itertools
 import random
@@ -363,7 +364,9 @@ def train_models(models: Sequence[SplitModel], x: torch.Tensor, y: torch.Tensor,
     the per-operation overhead is paid once for the group. Quantizers without trainable
     parameters quantize the training rows once, before the first epoch; trainable ones run
     through :meth:`Quantizer.soft_with_backward`, fed the input gradients of the stacked MLP.
-    On CUDA each step is replayed as a CUDA graph (``cuda_graphs=False``: launched op by op).
+    On CUDA each step is replayed as a CUDA graph (``cuda_graphs=False``: launched op by op), on
+    the GPU of ``x``, and torch's CUDA cache is emptied when the stack is done, which returns the
+    graphs' memory to the device. The quantizers' ``.grad`` is None afterwards.
     """
     if x.dim() != 2 or y.shape != x.shape[:1]:
         raise ValueError(f"expected rows x [n, d] and targets y [n], got {list(x.shape)} and {list(y.shape)}; flatten y with y.view(-1)")
@@ -372,9 +375,10 @@ def train_models(models: Sequence[SplitModel], x: torch.Tensor, y: torch.Tensor,
     needs_grad = [needs_input_grad(m.quantizer) for m in models]
     order = sorted(range(len(models)), key=lambda g: (models[g].mlp[0].in_features, not needs_grad[g]))
     graphed = cuda_graphs and x.is_cuda and hasattr(torch.cuda.CUDAGraph, "register_generator_state")  # torch >= 2.5
-    squared_error = _train_stack([models[g] for g in order], [needs_grad[g] for g in order], x, y, setting, seed, graphed)
-    if graphed:  # the graphs' memory pool, freed with the stack, goes back to the device (to other processes too)
-        torch.cuda.empty_cache()
+    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():  # streams and graphs on x's GPU
+        squared_error = _train_stack([models[g] for g in order], [needs_grad[g] for g in order], x, y, setting, seed, graphed)
+        if graphed:  # the graphs' memory pool, freed with the stack, goes back to the device (to other processes too)
+            torch.cuda.empty_cache()
     losses = (squared_error / x.shape[0]).tolist()
     return [losses[order.index(g)] for g in range(len(models))]
 
@@ -424,7 +428,7 @@ def _train_stack(models: Sequence[SplitModel], needs_grad: Sequence[bool], x: to
             step(x_epoch[batch], y_epoch[batch], fixed_inputs, squared_error if last_epoch else None)
         schedule.step()
     for p in quantizer_parameters:
-        p.grad = None  # of the last batch only; on CUDA it lives in the graph's memory pool
+        p.grad = None  # of the last batch only (on CUDA it may live in the graph's memory pool)
     stacked.unstack_into([m.mlp for m in models])
     for model in models:
         model.set_temperature(schedule.tau)  # the soft-mode evaluations use the final temperature
