@@ -60,10 +60,7 @@ def unpack(payload: bytes, bits: int, n_features: int, n_samples: int | None = N
     ``n`` defaults to ``floor(len(payload) * 8 / (d * bits))``; pass ``n_samples`` where
     ``d * bits < 8``, since then the zero padding of the last byte can hold whole values.
     """
-    bits = check_bits(bits)
-    if not is_integral(n_features) or n_features < 1:
-        raise ValueError(f"n_features must be a positive integer, got {n_features!r}")
-    n_features = int(n_features)
+    bits, n_features = check_bits(bits), _check_n_features(n_features)
     data = np.frombuffer(payload, dtype=np.uint8)
     sample_bits = n_features * bits
     n = data.size * 8 // sample_bits if n_samples is None else n_samples
@@ -72,11 +69,7 @@ def unpack(payload: bytes, bits: int, n_features: int, n_samples: int | None = N
             f"a payload of {data.size} bytes is not {'a whole number of' if n_samples is None else n} samples of "
             f"{n_features} features at {bits} bits (n samples take ceil(n * {sample_bits} / 8) bytes)"
         )
-    stream = np.unpackbits(data)
-    if stream[n * sample_bits :].any():
-        raise ValueError("the padding bits of the last payload byte must be zero")
-    bit_matrix = stream[: n * sample_bits].reshape(n, n_features, bits).astype(np.int64)
-    return bit_matrix @ (1 << _msb_first(bits))
+    return _indices(np.unpackbits(data), n * sample_bits, n_features, bits, "the last payload byte")
 
 
 def unpack_samples(payload: bytes, bits: int, n_features: int) -> np.ndarray:
@@ -86,15 +79,26 @@ def unpack_samples(payload: bytes, bits: int, n_features: int) -> np.ndarray:
     zero-padded: what the exported C encoder's ``bsq_encode`` writes per sample. (Where
     ``d * bits`` is not a multiple of 8 this differs from :func:`pack` of n samples at once.)
     """
+    bits, n_features = check_bits(bits), _check_n_features(n_features)
     size = payload_bytes(1, n_features, bits)
     if len(payload) % size:
         raise ValueError(f"{len(payload)} bytes are not a whole number of one-sample payloads of {size} bytes")
     rows = np.frombuffer(payload, dtype=np.uint8).reshape(-1, size)
-    stream = np.unpackbits(rows, axis=1)  # [n, 8 * size]
-    if stream[:, n_features * bits :].any():
-        raise ValueError("the padding bits of each sample's last byte must be zero")
-    bit_matrix = stream[:, : n_features * bits].reshape(len(rows), n_features, bits).astype(np.int64)
-    return bit_matrix @ (1 << _msb_first(bits))
+    return _indices(np.unpackbits(rows, axis=1), n_features * bits, n_features, bits, "each sample's last byte")
+
+
+def _check_n_features(n_features: int) -> int:
+    if not is_integral(n_features) or n_features < 1:
+        raise ValueError(f"n_features must be a positive integer, got {n_features!r}")
+    return int(n_features)
+
+
+def _indices(stream: np.ndarray, used: int, n_features: int, bits: int, padding: str) -> np.ndarray:
+    """Unpacked bits [..., L] whose first ``used`` (per row) hold values -> int64 indices [n, d];
+    the remaining bits are the zero padding of ``padding``."""
+    if stream[..., used:].any():
+        raise ValueError(f"the padding bits of {padding} must be zero")
+    return stream[..., :used].reshape(-1, n_features, bits).astype(np.int64) @ (1 << _msb_first(bits))
 
 
 def payload_table(n_features: Mapping[str, int] | None = None) -> pd.DataFrame:

@@ -170,7 +170,7 @@ def load_results(
         outside = sorted(set(frame["bits"]) - set(BIT_RANGE))
         if outside:
             raise ResultFileError(
-                f"{result_file(results_dir, dataset)} has bit widths {outside} outside 2..8."
+                f"{result_file(results_dir, dataset)} has bit widths {outside} outside {MIN_BITS}..{MAX_BITS}."
             )
         absent = [b for b in wanted if b not in set(frame["bits"])]
         if absent:  # a run still going, or one of some bit widths only: those cells stay empty

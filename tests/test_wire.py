@@ -109,6 +109,8 @@ def test_one_sample_payloads_in_a_row() -> None:
         unpack_samples(stream[:5], 3, 3)
     with pytest.raises(ValueError, match="padding bits of each sample's last byte must be zero"):
         unpack_samples(bytes([0, 1]), 3, 3)
+    with pytest.raises(ValueError, match="n_features must be a positive integer"):
+        unpack_samples(stream, 3, 0)
 
 
 def test_payload_table() -> None:
