@@ -303,13 +303,24 @@ def test_cut_off_and_header_only_files(debug_results: Path, shared_dir: Path, tm
         run_best_settings("wine_quality", tmp_path, n_steps=2, methods=["FP"], scratch=shared_dir / "datasets", progress=False)
 
 
+def _wait_until_torch_loads(worker: subprocess.Popen) -> None:
+    """Return once ``worker`` has mapped libtorch: it is past ``quiet_start`` and still importing."""
+    maps = Path(f"/proc/{worker.pid}/maps")
+    if not maps.exists():
+        pytest.skip("needs Linux's /proc to see when the worker loads torch")
+    deadline = time.monotonic() + 60
+    while "libtorch" not in maps.read_text():
+        assert worker.poll() is None and time.monotonic() < deadline, "the worker ended or never loaded torch"
+        time.sleep(0.002)
+
+
 @pytest.mark.parametrize("command", [
     ["hyperparameter_tuning.py", "--dataset", "fried", "--n_bits", "3", "--list_settings"],
     ["best_hyperparameter_testing_multiple.py", "--dataset", "fried", "--select_only"],
 ])
 def test_ctrl_c_while_the_libraries_load_prints_no_traceback(command: list[str]) -> None:
     worker = subprocess.Popen([sys.executable, *command], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    time.sleep(0.3)  # importing torch takes longer
+    _wait_until_torch_loads(worker)
     worker.send_signal(signal.SIGINT)
     _, stderr = worker.communicate(timeout=60)
     assert "Traceback" not in stderr and worker.returncode in (-signal.SIGINT, 130), stderr
@@ -324,7 +335,7 @@ def test_a_worker_started_with_sigint_ignored_keeps_running() -> None:
     command = [sys.executable, "hyperparameter_tuning.py", "--dataset", "fried", "--n_bits", "3", "--list_settings"]
     worker = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))  # as `worker &` in a script
-    time.sleep(0.3)
+    _wait_until_torch_loads(worker)
     worker.send_signal(signal.SIGINT)
     stdout, stderr = worker.communicate(timeout=60)
     assert worker.returncode == 0 and len(stdout.splitlines()) == 101, stderr
