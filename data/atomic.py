@@ -2,16 +2,39 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import tempfile
 from pathlib import Path
+from typing import Iterator
+
+_HELD_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+@contextlib.contextmanager
+def _interruptions_held() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM (a cluster's time limit) until the block ends, where the platform can."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # a held signal is delivered here
 
 
 def atomic_write_bytes(path: str | os.PathLike, content: bytes) -> None:
-    """Replace ``path`` by ``content`` so that readers see the old file or the new, never half."""
+    """Replace ``path`` by ``content`` so that readers see the old file or the new, never half.
+
+    An interruption during the write takes effect once it is done, so no temporary file stays behind.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as tmp:
+    with _interruptions_held(), tempfile.NamedTemporaryFile(
+        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
+    ) as tmp:
         try:
             tmp.write(content)
             tmp.flush()

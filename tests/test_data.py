@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
+import signal
 
 import numpy as np
 import pandas as pd
@@ -14,6 +16,7 @@ from sklearn.datasets import make_friedman1
 from sklearn.model_selection import KFold, train_test_split
 
 from data import DATASETS, PAPER_DATASETS, DatasetError, get_info, holdout_split, load_dataset, standardize, tuning_folds
+from data import atomic
 from data import datasets as datasets_module
 from data.datasets import write_dataset_file
 
@@ -360,3 +363,32 @@ def test_holdout_split_on_a_real_dataset(manifest, datasets_dir):
     xt = split.parts["train"][0]
     np.testing.assert_allclose(xt.mean(0), 0, atol=1e-8)
     np.testing.assert_allclose(xt.std(0), 1, atol=1e-8)
+
+
+class _Stopped(Exception):
+    """Raised by the test's SIGTERM handler."""
+
+
+def _raise_stopped(signum, frame):
+    raise _Stopped
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="signals can be held on POSIX only")
+def test_a_signal_during_a_write_takes_effect_after_it(tmp_path, monkeypatch):
+    path = tmp_path / "result.csv"
+    path.write_text("old\n")
+    real_fsync = os.fsync
+
+    def fsync_then_signal(fd):  # SIGTERM arrives in the middle of the write
+        os.kill(os.getpid(), signal.SIGTERM)
+        real_fsync(fd)
+
+    monkeypatch.setattr(atomic.os, "fsync", fsync_then_signal)
+    previous = signal.signal(signal.SIGTERM, _raise_stopped)
+    try:
+        with pytest.raises(_Stopped):
+            atomic.atomic_write_text(path, "new\n")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert path.read_text() == "new\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["result.csv"]
