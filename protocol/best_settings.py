@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from data import Dataset, load_dataset
 from data.splits import holdout_split
 from models import METHOD_NAMES, SETTING_KEYS, SavedModel, Setting, get_method, run_methods, save_model
+from quantization.thresholds import MAX_BITS, MIN_BITS
 
 from .common import BASE_SEED, ProtocolError
 from .schema import BEST, BEST_COLUMNS, TUNING, best_path, has_method, read_results, write_results
@@ -42,6 +43,8 @@ def find_tuning_files(result_folder: str | os.PathLike, dataset: str) -> dict[in
     for path in (Path(result_folder) / dataset).glob(f"{dataset}_hyperparameter_tuning_*bits_*iterations.csv"):
         match = _TUNING_NAME.search(path.name)
         if match:
+            if not MIN_BITS <= int(match[1]) <= MAX_BITS:
+                raise ProtocolError(f"{path} names {match[1]} bits, outside {MIN_BITS}..{MAX_BITS}: rename it to the bit width of its rows, or move it out of {path.parent}")
             with path.open("rb") as lines:  # bytes: a damaged file is reported when it is read
                 n_rows = sum(1 for _ in lines) - 1
             candidates.setdefault(int(match[1]), []).append((n_rows, int(match[2]), path))
@@ -108,6 +111,9 @@ def load_choices(
     for b, frame in frames.items():
         if frame.empty:
             raise ProtocolError(f"{files[b]} has no rows yet; let the tuning finish some settings first")
+        other_bits = sorted(set(frame["bits"].dropna().astype(int)) - {b})
+        if other_bits:
+            raise ProtocolError(f"{files[b]} holds rows of {other_bits} bits, but its name says {b} bits: rename it to the bit width of its rows")
         absent = [m for m in methods if not has_method(frame, m)]
         if absent:
             raise ProtocolError(f"{files[b]} was written without the method(s) {', '.join(absent)}; leave them out of --methods")

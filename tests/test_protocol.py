@@ -447,3 +447,14 @@ def test_custom_search_space_is_used(tmp_path: Path, capsys) -> None:
     printed = pd.read_csv(io.StringIO(capsys.readouterr().out))
     assert printed.hidden_neurons.eq(7).all() and set(printed.num_epochs) <= {2, 3}
     assert set(printed.hidden_layers) <= {5, 6, 8, 10}
+
+
+def test_a_tuning_file_whose_name_gives_other_bits_is_refused(shared_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "fried").mkdir()
+    mislabeled = tmp_path / "fried" / "fried_hyperparameter_tuning_3bits_400iterations.csv"
+    mislabeled.write_bytes(paper_file(shared_dir, "fried", 2).read_bytes())  # 2-bit rows
+    with pytest.raises(ProtocolError, match=r"holds rows of \[2\] bits, but its name says 3 bits"):
+        load_choices(tmp_path, "fried", None)
+    mislabeled.rename(mislabeled.with_name("fried_hyperparameter_tuning_9bits_400iterations.csv"))
+    with pytest.raises(ProtocolError, match=r"names 9 bits, outside 2\.\.8"):
+        load_choices(tmp_path, "fried", None)
