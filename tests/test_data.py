@@ -253,6 +253,18 @@ def test_unreachable_openml_messages(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_superconduct_placed_by_hand_is_read(tmp_path, monkeypatch):
+    """Doing what the offline message says: a file of the right shape (no checksum exists for it)."""
+    monkeypatch.setattr(datasets_module, "fetch_openml_frame", unreachable)
+    info = DATASETS["superconduct"]
+    frame = pd.DataFrame(np.zeros((info.n_rows, info.n_features + 1)), columns=[*map(str, range(info.n_features)), info.target])
+    frame.to_csv(tmp_path / info.file_name, index=False)
+    assert load_dataset("superconduct", tmp_path).x.shape == (info.n_rows, info.n_features)
+    frame.iloc[:-1].to_csv(tmp_path / info.file_name, index=False)
+    with pytest.raises(DatasetError, match="has 21262 rows"):
+        load_dataset("superconduct", tmp_path)
+
+
 def test_download_writes_the_cache_file(tmp_path, monkeypatch):
     """A successful fetch is written atomically (with its checksum) and read back."""
     info = DATASETS["wine_quality"]
