@@ -181,9 +181,15 @@ def _clamped_position(x: torch.Tensor, scale: torch.Tensor, table_size: int) -> 
 
 
 def _histogram(u: torch.Tensor, bins: int) -> torch.Tensor:
-    """Counts [d, bins] of u [n, d] in equal bins from each feature's min to its max."""
+    """Counts [d, bins] of u [n, d] in equal bins from each feature's min to its max.
+
+    As ``torch.histc``: a feature whose values are all equal spans min - 1 .. max + 1, so they
+    count in the middle bin (a batch of one row, or a feature constant within the batch).
+    """
     low, high = torch.aminmax(u, dim=0)  # [d]
-    width = (high - low).clamp_min_(torch.finfo(u.dtype).tiny)
+    equal = (high == low).to(u.dtype)
+    low = low - equal
+    width = (high - low).add_(equal)  # 2 where equal
     index = (u - low).div_(width).mul_(bins).long().clamp_(0, bins - 1)  # [n, d]
     counts = u.new_zeros(u.shape[1], bins)
     counts.T.scatter_add_(0, index, torch.ones_like(u))

@@ -16,7 +16,7 @@ import torch
 from models import MLP, SavedModel, Setting, SplitModel
 from quantization import LLTQuantizer, LSQQuantizer, ThresholdQuantizer
 from quantization.export import build_encoder
-from quantization.quantizers import _LLTLookup, _rise_matrix, _SteppedSum, _Thermometer
+from quantization.quantizers import _histogram, _LLTLookup, _rise_matrix, _SteppedSum, _Thermometer
 
 T3 = torch.tensor([[-1.0, 0.0, 1.0]])  # one feature, 2 bits
 X = torch.tensor([[-2.0], [-1.0], [-0.5], [0.0], [0.3], [1.0], [5.0]])
@@ -963,3 +963,20 @@ def test_quantizers_on_device(device):
         q_cpu.eval()
         assert torch.equal(q_cpu.encode(x_cpu), index.cpu()), name
         torch.testing.assert_close(q_cpu(x_cpu), reference[True], rtol=1e-5, atol=1e-5)
+
+
+def test_llt_histogram_counts_as_torch_histc():
+    """Per feature the counts of ``torch.histc`` over the batch's min..max, equal values included."""
+    gen = torch.Generator().manual_seed(3)
+    u = torch.rand(300, 4, generator=gen, dtype=torch.float64) * 2 - 1
+    u[:, 2] = 0.25  # constant in the batch: histc widens the range to -0.75 .. 1.25, the middle bin
+    u[:150, 3] = -1.0  # clamped values at both ends
+    u[150:, 3] = 1.0
+    counts = _histogram(u, 9)
+    for f in range(4):
+        column = u[:, f]
+        expected = torch.histc(column, bins=9, min=column.min().item(), max=column.max().item())
+        torch.testing.assert_close(counts[f], expected, rtol=0, atol=0)
+    assert counts[2].tolist() == [0, 0, 0, 0, 300, 0, 0, 0, 0]
+    assert counts[3].tolist() == [150, 0, 0, 0, 0, 0, 0, 0, 150]
+    assert _histogram(u[:1], 9).argmax(dim=1).tolist() == [4] * 4  # a batch of one row
