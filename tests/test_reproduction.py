@@ -15,12 +15,13 @@ REPO = Path(__file__).resolve().parents[1]
 RUNS = [REPO / "results" / "reproduction" / name for name in (
     "fried_best_hyperparameter_test_multiple.csv", "fried_3bits_stacked_engine.csv", "fried_2bits_float32_inputs.csv",
     "sulfur_2bits_h100.csv", "wine_quality_2bits_h100.csv", "california_2bits_h100.csv", "fried_8bits_13_methods.csv",
+    "fried_6_7bits_13_methods.csv",
 )]
 
 
 def dataset_of(run: Path) -> str:
-    """The dataset a reproduction file reruns: its name up to the bits or the standard suffix."""
-    return re.split(r"_(?:\d+bits|best_hyperparameter)", run.name)[0]
+    """The dataset a reproduction file reruns: its name up to the first bit width or the standard suffix."""
+    return re.split(r"_(?:\d|best_hyperparameter)", run.name)[0]
 
 
 @pytest.mark.parametrize("ours", RUNS, ids=lambda path: path.name)
