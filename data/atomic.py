@@ -6,23 +6,32 @@ import contextlib
 import os
 import signal
 import tempfile
+import threading
 from pathlib import Path
 from typing import Iterator
 
-_HELD_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+_HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @contextlib.contextmanager
 def _interruptions_held() -> Iterator[None]:
-    """Hold Ctrl-C and SIGTERM (a cluster's time limit) until the block ends, where the platform can."""
-    if not hasattr(signal, "pthread_sigmask"):
+    """Hold Ctrl-C and SIGTERM (a cluster's time limit) until the block ends, then deliver them.
+
+    Python runs signal handlers in the main thread only, so only there can they be held.
+    """
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_SIGNALS)
+    received: list[int] = []
+    held = [number for number in _HELD_SIGNALS if signal.getsignal(number) is not None]  # None: a handler set outside Python
+    previous = {number: signal.signal(number, lambda number, frame: received.append(number)) for number in held}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # a held signal is delivered here
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        for number in dict.fromkeys(received):
+            signal.raise_signal(number)  # to the handler of before: an exception, or the end of the process
 
 
 def atomic_write_bytes(path: str | os.PathLike, content: bytes) -> None:

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import signal
+import threading
 
 import numpy as np
 import pandas as pd
@@ -385,22 +386,27 @@ def _raise_stopped(signum, frame):
     raise _Stopped
 
 
-@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="signals can be held on POSIX only")
 def test_a_signal_during_a_write_takes_effect_after_it(tmp_path, monkeypatch):
     path = tmp_path / "result.csv"
     path.write_text("old\n")
     real_fsync = os.fsync
 
     def fsync_then_signal(fd):  # SIGTERM arrives in the middle of the write
-        os.kill(os.getpid(), signal.SIGTERM)
+        signal.raise_signal(signal.SIGTERM)
         real_fsync(fd)
 
     monkeypatch.setattr(atomic.os, "fsync", fsync_then_signal)
+    other_thread_runs = threading.Event()  # a process with other threads (torch's, tqdm's) as well
+    other_thread = threading.Thread(target=other_thread_runs.wait)
+    other_thread.start()
     previous = signal.signal(signal.SIGTERM, _raise_stopped)
     try:
         with pytest.raises(_Stopped):
             atomic.atomic_write_text(path, "new\n")
     finally:
         signal.signal(signal.SIGTERM, previous)
+        other_thread_runs.set()
+        other_thread.join()
     assert path.read_text() == "new\n"
     assert [p.name for p in tmp_path.iterdir()] == ["result.csv"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handlers of before are back
