@@ -748,3 +748,69 @@ def test_readme_examples_run() -> None:
     quantizer = method.quantizer(ctx)
     assert method.soft_eval and quantizer.trainable and quantizer.readout == "thermometer"
     assert torch.equal(quantizer.thresholds, ctx.minmax)
+
+
+# =========================================================================== training against a reference optimizer
+
+
+@pytest.mark.parametrize("method", ["FP", "Bw-SQ"])
+def test_training_is_adam_with_weight_decay_on_the_mean_squared_error(method):
+    """One batch per epoch, no dropout: training equals torch.optim.Adam(lr, weight_decay) over the MLP's
+    and the thresholds' parameters on the batch MSE, step by step, with the Bw-SQ input written out as
+    sigmoid((x - t) / tau) at tau = decrease_factor**(e / E) in epoch e; the reported loss is the MSE of the
+    last epoch (before its update)."""
+    x, y = tiny_data(200, 3)  # < 512 rows: one batch per epoch, so shuffling cannot change the sums
+    setting = replace(SETTING, weight_decay=0.5, learning_rate=0.01, hidden_layers=1, num_epochs=3, dropout_rate=0.0,
+                      decrease_factor=0.01)
+    ctx = QuantizerContext.from_training_rows(x, 2)
+    training.seed_everything(0)
+    model = build_model(METHODS[method], setting, ctx)
+    mlp = copy.deepcopy(model.mlp)
+    parameters = list(mlp.parameters())
+    if method == "Bw-SQ":
+        thresholds = nn.Parameter(model.quantizer.thresholds.detach().clone())  # [d, M]
+        parameters.append(thresholds)
+    optimizer = torch.optim.Adam(parameters, lr=setting.learning_rate, weight_decay=setting.weight_decay)
+    for epoch in range(setting.num_epochs):
+        tau = setting.decrease_factor ** (epoch / setting.num_epochs)
+        inputs = x if method == "FP" else torch.sigmoid((x[:, :, None] - thresholds) / tau).flatten(1)
+        optimizer.zero_grad()
+        loss = ((mlp(inputs).squeeze(-1) - y) ** 2).mean()
+        loss.backward()
+        optimizer.step()
+    train_loss = train_model(model, x, y, setting, seed=0)
+    for ours, theirs in zip(model.mlp.parameters(), mlp.parameters()):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    if method == "Bw-SQ":
+        torch.testing.assert_close(model.quantizer.thresholds, thresholds, rtol=1e-5, atol=1e-5)
+    assert train_loss == pytest.approx(loss.item(), rel=1e-5)
+
+
+def test_reported_training_loss_is_the_last_epoch_only():
+    """With a learning rate so small that the weights do not move, every epoch's MSE is the initial
+    network's, and the reported loss is that MSE (not a sum over epochs)."""
+    x, y = tiny_data(1100, 3)  # three batches per epoch
+    setting = replace(SETTING, learning_rate=1e-30, num_epochs=3, dropout_rate=0.0)
+    ctx = QuantizerContext.from_training_rows(x, 2)
+    training.seed_everything(0)
+    model = build_model(METHODS["FP"], setting, ctx)
+    with torch.no_grad():
+        expected = ((model.mlp(x).squeeze(-1).double() - y.double()) ** 2).mean().item()
+    assert train_model(model, x, y, setting, seed=0) == pytest.approx(expected, rel=1e-5)
+
+
+def test_hard_and_soft_losses_of_trained_quantizers_by_hand():
+    """The reported losses are cloud(edge(x)) (hard); the soft ones mlp(soft(x)) at the final tau, in eval mode."""
+    x, y = tiny_data(300, 3)
+    xv, yv = tiny_data(120, 3, seed=1)
+    names = ["SQ", "Bw-SQ", "LLT4"]
+    results = run_methods(names, {m: SETTING for m in names}, (x, y), {"val": (xv, yv)}, bits=3, seed=7)
+    for name in names:
+        model = results[name].model
+        model.eval()
+        with torch.no_grad():
+            hard = ((model.cloud(model.edge(xv)).double() - yv.double()) ** 2).mean().item()
+            soft = ((model.mlp(model.quantizer.soft(xv)).squeeze(-1).double() - yv.double()) ** 2).mean().item()
+        assert hard != pytest.approx(soft, rel=1e-6), name  # the two modes do differ here
+        assert results[name].losses["val"] == pytest.approx(hard, rel=1e-6), name
+        assert results[name].soft_losses["val"] == pytest.approx(soft, rel=1e-6), name

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import optuna
@@ -17,11 +18,11 @@ import pytest
 
 import best_hyperparameter_testing_multiple as best_script
 import hyperparameter_tuning as tuning_script
-from models import METHOD_NAMES, SETTING_KEYS
-from protocol import best_settings
-from protocol.best_settings import load_choices, planned_folds, run_best_settings, select_best
+from models import METHOD_NAMES, METHODS, SETTING_KEYS, MethodResult, Setting
+from protocol import best_settings, tuning
+from protocol.best_settings import Choice, load_choices, planned_folds, run_best_settings, select_best
 from protocol.common import ProtocolError
-from protocol.schema import BEST_COLUMNS
+from protocol.schema import BEST_COLUMNS, SOFT_EVALUATED, TRAINED
 from protocol.search_space import draw_settings, paper_search_space
 from protocol.tuning import open_tuning, plan_tuning, run_tuning
 
@@ -458,3 +459,72 @@ def test_a_tuning_file_whose_name_gives_other_bits_is_refused(shared_dir: Path, 
     mislabeled.rename(mislabeled.with_name("fried_hyperparameter_tuning_9bits_400iterations.csv"))
     with pytest.raises(ProtocolError, match=r"names 9 bits, outside 2\.\.8"):
         load_choices(tmp_path, "fried", None)
+
+
+def test_tuning_seeds_follow_the_spec(tmp_path: Path) -> None:
+    """Row r = setting * k + fold is seeded with 42 + fold + r * k (SPEC section 5), worked out by hand."""
+    plan = plan_tuning("wine_quality", 3, 3, tmp_path)  # 4 folds
+    assert [plan.seed(s, f) for s, f in [(0, 0), (0, 1), (0, 3), (1, 0), (2, 3)]] == [42, 47, 57, 58, 89]
+    debug = plan_tuning("wine_quality", 3, 2, tmp_path, debug=True)  # 2 folds
+    assert [debug.seed(s, f) for s, f in [(0, 0), (0, 1), (1, 0), (1, 1)]] == [42, 45, 46, 49]
+
+
+def _distinct_results() -> dict[str, MethodResult]:
+    """Method i: val i + .1, test i + .2, soft val i + .3, soft test i + .4, train i + .5, seconds i + .6."""
+    return {
+        m: MethodResult({"val": i + 0.1, "test": i + 0.2}, i + 0.5, i + 0.6,
+                        {"val": i + 0.3, "test": i + 0.4} if METHODS[m].soft_eval else {})
+        for i, m in enumerate(METHOD_NAMES)
+    }
+
+
+def test_tuning_row_takes_each_column_from_its_result_and_seed(shared_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """A fold's row holds each method's hard val/test, soft val/test and train loss in their columns,
+    and the fold trains with the plan's seed."""
+    plan = plan_tuning("wine_quality", 3, 2, tmp_path, debug=True)
+    calls = []
+
+    def fake_run_methods(names, settings, train, evaluations, bits, seed, on_stack=None):
+        calls.append((list(names), sorted(evaluations), bits, seed))
+        return _distinct_results()
+
+    monkeypatch.setattr(tuning, "run_methods", fake_run_methods)
+    folds = tuning._Folds(plan, shared_dir / "datasets", "cpu")
+    claim = SimpleNamespace(setting_id=1, values=plan.setting_values(1))  # what row reads of a Claim
+    row = folds.row(claim, 1, on_stack=lambda _: None)
+    assert calls == [(list(METHOD_NAMES), ["test", "val"], 3, 49)]
+    for i, m in enumerate(METHOD_NAMES):
+        assert (row[f"val_loss_{m}"], row[f"test_loss_{m}"]) == (i + 0.1, i + 0.2), m
+        if m in TRAINED:
+            assert row[f"train_loss_{m}"] == i + 0.5, m
+        if m in SOFT_EVALUATED:
+            assert (row[f"val_loss_{m}_train"], row[f"test_loss_{m}_train"]) == (i + 0.3, i + 0.4), m
+    assert (row["hyperparameter_setting_id"], row["kFold_id"], row["bits"]) == (1, 1, 3)
+
+
+def test_best_setting_run_s_is_seeded_with_42_plus_s(shared_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """Run s trains with seed 42 + s (SPEC section 6), not one seed for all runs."""
+    setting = Setting(0.0, 1e-3, 1, 4, 1, 1e-3, 0.0)
+    monkeypatch.setattr(best_settings, "load_choices", lambda *args, **kwargs: {3: {"FP": Choice(0, 0.5, setting)}})
+    seeds = []
+
+    def fake_run_methods(names, settings, train, evaluations, bits, seed, on_stack=None):
+        seeds.append(seed)
+        return {m: MethodResult({"test": 1.0 + seed}, 0.0, 0.0) for m in names}
+
+    monkeypatch.setattr(best_settings, "run_methods", fake_run_methods)
+    path = run_best_settings("wine_quality", tmp_path, n_steps=3, methods=["FP"], scratch=shared_dir / "datasets", progress=False)
+    assert seeds == [42, 43, 44]
+    assert pd.read_csv(path)["test_loss_FP"].tolist() == [43.0, 44.0, 45.0]
+
+
+def test_selection_takes_the_first_setting_on_ties() -> None:
+    """Settings 1 and 2 tie on the mean validation loss (0.5, exact in binary); SPEC section 6 picks the first."""
+    values = {"weight_decay": 0.0, "learning_rate": 0.001, "hidden_layers": 1, "hidden_neurons": 5,
+              "num_epochs": 10, "decrease_factor": 0.001, "dropout_rate": 0.0}
+    assert list(SETTING_KEYS) == list(values)
+    losses = {0: [1.0, 1.0], 1: [0.25, 0.75], 2: [0.5, 0.5], 3: [0.75, 0.5]}
+    frame = pd.DataFrame([{"hyperparameter_setting_id": s, "kFold_id": f, **values, "val_loss_FP": v}
+                          for s, fold_losses in losses.items() for f, v in enumerate(fold_losses)])
+    choice = select_best(frame, 2, ["FP"])["FP"]
+    assert (choice.setting_id, choice.val_loss) == (1, 0.5)

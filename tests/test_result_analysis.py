@@ -504,3 +504,10 @@ def test_help_shows_defaults(capsys, main):
     assert "(default: results/best_hyperparameter_multiple)" in text
     assert "(default: results/analysis)" in text
     assert "(default: the paper's, california fried superconduct cpu_act sulfur wine_quality)" in text
+
+
+def test_underline_rule_includes_exactly_two_and_a_half_percent() -> None:
+    """'within 2.5 %' is inclusive: 1.025 times the minimum is underlined, just above it is not."""
+    table = pd.DataFrame({"FP": [0.5], "A": [1.0], "B": [1.025], "C": [1.0251]})
+    marks = analysis.row_marks(table, ["A", "B", "C"])
+    assert marks.iloc[0].tolist() == ["", "min", "near", ""]
