@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pandas as pd
@@ -25,7 +26,7 @@ from optuna.trial import TrialState
 import hyperparameter_tuning as tuning_script
 from protocol import study
 from protocol.common import ProtocolError, run_cli
-from protocol.study import FOLD_PREFIX, OWNER_ATTR, SETTING_ATTR, claim_setting, open_storage
+from protocol.study import BEAT_ATTR, FOLD_PREFIX, OWNER_ATTR, SETTING_ATTR, claim_setting, open_storage
 from protocol.search_space import paper_search_space
 from protocol.tuning import TuningPlan, open_tuning, plan_tuning
 
@@ -300,3 +301,69 @@ def test_a_shared_storage_serves_tunings_in_several_folders(tmp_path: Path) -> N
     open_tuning(plan_tuning("wine_quality", 3, 1, tmp_path / "b", debug=True, search_space={**paper_search_space(True), **space}), shared)
     with pytest.raises(ProtocolError, match="already the CSV of another tuning"):  # b's CSV, by another study
         open_tuning(plan_tuning("wine_quality", 3, 1, tmp_path / "b", debug=True), shared)
+
+
+# ---------------------------------------------------------------- the claim rules, by hand (no worker processes)
+
+
+def _running_trial(owner: dict | None, beat: float) -> SimpleNamespace:
+    """What the rules read of a running trial: its owner (None: never marked) and its last heartbeat."""
+    return SimpleNamespace(user_attrs={BEAT_ATTR: beat} if owner is None else {OWNER_ATTR: owner, BEAT_ATTR: beat})
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_stale_rule_by_hand() -> None:
+    """Dead: never marked, its PID gone on this machine, or silent for more than STALE_BEATS of its own interval."""
+    now, here = 10_000.0, {"machine": study.MACHINE, "pid": os.getpid(), "interval": 2}
+    assert study.STALE_BEATS == 5
+    assert study._is_stale(_running_trial(None, now), now)  # claimed but never marked
+    assert not study._is_stale(_running_trial(here, now - 5 * 2), now)  # exactly 5 beats: still alive
+    assert study._is_stale(_running_trial(here, now - 5 * 2 - 0.01), now)  # more than 5 of its 2-second beats
+    assert not study._is_stale(_running_trial({**here, "interval": 60}, now - 11), now)  # a slow beater is not dead
+    assert study._is_stale(_running_trial({**here, "pid": _dead_pid()}, now), now)  # its process ended here
+
+
+def test_a_pid_of_another_machine_is_judged_by_its_heartbeat(monkeypatch) -> None:
+    """A PID says nothing about a process on another machine, and someone else's process is alive."""
+    now, dead = 10_000.0, _dead_pid()
+    elsewhere = {"machine": study.MACHINE + "-other", "pid": dead, "interval": 1}
+    assert not study._is_stale(_running_trial(elsewhere, now - 1), now)
+    assert study._is_stale(_running_trial(elsewhere, now - 6), now)
+
+    def not_permitted(pid: int, signal: int) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(study.os, "kill", not_permitted)  # another user's worker on this machine
+    assert study._pid_alive(dead)
+    assert not study._is_stale(_running_trial({"machine": study.MACHINE, "pid": dead, "interval": 1}, now - 1), now)
+
+
+def test_a_setting_is_done_when_its_folds_are_stored_and_a_trial_finished() -> None:
+    """All folds stored by a trial that never finished (its worker died before telling) is not done:
+    the setting is offered again so that a finished trial records its value for the sampler."""
+    def trial(state: TrialState, folds: list[int]) -> SimpleNamespace:
+        return SimpleNamespace(state=state, user_attrs={f"{FOLD_PREFIX}{k}": {"fold": k} for k in folds})
+
+    assert not study._done([trial(TrialState.RUNNING, [0, 1])], 2)
+    assert not study._done([trial(TrialState.FAIL, [0, 1])], 2)
+    assert not study._done([trial(TrialState.COMPLETE, [0])], 2)
+    assert study._done([trial(TrialState.FAIL, [0]), trial(TrialState.COMPLETE, [1])], 2)
+    assert study._done([trial(TrialState.PRUNED, [0, 1])], 2)
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_sampled_settings_differ_from_each_other(tmp_path: Path, sampler: str) -> None:
+    """Each new setting gets a sampler seeded with its id: a fixed seed would draw the same setting every time."""
+    space = paper_search_space()
+    spec = study.StudySpec("sampled", space, k_folds=2, n_settings=4, sampler=sampler, initial=())
+    tuning = study.open_study(open_storage(f"journal:{tmp_path / 'sampled.journal'}"), spec)
+    claims = [claim_setting(tuning, {}) for _ in range(4)]
+    assert [c.setting_id for c in claims] == [0, 1, 2, 3]
+    assert all(c.values[k] in space[k] for c in claims for k in space)
+    assert len({tuple(c.values.items()) for c in claims}) == 4
+    assert claim_setting(tuning, {}) is None  # the study has room for 4 settings only

@@ -280,3 +280,21 @@ def test_unexportable_inputs(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
     saved.x_scale = np.array([1.0, 0.0, 1.0, 1.0, 1.0])
     with pytest.raises(ValueError, match="x_scale must be finite and positive"):
         build_encoder(saved)
+
+
+def test_cloud_predict_evaluates_a_model_trained_with_dropout(tmp_path: Path) -> None:
+    """A reloaded model may be in training mode; cloud_predict switches dropout off (SPEC 4: eval mode)."""
+    setting = Setting(0.0, 1e-3, 2, 16, 1, 0.01, 0.5)
+    gen = torch.Generator().manual_seed(3)
+    model = build_model(METHODS["Bw-SQ"], setting, QuantizerContext.from_training_rows(torch.randn(400, D, generator=gen), 3))
+    saved = SavedModel(model, "Bw-SQ", 3, setting, [f"sensor {i}" for i in range(D)], X_MEAN, X_SCALE, 0.25, 3.0, "toy")
+    save_model(saved, tmp_path / "model.pt")
+    raw = (X_MEAN + X_SCALE * np.random.default_rng(0).standard_normal((300, D))).astype(np.float32)
+    with torch.inference_mode():
+        indices = saved.model.edge(saved.standardize(raw)).numpy()
+    expected = saved.predict(raw)  # eval mode, hard quantization, raw units
+    cloud = load_model(tmp_path / "model.pt")
+    cloud.model.train()  # whatever mode the server's copy is in
+    payload = pack(indices, 3)
+    np.testing.assert_array_equal(cloud_predict(cloud, payload, raw_units=True), expected)
+    np.testing.assert_array_equal(cloud_predict(cloud, payload), cloud_predict(cloud, payload))

@@ -814,3 +814,27 @@ def test_hard_and_soft_losses_of_trained_quantizers_by_hand():
         assert hard != pytest.approx(soft, rel=1e-6), name  # the two modes do differ here
         assert results[name].losses["val"] == pytest.approx(hard, rel=1e-6), name
         assert results[name].soft_losses["val"] == pytest.approx(soft, rel=1e-6), name
+
+
+def test_sq_sees_the_integer_index_and_sqplus_the_interval_values():
+    """SPEC 3: SQ's network input is the (soft) index, SQplus's the interval value, by hand from the thresholds."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(300, 2, generator=gen)
+    ctx = QuantizerContext.from_training_rows(x, 3)
+    t = ctx.quantile.numpy().astype(np.float64)  # [d, M], sorted
+    xs = x.numpy().astype(np.float64)
+    index = (xs[:, :, None] > t[None]).sum(-1)
+    soft_index = (1 / (1 + np.exp(-(xs[:, :, None] - t[None]) / 0.5))).sum(-1)  # at tau = 0.5
+    q = np.concatenate([t[:, :1] - (t[:, 1:2] - t[:, :1]) / 2, (t[:, :-1] + t[:, 1:]) / 2,
+                        t[:, -1:] + (t[:, -1:] - t[:, -2:-1]) / 2], axis=1)  # midpoints q_0..q_M of SPEC 2 [d, M + 1]
+    midpoint = np.take_along_axis(q, index.T, axis=1).T
+    setting = replace(SETTING, dropout_rate=0.0)
+    for name, hard_expected in (("SQ", index), ("SQplus", midpoint)):
+        quantizer = build_model(METHODS[name], setting, ctx).quantizer
+        quantizer.hard = True
+        with torch.no_grad():
+            np.testing.assert_allclose(quantizer(x).double().numpy(), hard_expected, rtol=1e-5, atol=1e-5, err_msg=name)
+    sq = build_model(METHODS["SQ"], setting, ctx).quantizer
+    sq.hard, sq.tau = False, 0.5
+    with torch.no_grad():
+        np.testing.assert_allclose(sq(x).double().numpy(), soft_index, rtol=1e-5, atol=1e-5)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import csv
 import io
 import json
 import signal
@@ -21,9 +23,9 @@ import hyperparameter_tuning as tuning_script
 from models import METHOD_NAMES, METHODS, SETTING_KEYS, MethodResult, Setting
 from protocol import best_settings, tuning
 from protocol.best_settings import Choice, load_choices, planned_folds, run_best_settings, select_best
-from protocol.common import ProtocolError
-from protocol.schema import BEST_COLUMNS, SOFT_EVALUATED, TRAINED
-from protocol.search_space import draw_settings, paper_search_space
+from protocol.common import ProtocolError, parse_positive
+from protocol.schema import BEST, BEST_COLUMNS, SOFT_EVALUATED, TRAINED, TUNING, read_results, write_results
+from protocol.search_space import draw_settings, load_search_space, paper_search_space
 from protocol.tuning import open_tuning, plan_tuning, run_tuning
 
 REPO = Path(__file__).resolve().parents[1]
@@ -528,3 +530,72 @@ def test_selection_takes_the_first_setting_on_ties() -> None:
                           for s, fold_losses in losses.items() for f, v in enumerate(fold_losses)])
     choice = select_best(frame, 2, ["FP"])["FP"]
     assert (choice.setting_id, choice.val_loss) == (1, 0.5)
+
+
+def test_a_loss_that_is_not_a_number_is_one_sentence(shared_dir: Path, tmp_path: Path) -> None:
+    """A damaged cell is refused by the reader with its column named, not a TypeError in the selection."""
+    frame = pd.read_csv(paper_file(shared_dir, "fried", 3))
+    frame["val_loss_FP"] = frame["val_loss_FP"].astype(object)
+    frame.loc[5, "val_loss_FP"] = "0.3oops"
+    damaged = tmp_path / "damaged.csv"
+    frame.to_csv(damaged, index=False)
+    with pytest.raises(ProtocolError, match="non-numeric values in column val_loss_FP"):
+        read_results(damaged, TUNING)
+
+
+def test_a_column_outside_the_schema_is_refused_not_dropped(shared_dir: Path, tmp_path: Path) -> None:
+    """A file with a column this project does not write is refused: reading it would drop the column on the next write."""
+    frame = pd.read_csv(paper_file(shared_dir, "fried", 3))
+    frame["test_loss_Bw-XX"] = 1.0  # say, a method registered in another checkout
+    other = tmp_path / "other.csv"
+    frame.to_csv(other, index=False)
+    with pytest.raises(ProtocolError, match=r"unexpected \['test_loss_Bw-XX'\]"):
+        read_results(other, TUNING)
+
+
+def test_best_setting_ids_are_written_as_integers_also_beside_empty_cells(tmp_path: Path) -> None:
+    """The ids stay integers ("12", as in the paper's files) where a method was not run (an empty cell)."""
+    frame = pd.DataFrame({c: [1.0, 2.0] if c.startswith("best_") else [0.5, 0.25] for c in BEST_COLUMNS})
+    frame["best_hyperparameter_id_FP"] = [12.0, np.nan]  # FP not run in the second row
+    frame["best_hyperparameter_id_LSQ"] = [3.0, 7.0]
+    frame["bits"], frame["step"] = [3.0, 3.0], [0.0, 1.0]
+    path = tmp_path / "best.csv"
+    write_results(frame, path, BEST)
+    rows = list(csv.DictReader(path.open()))
+    assert [r["best_hyperparameter_id_FP"] for r in rows] == ["12", ""]
+    assert [r["best_hyperparameter_id_LSQ"] for r in rows] == ["3", "7"]
+    assert [(r["bits"], r["step"]) for r in rows] == [("3", "0"), ("3", "1")]
+    back = read_results(path, BEST)
+    assert str(back["best_hyperparameter_id_FP"].dtype) == "Int64" and back["best_hyperparameter_id_LSQ"].tolist() == [3, 7]
+
+
+def test_debug_space_and_its_draws_follow_the_spec() -> None:
+    """SPEC 5: --debug replaces hidden_neurons by [5], num_epochs by [10], hidden_layers by [1, 2] (in this order)."""
+    space = paper_search_space(debug=True)
+    assert space == {
+        "weight_decay": [0], "learning_rate": [0.001, 0.0001], "hidden_layers": [1, 2], "hidden_neurons": [5],
+        "num_epochs": [10], "decrease_factor": [0.001, 0.0001], "dropout_rate": [0.0, 0.2, 0.4, 0.5],
+    }
+    assert list(space) == list(SETTING_KEYS)
+    np.random.seed(42)  # the draws of SPEC section 5, key by key
+    np.random.choice([0], size=6)
+    np.random.choice([0.001, 0.0001], size=6)
+    layers = np.random.choice([1, 2], size=6)
+    assert draw_settings(space, 6)["hidden_layers"].tolist() == layers.tolist()
+
+
+@pytest.mark.parametrize("key", ["hidden_layers", "hidden_neurons", "num_epochs"])
+def test_search_space_counts_must_be_integers(tmp_path: Path, key: str) -> None:
+    """Layers, neurons and epochs are counts: 2.5 is refused when the space is read, not by a TypeError in training."""
+    path = tmp_path / "space.json"
+    path.write_text(json.dumps({key: [2, 2.5]}))
+    with pytest.raises(ProtocolError, match=f"{key} must list integers, got 2.5"):
+        load_search_space(path)
+
+
+@pytest.mark.parametrize("text", ["0", "-1", "1.5", "two"])
+def test_counts_on_the_command_line_are_at_least_one(text: str) -> None:
+    """--n_steps, --threads and --heartbeat take integers >= 1 (a 0-second heartbeat would make every worker look dead)."""
+    with pytest.raises(argparse.ArgumentTypeError, match=f"expected an integer of at least 1, got '{text}'"):
+        parse_positive(text)
+    assert parse_positive("1") == 1 and parse_positive("60") == 60

@@ -198,6 +198,10 @@ def test_lineplot_figure(paper_frames):
             assert lines["FP"].get_linestyle() == "--"
             assert lines["Bw-SQ"].get_linewidth() > lines["LSQ"].get_linewidth()
             assert list(lines["Bw-SQ"].get_xdata()) == list(range(2, 9))
+            raw = raw_losses(ax.get_title())
+            for method, line in lines.items():  # every point is the mean over the runs
+                expected = [raw[(int(b), method)].mean() for b in line.get_xdata()]
+                np.testing.assert_allclose(line.get_ydata(), expected, rtol=1e-12, err_msg=f"{ax.get_title()} {method}")
         assert len(fig.legends) == 1
         assert [t.get_text() for t in fig.legends[0].get_texts()] == list(TABLE2_METHODS)
     finally:
@@ -511,3 +515,14 @@ def test_underline_rule_includes_exactly_two_and_a_half_percent() -> None:
     table = pd.DataFrame({"FP": [0.5], "A": [1.0], "B": [1.025], "C": [1.0251]})
     marks = analysis.row_marks(table, ["A", "B", "C"])
     assert marks.iloc[0].tolist() == ["", "min", "near", ""]
+
+
+def test_cli_bits_option_limits_the_bit_widths(tmp_path):
+    """``--bits 3`` gives the tables and the box plots of 3 bits only, though the file has 2, 3 and 4."""
+    write_synthetic(tmp_path / "fried_best_hyperparameter_test_multiple.csv", bits=(2, 3, 4), runs=2)
+    common = ["--results_dir", str(tmp_path), "--datasets", "fried", "--bits", "3"]
+    assert tables_main([*common, "--out_dir", str(tmp_path / "tables")]) == 0
+    table = pd.read_csv(tmp_path / "tables" / "table2.csv")
+    assert table[["dataset", "bits"]].values.tolist() == [["fried", 3]]
+    assert figures_main([*common, "--out_dir", str(tmp_path / "figures"), "--no-lineplot"]) == 0
+    assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == ["boxplot_3bits.pdf", "boxplot_3bits.png"]
