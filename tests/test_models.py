@@ -493,9 +493,9 @@ def test_run_methods_splits_wide_settings_into_stacks_with_the_same_results(tiny
     stacks = []
     again = run_methods(ORDER, settings, train, evaluations, bits=3, seed=7, on_stack=stacks.append)
     assert stacks == ["FP Pr-MQ", "Pr-QQ SQ", "SQplus", "Bw-MQ", "Bw-QQ", "Bw-SQ", "LLT9 LLT4", "LSQ"]
-    for name in ORDER:
-        assert again[name].losses == results[name].losses, name
-        assert again[name].soft_losses == results[name].soft_losses, name
+    for name in ORDER:  # a network alone in its stack may be multiplied by other kernels (README, "Seeds")
+        assert again[name].losses == pytest.approx(results[name].losses, rel=1e-9, abs=0), name
+        assert again[name].soft_losses == pytest.approx(results[name].soft_losses, rel=1e-9, abs=0), name
 
 
 def test_run_methods_one_epoch_and_zero_hidden_layers():
