@@ -212,48 +212,63 @@ def run_best_settings(
     if not todo:
         return path
     _check_writable(path.parent)
-    data = load_dataset(dataset, scratch)
+    job = _BestSettingsJob(dataset, load_dataset(dataset, scratch), choices, path, device, save_models)
     total = len(choices) * n_steps
     with tqdm(total=total, initial=total - len(todo), desc=f"{dataset} best settings", unit="run", disable=not progress) as bar:
         for b, step in todo:
             names = missing(stored_runs(path, choices), b, step)  # another run may have done them meanwhile
             if names:
-                _rerun(dataset, data, b, step, names, choices, path, device, save_models, bar)
+                job.rerun(b, step, names, bar)
             bar.update()
     return path
 
 
-def _rerun(dataset: str, data: Dataset, b: int, step: int, names: list[str], choices: dict[int, dict[str, Choice]],
-           path: Path, device: torch.device | str, save_models: str | os.PathLike | None, bar: tqdm) -> None:
-    """Train run ``step`` of the methods ``names`` at ``b`` bits and merge their results into the output."""
-    splits = holdout_split(data.x, data.y, seed=BASE_SEED + step)
-    parts = splits.tensors(device)
-    results = run_methods(
-        names,
-        {m: choices[b][m].setting for m in names},
-        parts["train"],
-        {"test": parts["test"]},
-        b,
-        BASE_SEED + step,
-        on_stack=lambda methods: bar.set_postfix_str(f"{b} bits run {step} {methods}"),
-    )
-    if save_models is not None:
-        for m, result in results.items():
-            assert result.model is not None
-            saved = SavedModel(
-                result.model.cpu(), m, b, choices[b][m].setting, data.feature_names,
-                splits.x_scaler.mean_, splits.x_scaler.scale_,
-                float(splits.y_scaler.mean_[0]), float(splits.y_scaler.scale_[0]), dataset,
-            )
-            save_model(saved, _model_path(save_models, dataset, b, m, step))
-    with file_lock(str(path.with_name(f".{path.name}.merge"))):
-        rows = stored_runs(path, choices)
-        row = rows.setdefault((b, step), _empty_row(b, step))
-        for m, result in results.items():
-            row.update({
-                f"best_hyperparameter_id_{m}": choices[b][m].setting_id,
-                f"val_loss_{m}": choices[b][m].val_loss,
-                f"test_loss_{m}": result.losses["test"],
-                f"time_{m}": result.seconds,
-            })
-        write_results(pd.DataFrame([rows[key] for key in sorted(rows)]), path, BEST)
+@dataclass(frozen=True)
+class _BestSettingsJob:
+    """What every (bits, run) of one best-setting job shares: its data, choices, output and device."""
+
+    dataset: str
+    data: Dataset
+    choices: dict[int, dict[str, Choice]]
+    path: Path
+    device: torch.device | str
+    save_models: str | os.PathLike | None
+
+    def rerun(self, b: int, step: int, names: list[str], bar: tqdm) -> None:
+        """Train run ``step`` of the methods ``names`` at ``b`` bits and merge their results into the output."""
+        splits = holdout_split(self.data.x, self.data.y, seed=BASE_SEED + step)
+        parts = splits.tensors(self.device)
+        results = run_methods(
+            names,
+            {m: self.choices[b][m].setting for m in names},
+            parts["train"],
+            {"test": parts["test"]},
+            b,
+            BASE_SEED + step,
+            on_stack=lambda methods: bar.set_postfix_str(f"{b} bits run {step} {methods}"),
+        )
+        if self.save_models is not None:
+            for m, result in results.items():
+                assert result.model is not None
+                saved = SavedModel(
+                    result.model.cpu(), m, b, self.choices[b][m].setting, self.data.feature_names,
+                    splits.x_scaler.mean_, splits.x_scaler.scale_,
+                    float(splits.y_scaler.mean_[0]), float(splits.y_scaler.scale_[0]), self.dataset,
+                )
+                save_model(saved, _model_path(self.save_models, self.dataset, b, m, step))
+        self._merge(b, step, {m: (result.losses["test"], result.seconds) for m, result in results.items()})
+
+    def _merge(self, b: int, step: int, test_loss_and_seconds: dict[str, tuple[float, float]]) -> None:
+        """Write the results of run ``step`` at ``b`` bits into the output as it is now, under its lock."""
+        with file_lock(str(self.path.with_name(f".{self.path.name}.merge"))):
+            rows = stored_runs(self.path, self.choices)
+            row = rows.setdefault((b, step), _empty_row(b, step))
+            for m, (test_loss, seconds) in test_loss_and_seconds.items():
+                choice = self.choices[b][m]
+                row.update({
+                    f"best_hyperparameter_id_{m}": choice.setting_id,
+                    f"val_loss_{m}": choice.val_loss,
+                    f"test_loss_{m}": test_loss,
+                    f"time_{m}": seconds,
+                })
+            write_results(pd.DataFrame([rows[key] for key in sorted(rows)]), self.path, BEST)
