@@ -13,7 +13,8 @@ import sys
 def _imported_by_the_program() -> bool:
     """Whether the module importing this one is ``__main__``, the script being run."""
     frame = sys._getframe(1).f_back  # past this module's own code: the import machinery, then the importer
-    while frame is not None and frame.f_globals.get("__name__", "").startswith("importlib"):
+    # the machinery's frames are named _frozen_importlib*, or importlib._bootstrap* once importlib is loaded
+    while frame is not None and frame.f_globals.get("__name__", "").startswith(("_frozen_importlib", "importlib")):
         frame = frame.f_back
     return frame is not None and frame.f_globals.get("__name__") == "__main__"
 

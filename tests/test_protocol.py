@@ -329,6 +329,20 @@ def test_ctrl_c_while_the_libraries_load_prints_no_traceback(command: list[str])
     assert "Traceback" not in stderr and worker.returncode in (-signal.SIGINT, 130), stderr
 
 
+@pytest.mark.parametrize("importlib_loaded", [False, True])
+def test_quiet_start_recognises_the_program_importing_it(importlib_loaded: bool) -> None:
+    # Without site (-S) nothing loads importlib and the import frames keep their frozen names, as in a
+    # fresh venv; a .pth file that imports importlib renames them importlib._bootstrap.
+    program = (
+        f"import sys; sys.path.insert(0, {str(REPO)!r})\n"
+        + ("import importlib\n" if importlib_loaded else "assert 'importlib' not in sys.modules\n")
+        + "import signal, protocol.quiet_start\n"
+        "print(signal.getsignal(signal.SIGINT) is signal.SIG_DFL)\n"
+    )
+    done = subprocess.run([sys.executable, "-S", "-c", program], capture_output=True, text=True, timeout=60)
+    assert done.stdout == "True\n", done.stderr
+
+
 def test_scripts_leave_sigint_alone_unless_run() -> None:
     # this test process imported both scripts: Ctrl-C must still raise KeyboardInterrupt here
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
