@@ -103,7 +103,7 @@ def load_choices(
         raise ProtocolError(f"no tuning files {dataset}_hyperparameter_tuning_*bits_*iterations.csv in {Path(result_folder) / dataset}; run hyperparameter_tuning.py first")
     missing = [b for b in wanted if b not in files]
     if missing:
-        raise ProtocolError(f"no tuning file for {dataset} at {missing} bits in {Path(result_folder) / dataset}; run hyperparameter_tuning.py for them or drop them from --bits")
+        raise ProtocolError(f"no tuning file for {dataset} at {', '.join(map(str, missing))} bits in {Path(result_folder) / dataset}; run hyperparameter_tuning.py for them or drop them from --bits")
     frames = {b: read_results(files[b], TUNING) for b in wanted}
     if methods is None:
         methods = [m for m in METHOD_NAMES if all(has_method(frame, m) for frame in frames.values())]
@@ -113,7 +113,7 @@ def load_choices(
             raise ProtocolError(f"{files[b]} has no rows yet; let the tuning finish some settings first")
         other_bits = sorted(set(frame["bits"].dropna().astype(int)) - {b})
         if other_bits:
-            raise ProtocolError(f"{files[b]} holds rows of {other_bits} bits, but its name says {b} bits: rename it to the bit width of its rows")
+            raise ProtocolError(f"{files[b]} holds rows of {', '.join(map(str, other_bits))} bits, but its name says {b} bits: rename it to the bit width of its rows")
         absent = [m for m in methods if not has_method(frame, m)]
         if absent:
             raise ProtocolError(f"{files[b]} was written without the method(s) {', '.join(absent)}; leave them out of --methods")

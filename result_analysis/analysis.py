@@ -1,5 +1,8 @@
 """Loading, validating and aggregating the best-setting result files, and writing the tables.
 
+A library module, not a script: ``create_result_tables.py``, ``compare_runs.py`` and
+``line_and_box_plot_cummulative.py`` import it; run those.
+
 Input: one ``{dataset}_best_hyperparameter_test_multiple.csv`` per dataset (SPEC section 6),
 one row per (bits, run), for the paper's datasets by default or any dataset of the registry
 (``data.datasets.DATASETS``). The analysis reads the columns ``bits``, ``step`` and

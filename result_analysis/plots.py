@@ -1,5 +1,7 @@
 """The paper's figures from the best-setting result files (SPEC section 8).
 
+A library module, not a script: ``line_and_box_plot_cummulative.py`` imports it; run that.
+
 - Figure 4 (``lineplot``): one subplot per dataset, mean test MSE over the runs against bits,
   one line per method of ``methods`` (by default Table 2's; FP dashed, Bw-SQ thicker), one
   legend for the figure.

@@ -470,11 +470,18 @@ def test_a_tuning_file_whose_name_gives_other_bits_is_refused(shared_dir: Path, 
     (tmp_path / "fried").mkdir()
     mislabeled = tmp_path / "fried" / "fried_hyperparameter_tuning_3bits_400iterations.csv"
     mislabeled.write_bytes(paper_file(shared_dir, "fried", 2).read_bytes())  # 2-bit rows
-    with pytest.raises(ProtocolError, match=r"holds rows of \[2\] bits, but its name says 3 bits"):
+    with pytest.raises(ProtocolError, match="holds rows of 2 bits, but its name says 3 bits"):
         load_choices(tmp_path, "fried", None)
     mislabeled.rename(mislabeled.with_name("fried_hyperparameter_tuning_9bits_400iterations.csv"))
     with pytest.raises(ProtocolError, match=r"names 9 bits, outside 2\.\.8"):
         load_choices(tmp_path, "fried", None)
+
+
+def test_missing_bit_widths_are_named(shared_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "fried").mkdir()
+    (tmp_path / "fried" / paper_file(shared_dir, "fried", 3).name).write_bytes(paper_file(shared_dir, "fried", 3).read_bytes())
+    with pytest.raises(ProtocolError, match="no tuning file for fried at 2, 4 bits in .*drop them from --bits"):
+        load_choices(tmp_path, "fried", [2, 3, 4])
 
 
 def test_tuning_seeds_follow_the_spec(tmp_path: Path) -> None:
