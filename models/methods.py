@@ -37,6 +37,7 @@ class QuantizerContext:
 
     @property
     def n_features(self) -> int:
+        """The number of features d of the training rows."""
         return self.train_x.shape[1]
 
     @classmethod

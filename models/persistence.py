@@ -36,7 +36,11 @@ class SavedModel:
 
     def standardize(self, raw_x: np.ndarray) -> torch.Tensor:
         """Raw feature rows [n, d] -> the standardized float32 tensor the model expects (as in training)."""
-        return torch.as_tensor((device_precision(raw_x) - self.x_mean) / self.x_scale, dtype=torch.float32)
+        raw = device_precision(raw_x)
+        if raw.ndim != 2 or raw.shape[1] != len(self.feature_names):
+            raise ValueError(f"expected raw rows [n, {len(self.feature_names)}] (columns {', '.join(self.feature_names)}), "
+                             f"got shape {raw.shape}; make one row 2-D with [row]")
+        return torch.as_tensor((raw - self.x_mean) / self.x_scale, dtype=torch.float32)
 
     def predict(self, raw_x: np.ndarray) -> np.ndarray:
         """Hard-mode predictions in the target's raw units for raw feature rows [n, d]."""
@@ -87,7 +91,8 @@ def save_model(saved: SavedModel, path: str | os.PathLike) -> None:
 
 
 def load_model(path: str | os.PathLike) -> SavedModel:
-    """Rebuild a model written by :func:`save_model` (on the CPU)."""
+    """Rebuild a model written by :func:`save_model` (on the CPU), ready for inference: in eval mode
+    with hard quantization (``model.set_hard(False)`` gives the soft surrogate at its saved temperature)."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -105,6 +110,8 @@ def load_model(path: str | os.PathLike) -> SavedModel:
         raise ValueError(f"{path} holds weights that do not fit the network of its method and setting; it is damaged or was not written by save_model") from None
     if payload.get("tau") is not None:  # files written before the temperature was saved have none
         model.set_temperature(payload["tau"])
+    model.eval()
+    model.set_hard(True)
     return SavedModel(
         model=model,
         method=payload["method"],

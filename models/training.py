@@ -8,6 +8,8 @@ evaluation runs under ``torch.inference_mode`` in large batches.
 import contextlib
 import functools
 import itertools
+import math
+import numbers
 import random
 import time
 from dataclasses import dataclass, field, fields
@@ -19,7 +21,7 @@ from torch import nn
 
 from quantization import TemperatureSchedule
 
-from .methods import METHODS, Method, QuantizerContext
+from .methods import METHODS, Method, QuantizerContext, get_method
 from .mlp import MLP, SplitModel
 
 BATCH_SIZE = 512
@@ -28,6 +30,7 @@ ADAM_PIECES, ADAM_CHUNK = 256, 4096  # on CUDA Adam updates the stacked weights 
 STACK_PARAMETERS = 2**24  # MLP weights trained as one stack at most: with gradients and Adam's state about 270 MB
 
 
+INTEGER_SETTING_KEYS = ("hidden_layers", "hidden_neurons", "num_epochs")
 SETTING_RANGES: dict[str, tuple[str, Callable[[float], bool]]] = {  # key -> (the range in words, its test)
     "weight_decay": (">= 0", lambda v: v >= 0),
     "learning_rate": ("> 0", lambda v: v > 0),
@@ -53,22 +56,40 @@ class Setting:
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, object]) -> "Setting":
-        """Read the seven keys from a dict or CSV row, with their proper Python types."""
-        return cls(**{f.name: f.type(values[f.name]) for f in fields(cls)})
+        """Read the seven keys from a dict or CSV row, numbers or their text (other keys are ignored)."""
+        missing = [f.name for f in fields(cls) if f.name not in values]
+        if missing:
+            raise ValueError(f"a setting needs the keys {', '.join(SETTING_KEYS)}; missing {', '.join(missing)}")
+        return cls(**{f.name: _parsed(values[f.name]) for f in fields(cls)})
 
     @staticmethod
-    def check_value(key: str, value: float) -> None:
-        """Raise a ValueError naming ``key`` if ``value`` is outside its range (``SETTING_RANGES``)."""
+    def check_value(key: str, value: object) -> None:
+        """Raise a ValueError naming ``key`` unless ``value`` is a finite number (a whole one for
+        the integer keys) in its range (``SETTING_RANGES``)."""
         words, in_range = SETTING_RANGES[key]
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            raise ValueError(f"{key} must be a finite number, got {value!r}")
+        if key in INTEGER_SETTING_KEYS and not float(value).is_integer():
+            raise ValueError(f"{key} must be a whole number, got {value!r}")
         if not in_range(value):
             raise ValueError(f"{key} must be {words}, got {value!r}")
 
     def __post_init__(self) -> None:
-        for key in SETTING_RANGES:
-            self.check_value(key, getattr(self, key))
+        for key in SETTING_RANGES:  # checked, then stored as plain int or float (from NumPy or a CSV's 3.0, say)
+            value = getattr(self, key)
+            self.check_value(key, value)
+            object.__setattr__(self, key, int(value) if key in INTEGER_SETTING_KEYS else float(value))
 
 
 SETTING_KEYS: tuple[str, ...] = tuple(f.name for f in fields(Setting))
+
+
+def _parsed(value: object) -> object:
+    """A number written as text ("2", "1e-3") as a float; anything else as it is (for the checks to name)."""
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return float(value)
+    return value
 
 
 Split = tuple[torch.Tensor, torch.Tensor]  # (x [n, d], y [n]), standardized, on the device
@@ -362,14 +383,18 @@ def train_models(models: Sequence[SplitModel], x: torch.Tensor, y: torch.Tensor,
     network's training does not depend on the others in its group) and run as one
     :class:`StackedMLP`: each network's gradients, Adam updates and results are its own, but
     the per-operation overhead is paid once for the group. Quantizers without trainable
-    parameters quantize the training rows once, before the first epoch; trainable ones run
-    through :meth:`Quantizer.soft_with_backward`, fed the input gradients of the stacked MLP.
+    parameters (fixed ones, or trainable ones whose parameters were frozen) quantize the training
+    rows once, before the first epoch, in hard mode: the network trains on what it is evaluated
+    on. Trainable ones run through :meth:`Quantizer.soft_with_backward`, fed the input gradients
+    of the stacked MLP.
     On CUDA each step is replayed as a CUDA graph (``cuda_graphs=False``: launched op by op), on
     the GPU of ``x``, and torch's CUDA cache is emptied when the stack is done, which returns the
-    graphs' memory to the device. The quantizers' ``.grad`` is None afterwards.
+    graphs' memory to the device. The quantizers' ``.grad`` is None afterwards. Rows and
+    targets are cast to the networks' dtype.
     """
-    if x.dim() != 2 or y.shape != x.shape[:1]:
-        raise ValueError(f"expected rows x [n, d] and targets y [n], got {list(x.shape)} and {list(y.shape)}; flatten y with y.view(-1)")
+    models = list(models)
+    _check_networks(models, training=True)
+    x, y = _rows_and_targets(models[0], x, y, "training")
     if not (torch.isfinite(x).all() and torch.isfinite(y).all()):  # one check per run, not per batch
         raise ValueError("the training rows or targets hold NaN or infinite values; drop or impute them before training")
     needs_grad = [needs_input_grad(m.quantizer) for m in models]
@@ -381,6 +406,45 @@ def train_models(models: Sequence[SplitModel], x: torch.Tensor, y: torch.Tensor,
             torch.cuda.empty_cache()
     losses = (squared_error / x.shape[0]).tolist()
     return [losses[order.index(g)] for g in range(len(models))]
+
+
+def _check_networks(models: Sequence[nn.Module], training: bool) -> None:
+    """Refuse anything but :class:`SplitModel` networks (for training: of this project's MLP, one dtype, sharing no parameter)."""
+    if not models:
+        raise ValueError("no networks given; pass a list of SplitModel networks built by models.build_model")
+    for model in models:
+        if not isinstance(model, SplitModel):
+            raise TypeError(f"expected SplitModel(quantizer, MLP) networks, as models.build_model builds them, got {type(model).__name__}")
+        if training:
+            _check_stock_mlp(model.mlp)
+    if training:
+        parameters = [id(p) for model in models for p in model.parameters()]
+        if len(set(parameters)) < len(parameters):
+            raise ValueError("networks trained together share parameters (the same network or quantizer twice); train each once")
+        dtypes = {model.mlp[0].weight.dtype for model in models}
+        if len(dtypes) > 1:
+            raise ValueError(f"networks trained together must share one dtype, got {sorted(map(str, dtypes))}; convert them with .to(dtype)")
+        widths = {_input_width(model) for model in models}
+        if len(widths) > 1:
+            raise ValueError(f"networks trained together must read the same features, got {sorted(widths)} of them; train them apart")
+
+
+def _input_width(model: SplitModel) -> int:
+    """The number of features d of the rows [n, d] that ``model`` reads."""
+    return model.mlp[0].in_features if model.quantizer is None else model.quantizer.n_features
+
+
+def _rows_and_targets(model: SplitModel, x: torch.Tensor, y: torch.Tensor, what: str) -> Split:
+    """Check rows x [n, d] (n >= 1, d the network's input width) and targets y [n]; return both in the network's dtype."""
+    width = _input_width(model)
+    if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)):
+        raise TypeError(f"expected tensors of {what} rows and targets, got {type(x).__name__} and {type(y).__name__}; "
+                        "convert numpy arrays with torch.as_tensor")
+    if x.dim() != 2 or x.shape[0] == 0 or x.shape[1] != width or y.shape != x.shape[:1]:
+        hint = "; flatten y with y.view(-1)" if y.dim() == 2 and y.shape[1] == 1 else ""
+        raise ValueError(f"expected {what} rows x [n, {width}] with n >= 1 and targets y [n], got {list(x.shape)} and {list(y.shape)}{hint}")
+    dtype = model.mlp[0].weight.dtype
+    return x.to(dtype), y.to(dtype)
 
 
 def _train_stack(models: Sequence[SplitModel], needs_grad: Sequence[bool], x: torch.Tensor, y: torch.Tensor,
@@ -407,7 +471,8 @@ def _train_stack(models: Sequence[SplitModel], needs_grad: Sequence[bool], x: to
         model.set_hard(False)
     with torch.no_grad():  # blocks without trainable quantizers: what they see never changes
         fixed_blocks = {
-            block: torch.stack([x if quantizers[g] is None else quantizers[g](x) for g in range(start, stop)])  # [G_b, n, in_b]
+            block: torch.stack([x if quantizers[g] is None else quantizers[g].decode(quantizers[g].encode(x))  # hard
+                                for g in range(start, stop)])  # [G_b, n, in_b]
             for block, (start, stop) in enumerate(stacked.blocks) if not stacked.input_grad[block]
         }
     fixed_epoch = {block: torch.empty_like(inputs) for block, inputs in fixed_blocks.items()}  # reshuffled in place
@@ -444,12 +509,16 @@ def train_model(model: SplitModel, x: torch.Tensor, y: torch.Tensor, setting: Se
 
 def evaluate(model: SplitModel, x: torch.Tensor, y: torch.Tensor, hard: bool = True) -> float:
     """Sample-weighted MSE over the whole split, in eval mode (dropout off)."""
-    return evaluate_splits(model, {"split": (x, y)}, hard)["split"]
+    return evaluate_splits(model, {"evaluation": (x, y)}, hard)["evaluation"]
 
 
 @torch.inference_mode()
 def evaluate_splits(model: SplitModel, splits: Mapping[str, Split], hard: bool = True) -> dict[str, float]:
     """:func:`evaluate` on every split, with one forward pass over all their rows."""
+    _check_networks([model], training=False)
+    if not splits:
+        raise ValueError("no splits given; pass a mapping of names to (x, y)")
+    splits = {name: _rows_and_targets(model, x, y, name) for name, (x, y) in splits.items()}
     model.eval()
     model.set_hard(hard)
     x = torch.cat([x for x, _ in splits.values()])
@@ -488,7 +557,14 @@ def run_methods(
     weights so that the paper's widest settings fit in memory; each network is charged an equal
     share of its stack's training time. ``on_stack(names)`` is called with the space-separated methods of each stack before it trains.
     """
+    if isinstance(names, str):
+        raise TypeError(f"names must be a list of method names, e.g. [{names!r}], not a string")
     names = list(names)
+    for name in names:
+        get_method(name)
+    unset = [name for name in names if name not in settings]
+    if unset:
+        raise ValueError(f"settings has no setting for {', '.join(unset)}; give every method of names one")
     ctx = QuantizerContext.from_training_rows(train[0], bits)
     networks: dict[tuple[str, Setting], SplitModel] = {}  # (trained method, setting) -> network
     for name in names:

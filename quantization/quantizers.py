@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import numbers
 from typing import Callable
 
 import torch
@@ -173,10 +174,13 @@ def _row_starts(rows: int, size: int, device: torch.device) -> torch.Tensor:
 
 
 def _clamped_position(x: torch.Tensor, scale: torch.Tensor, table_size: int) -> tuple[torch.Tensor, ...]:
-    """``z = x / s``, ``u = clamp(z, -1, 1)`` and the table entry ``round((K - 1) / 2 (u + 1))``, all [n, d]."""
+    """``z = x / s``, ``u = clamp(z, -1, 1)`` and the table entry ``round((K - 1) / 2 (u + 1))``, all [n, d].
+
+    NaN gets entry 0 (level -R, index 0), as on the device.
+    """
     z = x / scale
     u = torch.clamp(z, -1.0, 1.0)
-    position = (u + 1).mul_((table_size - 1) / 2).round_().long()
+    position = (u + 1).mul_((table_size - 1) / 2).round_().nan_to_num_(0.0).long()
     return z, u, position
 
 
@@ -213,7 +217,8 @@ class _LLTLookup(torch.autograd.Function):
         z, u, position = _clamped_position(x, scale, table.shape[1])
         entry = position.add_(_row_starts(*table.shape, x.device))  # in T.view(-1)
         out = table.take(entry).mul_(scale)  # [n, d]
-        counts = _histogram(u, table.shape[1]) if reweight and ctx.needs_input_grad[0] else None  # [d, K]
+        reweighted = reweight and ctx.needs_input_grad[0] and x.shape[0] > 0  # no rows: nothing to count
+        counts = _histogram(u, table.shape[1]) if reweighted else None  # [d, K]
         inside = u == z if ctx.needs_input_grad[1] or ctx.needs_input_grad[2] else None  # the clamp's gradient
         scale_slope = torch.addcmul(out, x, inside, value=-1) if ctx.needs_input_grad[1] else None  # d out / d log_scale
         ctx.save_for_backward(p, scale, entry, counts, scale_slope, inside)
@@ -274,10 +279,23 @@ class Quantizer(nn.Module):
 
     def __init__(self, bits: int, n_features: int) -> None:
         super().__init__()
+        if not (is_integral(n_features) and n_features >= 1):
+            raise ValueError(f"n_features must be a whole number >= 1, got {n_features!r}")
         self.bits = check_bits(bits)
-        self.n_features = n_features
+        self.n_features = int(n_features)
         self.hard = False
         self.tau = 1.0
+
+    @property
+    def tau(self) -> float:
+        """The temperature of the soft surrogate, finite and > 0 (it falls during training)."""
+        return self._tau
+
+    @tau.setter
+    def tau(self, value: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < math.inf:
+            raise ValueError(f"tau must be a finite temperature > 0, got {value!r}; for exact steps use hard mode (quantizer.hard = True)")
+        self._tau = float(value)
 
     @property
     def out_features(self) -> int:
@@ -340,8 +358,17 @@ class Quantizer(nn.Module):
         tensors = itertools.chain(self.parameters(), self.buffers())
         return next((t.dtype for t in tensors if t.is_floating_point()), torch.get_default_dtype())
 
+    def rows(self, x: torch.Tensor) -> torch.Tensor:
+        """Check that x is rows [n, n_features] and cast them to ``self.dtype`` (float64 rows, numpy's
+        default, into a float32 quantizer, say), so that ``encode`` and ``forward`` compare alike."""
+        if not isinstance(x, torch.Tensor) or x.ndim != 2 or x.shape[1] != self.n_features:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"expected a tensor of rows [n, {self.n_features}] (one column per feature), got {shape}; "
+                             "make one row 2-D with x[None], convert numpy rows with torch.as_tensor")
+        return x.to(self.dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [n, d] -> [n, out_features], in self.dtype
-        x = x.to(self.dtype)  # float64 rows (numpy's default) into a float32 model, say
+        x = self.rows(x)
         return self.decode(self.encode(x)) if self.hard else self.soft(x)
 
 
@@ -361,9 +388,13 @@ class ThresholdQuantizer(Quantizer):
             raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
         if readout == "midpoint" and trainable:
             raise ValueError("the midpoint readout needs fixed (sorted) thresholds")
+        if not thresholds.is_meta and not torch.isfinite(thresholds).all():  # meta: shapes only (load_model)
+            raise ValueError("thresholds must be finite; compute them from rows without NaN or infinite values")
         self.readout = readout
         self.trainable = trainable
         thresholds = thresholds.detach().clone()
+        if not thresholds.is_floating_point():  # whole-number thresholds, say
+            thresholds = thresholds.to(torch.get_default_dtype())
         if trainable:
             self.thresholds = nn.Parameter(thresholds)  # [d, M]
         else:
@@ -376,11 +407,12 @@ class ThresholdQuantizer(Quantizer):
 
     @property
     def out_features(self) -> int:
+        """Width of the network input: ``d * M`` for the thermometer, else ``d``."""
         m = self.thresholds.shape[1]
         return self.n_features * m if self.readout == "thermometer" else self.n_features
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return hard_index(x, self.thresholds.detach())
+        return hard_index(self.rows(x), self.thresholds.detach())
 
     def decode(self, index: torch.Tensor) -> torch.Tensor:
         dtype = self.thresholds.dtype
@@ -425,14 +457,14 @@ class LSQQuantizer(Quantizer):
         return self
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        z = torch.clamp(x / self.step.detach(), self.q_min, self.q_max).nan_to_num_(nan=self.q_min)  # NaN: index 0
+        z = torch.clamp(self.rows(x) / self.step.detach(), self.q_min, self.q_max).nan_to_num_(nan=self.q_min)  # NaN: index 0
         return torch.round(z).long() - self.q_min
 
     def decode(self, index: torch.Tensor) -> torch.Tensor:
         return (index + self.q_min).to(self.step.dtype) * self.step
 
     def soft_function(self, x: torch.Tensor) -> SoftFunction:
-        grad_scale = 1.0 / math.sqrt(self.q_max * x.numel())
+        grad_scale = 1.0 / math.sqrt(self.q_max * max(x.numel(), 1))  # no rows: no gradient to scale
         return _LSQRound, (x, self.step, self.q_min, self.q_max, grad_scale)
 
 
@@ -471,8 +503,7 @@ class LLTQuantizer(Quantizer):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            _, u, position = _clamped_position(x, self.log_scale.exp(), self.table_size)
-            position.masked_fill_(u.isnan(), 0)  # NaN: entry 0, level -R, index 0
+            _, _, position = _clamped_position(self.rows(x), self.log_scale.exp(), self.table_size)
             features = torch.arange(self.n_features, device=position.device)
             level = self.table(hard=True)[features, position] * self.segments  # [n, d]
         return torch.round(level).long() + self.segments
@@ -489,7 +520,7 @@ class LLTQuantizer(Quantizer):
         self.scale_initialized = True
 
     def soft_function(self, x: torch.Tensor) -> SoftFunction:
-        if self.training and not self.scale_initialized:
+        if self.training and not self.scale_initialized and x.shape[0] > 0:
             self._init_scale(x)
         # in training the gradient reaching the table is reweighted by the histogram of u
         return _LLTLookup, (self.logits, self.log_scale, x, self.tau, self.training)

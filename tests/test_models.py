@@ -838,3 +838,111 @@ def test_sq_sees_the_integer_index_and_sqplus_the_interval_values():
     sq.hard, sq.tau = False, 0.5
     with torch.no_grad():
         np.testing.assert_allclose(sq(x).double().numpy(), soft_index, rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- misuse from outside
+def test_setting_values_are_checked_and_stored_as_plain_numbers():
+    setting = replace(SETTING, hidden_layers=np.int64(2), hidden_neurons=4.0, weight_decay=np.float32(0.0))
+    assert setting == SETTING and hash(setting) == hash(SETTING)
+    assert type(setting.hidden_layers) is int and type(setting.hidden_neurons) is int and type(setting.weight_decay) is float
+    for key, value, message in [
+        ("num_epochs", 2.5, "num_epochs must be a whole number, got 2.5"),
+        ("hidden_layers", True, "hidden_layers must be a finite number, got True"),
+        ("learning_rate", float("inf"), "learning_rate must be a finite number, got inf"),
+        ("dropout_rate", float("nan"), "dropout_rate must be a finite number"),
+        ("learning_rate", "fast", "learning_rate must be a finite number, got 'fast'"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            replace(SETTING, **{key: value})
+    with pytest.raises(ValueError, match="missing num_epochs, dropout_rate"):
+        Setting.from_mapping({k: v for k, v in vars(SETTING).items() if k not in ("num_epochs", "dropout_rate")})
+    assert Setting.from_mapping({**vars(SETTING), "num_epochs": "2.0"}) == SETTING
+
+
+def test_float64_rows_train_as_their_float32_values_do():
+    x, y = tiny_data(200, 3)
+    ctx = QuantizerContext.from_training_rows(x, 3)
+    losses = {}
+    for dtype in (torch.float32, torch.float64):
+        for name in ("FP", "Bw-SQ", "LLT4"):
+            torch.manual_seed(0)
+            model = build_model(METHODS[name], SETTING, ctx)
+            losses[dtype, name] = (train_model(model, x.to(dtype), y.to(dtype), SETTING, seed=3), evaluate(model, x.to(dtype), y.to(dtype)))
+    for name in ("FP", "Bw-SQ", "LLT4"):
+        assert losses[torch.float64, name] == losses[torch.float32, name]
+
+
+def test_training_refuses_rows_and_networks_it_cannot_train():
+    x, y = tiny_data(100, 3)
+    model = build_model(METHODS["Bw-SQ"], SETTING, QuantizerContext.from_training_rows(x, 3))
+    for rows, targets, message in [
+        (x[:, :1], y, r"expected training rows x \[n, 3\] with n >= 1 and targets y \[n\], got \[100, 1\] and \[100\]$"),
+        (x[:0], y[:0], r"got \[0, 3\] and \[0\]$"),
+        (x, y[:, None], r"got \[100, 3\] and \[100, 1\]; flatten y with y.view\(-1\)"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            train_model(model, rows, targets, SETTING, seed=0)
+    with pytest.raises(TypeError, match="torch.as_tensor"):
+        train_model(model, x.numpy(), y, SETTING, seed=0)
+    with pytest.raises(ValueError, match="share parameters"):
+        train_models([model, model], x, y, SETTING, seed=0)
+    with pytest.raises(ValueError, match="share parameters"):  # one quantizer in two networks
+        train_models([model, SplitModel(model.quantizer, MLP(9, 4, 2, 0.2))], x, y, SETTING, seed=0)
+    with pytest.raises(TypeError, match="expected SplitModel"):
+        train_model(nn.Sequential(model.quantizer, model.mlp), x, y, SETTING, seed=0)
+    with pytest.raises(ValueError, match="trains this project's MLP"):
+        train_model(SplitModel(model.quantizer, nn.Linear(9, 1)), x, y, SETTING, seed=0)
+    with pytest.raises(ValueError, match="no networks given"):
+        train_models([], x, y, SETTING, seed=0)
+    fp64 = build_model(METHODS["FP"], SETTING, QuantizerContext.from_training_rows(x, 3)).double()
+    with pytest.raises(ValueError, match="share one dtype"):
+        train_models([model, fp64], x, y, SETTING, seed=0)
+
+
+def test_evaluation_refuses_rows_it_cannot_evaluate():
+    x, y = tiny_data(100, 3)
+    model = build_model(METHODS["FP"], SETTING, QuantizerContext.from_training_rows(x, 3))
+    with pytest.raises(ValueError, match=r"expected evaluation rows x \[n, 3\] .* got \[100, 3\] and \[100, 1\]; flatten"):
+        evaluate(model, x, y[:, None])
+    with pytest.raises(ValueError, match=r"expected test rows x \[n, 3\]"):
+        training.evaluate_splits(model, {"val": (x, y), "test": (x[:0], y[:0])})
+    with pytest.raises(TypeError, match="expected SplitModel"):
+        evaluate(model.mlp, x, y)
+    assert evaluate(model, x.double(), y.double()) == evaluate(model, x, y)
+
+
+def test_a_trainable_quantizer_whose_parameters_are_frozen_trains_as_a_fixed_one():
+    x, y = tiny_data(200, 2)
+    thresholds = QuantizerContext.from_training_rows(x, 3).quantile
+    frozen = ThresholdQuantizer(thresholds, "thermometer", trainable=True)
+    frozen.thresholds.requires_grad_(False)
+    torch.manual_seed(0)
+    mlp = MLP(14, 4, 2, 0.2)
+    models = [SplitModel(frozen, mlp), SplitModel(ThresholdQuantizer(thresholds, "thermometer"), copy.deepcopy(mlp))]
+    losses = [train_model(model, x, y, SETTING, seed=5) for model in models]
+    assert losses[0] == losses[1]  # on the hard thermometer codes, not soft ones at tau = 1
+    assert evaluate(models[0], x, y) == evaluate(models[1], x, y)
+
+
+def test_run_methods_names_what_is_wrong():
+    x, y = tiny_data(100, 3)
+    with pytest.raises(TypeError, match=r"a list of method names, e.g. \['FP'\], not a string"):
+        run_methods("FP", {"FP": SETTING}, (x, y), {}, bits=3, seed=0)
+    with pytest.raises(ValueError, match="unknown method 'BwSQ'; choose from"):
+        run_methods(["BwSQ"], {"BwSQ": SETTING}, (x, y), {}, bits=3, seed=0)
+    with pytest.raises(ValueError, match="settings has no setting for Bw-SQ"):
+        run_methods(["FP", "Bw-SQ"], {"FP": SETTING}, (x, y), {}, bits=3, seed=0)
+
+
+def test_a_loaded_model_is_ready_for_inference_and_checks_its_raw_rows(tiny_run, tmp_path):
+    results, *_ = tiny_run
+    path = tmp_path / "model.pt"
+    save_model(saved(results["Bw-SQ"], "Bw-SQ", 3), path)
+    loaded = load_model(path)
+    assert not loaded.model.training and loaded.model.quantizer.hard
+    rows = torch.randn(50, 3)
+    assert torch.equal(loaded.model(rows), loaded.model(rows))  # no dropout
+    assert torch.equal(loaded.model(rows), loaded.model.cloud(loaded.model.edge(rows)))
+    for raw in (np.zeros(3), np.zeros((5, 2)), np.zeros((5, 4))):
+        with pytest.raises(ValueError, match=r"expected raw rows \[n, 3\] \(columns f0, f1, f2\)"):
+            loaded.predict(raw)

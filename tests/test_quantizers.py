@@ -980,3 +980,85 @@ def test_llt_histogram_counts_as_torch_histc():
     assert counts[2].tolist() == [0, 0, 0, 0, 300, 0, 0, 0, 0]
     assert counts[3].tolist() == [150, 0, 0, 0, 0, 0, 0, 0, 150]
     assert _histogram(u[:1], 9).argmax(dim=1).tolist() == [4] * 4  # a batch of one row
+
+
+# =========================================================================== misuse from outside
+def _every_quantizer(n_features: int = 2):
+    thresholds = torch.tensor([[-1.0, 0.0, 1.0], [-0.5, 0.5, 1.5]])[:n_features]
+    return [
+        ThresholdQuantizer(thresholds, "index", trainable=True),
+        ThresholdQuantizer(thresholds, "thermometer", trainable=True),
+        ThresholdQuantizer(thresholds, "values", trainable=True),
+        ThresholdQuantizer(thresholds, "midpoint"),
+        LSQQuantizer(2, n_features),
+        LLTQuantizer(2, n_features, 3),
+    ]
+
+
+@pytest.mark.parametrize("tau", [0, 0.0, -0.1, float("nan"), float("inf"), True, "0.5"])
+def test_tau_must_be_a_finite_positive_temperature(tau):
+    for q in _every_quantizer():
+        with pytest.raises(ValueError, match="tau must be a finite temperature > 0.*hard mode"):
+            q.tau = tau
+        assert q.tau == 1.0  # unchanged
+    q.tau = np.float32(0.25)
+    assert q.tau == 0.25 and type(q.tau) is float
+
+
+@pytest.mark.parametrize("hard_mode", [False, True])
+def test_rows_of_another_width_are_refused_not_broadcast(hard_mode):
+    for q in _every_quantizer():
+        q.hard = hard_mode
+        for rows in (torch.zeros(5, 1), torch.zeros(5, 3), torch.zeros(2), torch.zeros(5, 2, 1)):
+            with pytest.raises(ValueError, match=r"expected a tensor of rows \[n, 2\]"):
+                q(rows)
+            with pytest.raises(ValueError, match=r"expected a tensor of rows \[n, 2\]"):
+                q.encode(rows)
+        with pytest.raises(ValueError, match="torch.as_tensor"):
+            q(np.zeros((5, 2)))
+
+
+def test_encode_casts_float64_rows_as_forward_does():
+    # 1e-12 above a float32 threshold: float64 exceeds it, the float32 rows the model computes with do not
+    q = ThresholdQuantizer(torch.tensor([[-1.0, 0.0, 1.0]]), "index")
+    rows = torch.tensor([[1.0 + 1e-12]], dtype=torch.float64)
+    assert q.encode(rows).item() == 2  # not 3
+    assert q.encode(rows).item() == q.encode(rows.float()).item() == hard(q)(rows).item()
+
+
+def test_llt_soft_mode_sends_nan_to_the_lowest_level_as_its_hard_mode_does():
+    q = LLTQuantizer(3, 2, 4)
+    q.eval()
+    with torch.no_grad():
+        q.log_scale.copy_(torch.tensor([0.0, math.log(2.0)]))
+    rows = torch.tensor([[float("nan"), 0.5], [0.0, float("nan")]])
+    soft = q(rows)
+    # the soft table's entry 0 is -(sum of the rises) / R = -1, times the scale (1 and 2)
+    assert soft[0, 0].item() == pytest.approx(-1.0) and soft[1, 1].item() == pytest.approx(-2.0)
+    assert torch.isfinite(soft).all()
+    assert q.encode(rows)[0, 0].item() == 0 and torch.equal(hard(q)(rows)[[0, 1], [0, 1]], torch.tensor([-1.0, -2.0]))
+
+
+def test_no_rows_in_soft_training_mode_give_no_rows():
+    for q in _every_quantizer():
+        q.train()
+        out = q(torch.zeros(0, 2))
+        assert out.shape == (0, q.out_features)
+    llt = _every_quantizer()[-1]
+    llt(torch.zeros(0, 2))
+    assert not llt.scale_initialized  # a statistic of no rows is none: the first real batch sets it
+
+
+@pytest.mark.parametrize("n_features", [0, -1, 2.5, True])
+def test_quantizers_need_a_whole_positive_feature_count(n_features):
+    for make in (lambda: LSQQuantizer(3, n_features), lambda: LLTQuantizer(3, n_features, 4)):
+        with pytest.raises(ValueError, match="n_features must be a whole number >= 1"):
+            make()
+
+
+def test_threshold_quantizer_takes_whole_number_thresholds_as_floats_and_refuses_nan():
+    q = ThresholdQuantizer(torch.tensor([[-1, 0, 1]]), "midpoint")
+    assert q.thresholds.dtype == torch.get_default_dtype()
+    assert hard(q)(torch.tensor([[0.5]])).item() == 0.5  # the midpoint of (0, 1)
+    with pytest.raises(ValueError, match="thresholds must be finite"):
+        ThresholdQuantizer(torch.tensor([[-1.0, float("nan"), 1.0]]), "index", trainable=True)

@@ -256,3 +256,19 @@ def test_threshold_functions_on_device(device):
     mid = midpoints(t)
     assert mid.device.type == device and mid.cpu().tolist() == [[-1.5, -0.5, 0.5, 1.5], [0.25, 0.75, 1.5, 2.5]]
     assert decode_midpoints(idx, mid).device.type == device
+
+
+@pytest.mark.parametrize("compute", [quantile_thresholds, minmax_thresholds])
+def test_thresholds_of_rows_with_nan_or_inf_are_refused(compute):
+    for bad in (float("nan"), float("inf")):
+        rows = torch.tensor([[0.0, 1.0], [bad, 2.0], [1.0, 3.0]])
+        with pytest.raises(ValueError, match="NaN or infinite values; drop or impute them"):
+            compute(rows, 2)
+    with pytest.raises(TypeError, match="torch.as_tensor"):
+        compute(np.zeros((3, 2)), 2)
+
+
+@pytest.mark.parametrize("arguments", [(0.5, 0), (0.5, 2.5), (0.0, 3), (-0.5, 3), (2.0, 3), (float("nan"), 3)])
+def test_temperature_schedule_refuses_what_would_not_lower_tau(arguments):
+    with pytest.raises(ValueError, match="must be"):
+        TemperatureSchedule(*arguments)
