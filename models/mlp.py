@@ -50,12 +50,20 @@ class SplitModel(nn.Module):
 
     def edge(self, x: torch.Tensor) -> torch.Tensor:
         """Standardized features [n, d] -> int64 indices [n, d] in 0..2**bits - 1."""
-        quantizer = self._require_quantizer()
-        return quantizer.encode(x.to(quantizer.dtype))  # as forward does
+        return self._require_quantizer().encode(x)
 
     def cloud(self, index: torch.Tensor) -> torch.Tensor:
-        """Transmitted indices [n, d] -> predictions [n]."""
-        return self.mlp(self._require_quantizer().decode(index))
+        """Transmitted indices [n, d], integers in 0..2**bits - 1 (else a ValueError) -> predictions [n]."""
+        quantizer = self._require_quantizer()
+        top = 2**quantizer.bits - 1
+        if not isinstance(index, torch.Tensor) or index.is_floating_point() or index.dtype == torch.bool \
+                or index.ndim != 2 or index.shape[1] != quantizer.n_features:
+            shape = f"{index.dtype} {tuple(index.shape)}" if isinstance(index, torch.Tensor) else type(index).__name__
+            raise ValueError(f"expected integer indices [n, {quantizer.n_features}], got {shape}")
+        if index.numel() and (index.min() < 0 or index.max() > top):
+            raise ValueError(f"indices must lie in 0..{top} at {quantizer.bits} bits, got {index.min().item()}..{index.max().item()}: "
+                             "the payload is damaged or was packed at another bit width")
+        return self.mlp(quantizer.decode(index))
 
     def set_hard(self, hard: bool) -> None:
         """Hard quantization (what a deployment computes) or the soft training surrogate."""

@@ -378,6 +378,9 @@ def train_models(models: Sequence[SplitModel], x: torch.Tensor, y: torch.Tensor,
                  cuda_graphs: bool = True) -> list[float]:
     """Train networks of one setting together; return each one's last-epoch mean training loss.
 
+    ``setting`` gives the learning rate, weight decay, epochs and temperature decrease; the
+    networks' layers and dropout are their own (:func:`build_model` builds them from the setting).
+
     Adam on shuffled batches of 512, the temperature lowered after every epoch. The networks
     see the same batches and dropout masks (drawn from one generator seeded with ``seed``, so a
     network's training does not depend on the others in its group) and run as one

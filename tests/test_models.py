@@ -946,3 +946,20 @@ def test_a_loaded_model_is_ready_for_inference_and_checks_its_raw_rows(tiny_run,
     for raw in (np.zeros(3), np.zeros((5, 2)), np.zeros((5, 4))):
         with pytest.raises(ValueError, match=r"expected raw rows \[n, 3\] \(columns f0, f1, f2\)"):
             loaded.predict(raw)
+
+
+def test_cloud_refuses_indices_a_device_could_not_have_sent():
+    x, _ = tiny_data(50, 3)
+    model = build_model(METHODS["Bw-SQ"], SETTING, QuantizerContext.from_training_rows(x, 3))
+    model.eval()
+    index = model.edge(x)
+    for bad, message in [
+        (index.float(), r"expected integer indices \[n, 3\], got torch.float32"),
+        (index[:, :2], r"expected integer indices \[n, 3\], got torch.int64 \(50, 2\)"),
+        (index + 1, r"indices must lie in 0..7 at 3 bits, got 1..8"),
+        (index - 1, r"indices must lie in 0..7 at 3 bits, got -1..6"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            model.cloud(bad)
+    model.set_hard(True)
+    assert torch.equal(model.cloud(index.int()), model(x))
