@@ -396,7 +396,7 @@ def train_models(models: Sequence[SplitModel], x: torch.Tensor, y: torch.Tensor,
     targets are cast to the networks' dtype.
     """
     models = list(models)
-    _check_networks(models, training=True)
+    _check_trainable_together(models)
     x, y = _rows_and_targets(models[0], x, y, "training")
     if not (torch.isfinite(x).all() and torch.isfinite(y).all()):  # one check per run, not per batch
         raise ValueError("the training rows or targets hold NaN or infinite values; drop or impute them before training")
@@ -411,25 +411,29 @@ def train_models(models: Sequence[SplitModel], x: torch.Tensor, y: torch.Tensor,
     return [losses[order.index(g)] for g in range(len(models))]
 
 
-def _check_networks(models: Sequence[nn.Module], training: bool) -> None:
-    """Refuse anything but :class:`SplitModel` networks (for training: of this project's MLP, one dtype, sharing no parameter)."""
+def _check_split_models(models: Sequence[nn.Module]) -> None:
+    """Refuse no networks, or networks other than :class:`SplitModel`."""
     if not models:
         raise ValueError("no networks given; pass a list of SplitModel networks built by models.build_model")
     for model in models:
         if not isinstance(model, SplitModel):
             raise TypeError(f"expected SplitModel(quantizer, MLP) networks, as models.build_model builds them, got {type(model).__name__}")
-        if training:
-            _check_stock_mlp(model.mlp)
-    if training:
-        parameters = [id(p) for model in models for p in model.parameters()]
-        if len(set(parameters)) < len(parameters):
-            raise ValueError("networks trained together share parameters (the same network or quantizer twice); train each once")
-        dtypes = {model.mlp[0].weight.dtype for model in models}
-        if len(dtypes) > 1:
-            raise ValueError(f"networks trained together must share one dtype, got {sorted(map(str, dtypes))}; convert them with .to(dtype)")
-        widths = {_input_width(model) for model in models}
-        if len(widths) > 1:
-            raise ValueError(f"networks trained together must read the same features, got {sorted(widths)} of them; train them apart")
+
+
+def _check_trainable_together(models: Sequence[SplitModel]) -> None:
+    """Refuse networks that cannot train as one stack: other MLPs, shared parameters, mixed dtypes or input widths."""
+    _check_split_models(models)
+    for model in models:
+        _check_stock_mlp(model.mlp)
+    parameters = [id(p) for model in models for p in model.parameters()]
+    if len(set(parameters)) < len(parameters):
+        raise ValueError("networks trained together share parameters (the same network or quantizer twice); train each once")
+    dtypes = {model.mlp[0].weight.dtype for model in models}
+    if len(dtypes) > 1:
+        raise ValueError(f"networks trained together must share one dtype, got {sorted(map(str, dtypes))}; convert them with .to(dtype)")
+    widths = {_input_width(model) for model in models}
+    if len(widths) > 1:
+        raise ValueError(f"networks trained together must read the same features, got {sorted(widths)} of them; train them apart")
 
 
 def _input_width(model: SplitModel) -> int:
@@ -518,7 +522,7 @@ def evaluate(model: SplitModel, x: torch.Tensor, y: torch.Tensor, hard: bool = T
 @torch.inference_mode()
 def evaluate_splits(model: SplitModel, splits: Mapping[str, Split], hard: bool = True) -> dict[str, float]:
     """:func:`evaluate` on every split, with one forward pass over all their rows."""
-    _check_networks([model], training=False)
+    _check_split_models([model])
     if not splits:
         raise ValueError("no splits given; pass a mapping of names to (x, y)")
     splits = {name: _rows_and_targets(model, x, y, name) for name, (x, y) in splits.items()}

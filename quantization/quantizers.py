@@ -272,9 +272,9 @@ SoftFunction = tuple[type[torch.autograd.Function], tuple]  # a fused Function a
 class Quantizer(nn.Module):
     """Base class: hard ``decode(encode(x))`` in hard mode, ``soft(x)`` otherwise.
 
-    A subclass implements ``encode`` and ``decode``, and for training either ``soft`` (plain
-    autograd) or ``soft_function`` (a fused autograd Function, whose backward the training loop
-    also calls by hand).
+    A subclass implements ``encode`` (starting from ``self.checked_rows(x)``, as ``forward`` does)
+    and ``decode``, and for training either ``soft`` (plain autograd) or ``soft_function`` (a
+    fused autograd Function, whose backward the training loop also calls by hand).
     """
 
     def __init__(self, bits: int, n_features: int) -> None:
@@ -358,7 +358,7 @@ class Quantizer(nn.Module):
         tensors = itertools.chain(self.parameters(), self.buffers())
         return next((t.dtype for t in tensors if t.is_floating_point()), torch.get_default_dtype())
 
-    def rows(self, x: torch.Tensor) -> torch.Tensor:
+    def checked_rows(self, x: torch.Tensor) -> torch.Tensor:
         """Check that x is rows [n, n_features] and cast them to ``self.dtype`` (float64 rows, numpy's
         default, into a float32 quantizer, say), so that ``encode`` and ``forward`` compare alike."""
         if not isinstance(x, torch.Tensor) or x.ndim != 2 or x.shape[1] != self.n_features:
@@ -368,7 +368,7 @@ class Quantizer(nn.Module):
         return x.to(self.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [n, d] -> [n, out_features], in self.dtype
-        x = self.rows(x)
+        x = self.checked_rows(x)
         return self.decode(self.encode(x)) if self.hard else self.soft(x)
 
 
@@ -412,7 +412,7 @@ class ThresholdQuantizer(Quantizer):
         return self.n_features * m if self.readout == "thermometer" else self.n_features
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return hard_index(self.rows(x), self.thresholds.detach())
+        return hard_index(self.checked_rows(x), self.thresholds.detach())
 
     def decode(self, index: torch.Tensor) -> torch.Tensor:
         dtype = self.thresholds.dtype
@@ -457,7 +457,7 @@ class LSQQuantizer(Quantizer):
         return self
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        z = torch.clamp(self.rows(x) / self.step.detach(), self.q_min, self.q_max).nan_to_num_(nan=self.q_min)  # NaN: index 0
+        z = torch.clamp(self.checked_rows(x) / self.step.detach(), self.q_min, self.q_max).nan_to_num_(nan=self.q_min)  # NaN: index 0
         return torch.round(z).long() - self.q_min
 
     def decode(self, index: torch.Tensor) -> torch.Tensor:
@@ -503,7 +503,7 @@ class LLTQuantizer(Quantizer):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            _, _, position = _clamped_position(self.rows(x), self.log_scale.exp(), self.table_size)
+            _, _, position = _clamped_position(self.checked_rows(x), self.log_scale.exp(), self.table_size)
             features = torch.arange(self.n_features, device=position.device)
             level = self.table(hard=True)[features, position] * self.segments  # [n, d]
         return torch.round(level).long() + self.segments
