@@ -75,11 +75,17 @@ def select_best(tuning: pd.DataFrame, k_folds: int, methods: Sequence[str] | Non
     if methods is None:
         methods = [m for m in METHOD_NAMES if has_method(tuning, m)]
     per_setting = tuning.groupby("hyperparameter_setting_id", sort=True)
+    varying = per_setting[list(SETTING_KEYS)].nunique(dropna=False) > 1  # [settings, keys]
+    if varying.any(axis=None):  # say, rows of two tunings merged by hand
+        setting_id = varying.index[varying.any(axis=1)][0]
+        raise ProtocolError(f"setting {setting_id} has other {', '.join(varying.columns[varying.loc[setting_id]])} on some folds "
+                            "than on others, so its rows come from different tunings; move the file away or repair it")
     folds = per_setting["kFold_id"].nunique()
     complete = folds.index[folds == k_folds]
     means = per_setting[[f"val_loss_{m}" for m in methods]].mean(skipna=False).loc[complete]
     if means.empty:
-        raise ProtocolError(f"no setting has all its {k_folds} folds yet; let the tuning finish a setting first")
+        debug = " (or 2, for a --debug tuning whose rows cannot tell yet)" if k_folds == K_FOLDS else ""
+        raise ProtocolError(f"no setting has all its {k_folds} folds yet{debug}; let the tuning finish a setting first")
     first_rows = per_setting[list(SETTING_KEYS)].first().loc[complete]
     choices = {}
     for m in methods:
@@ -152,7 +158,7 @@ def stored_runs(path: Path, choices: dict[int, dict[str, Choice]]) -> dict[tuple
                 raise ProtocolError(
                     f"{path} was computed with setting {setting_id} (validation loss {val_loss:.6g}) for {m} at {b} bits, "
                     f"but the tuning now selects setting {choice.setting_id} (validation loss {choice.val_loss:.6g}); "
-                    "move it away to rerun"
+                    f"delete its rows of {b} bits (or move the file away) to rerun them, or leave {b} bits out with --bits"
                 )
     return rows
 

@@ -37,6 +37,7 @@ class Schema:
 
     paper_columns: tuple[str, ...]
     method_columns: Callable[[str], tuple[str, ...]]  # a further method's columns
+    row_key: tuple[str, ...]  # the columns that identify a row, once per file
 
     def columns(self, extra_methods: Sequence[str] = EXTRA_METHODS) -> tuple[str, ...]:
         """The header of a file holding the paper's methods and ``extra_methods`` (all registered: the default)."""
@@ -59,6 +60,7 @@ TUNING = Schema(
         *(f"{split}_loss_{m}_train" for m in PAPER_SOFT_ORDER for split in SPLITS),
     ),
     _tuning_method_columns,
+    ("hyperparameter_setting_id", "kFold_id"),
 )
 BEST = Schema(
     (
@@ -67,6 +69,7 @@ BEST = Schema(
         "step",
     ),
     lambda m: tuple(f"{prefix}_{m}" for prefix in ("best_hyperparameter_id", "val_loss", "test_loss", "time")),
+    ("bits", "step"),
 )
 TUNING_COLUMNS, BEST_COLUMNS = TUNING.columns(), BEST.columns()
 KEY_COLUMNS = ("hyperparameter_setting_id", "kFold_id", "bits", "step")  # what identifies a row (never empty)
@@ -114,7 +117,7 @@ def read_results(path: str | os.PathLike, schema: Schema) -> pd.DataFrame:
     frame = frame[list(columns)]  # the columns in this project's order (older files put further methods elsewhere)
     for column in frame.columns:
         if column in INTEGER_COLUMNS:
-            frame[column] = frame[column].astype("Int64")
+            frame[column] = _whole_numbers(frame[column], path)
         elif frame.empty:
             frame[column] = frame[column].astype(float)  # a header alone reads as text columns
         elif not pd.api.types.is_numeric_dtype(frame[column]):
@@ -123,7 +126,23 @@ def read_results(path: str | os.PathLike, schema: Schema) -> pd.DataFrame:
         empty = frame[column].isna().to_numpy().nonzero()[0]
         if empty.size:
             raise ProtocolError(f"{path} has no {column} on line {empty[0] + 2}; move it away or repair it")
+    twice = frame.duplicated(list(schema.row_key), keep=False).to_numpy().nonzero()[0]
+    if twice.size:  # say, the CSVs of two machines pasted together
+        key = ", ".join(f"{column} {frame.at[twice[0], column]}" for column in schema.row_key)
+        same = [line for line in twice if all(frame.at[line, c] == frame.at[twice[0], c] for c in schema.row_key)]
+        raise ProtocolError(f"{path} holds the row of {key} twice (lines {same[0] + 2} and {same[1] + 2}); keep one and run again")
     return frame
+
+
+def _whole_numbers(column: pd.Series, path: str | os.PathLike) -> pd.Series:
+    """An integer column as pandas' nullable Int64, or a ProtocolError naming the first value that is no whole number."""
+    numbers = pd.to_numeric(column, errors="coerce")
+    wrong = (numbers.isna() & column.notna()) | (numbers.notna() & (numbers % 1 != 0))
+    if wrong.any():
+        line = int(wrong.to_numpy().nonzero()[0][0])
+        raise ProtocolError(f"{path} has '{column.iloc[line]}' in column {column.name} on line {line + 2}, "
+                            "where a whole number belongs; move it away or repair it")
+    return numbers.astype("Int64")
 
 
 def has_method(frame: pd.DataFrame, method: str) -> bool:

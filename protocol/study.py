@@ -225,6 +225,11 @@ def stored_rows(tuning: TuningStudy) -> list[Row]:
     return [row for s in sorted(groups) for _, row in sorted(_setting_folds(groups[s]).items())]
 
 
+def started_settings(tuning: TuningStudy) -> set[int]:
+    """The ids of the settings that the study holds a trial for."""
+    return set(_by_setting(tuning.study.get_trials(deepcopy=False)))
+
+
 def finished(tuning: TuningStudy) -> bool:
     """Whether every setting of the study has all its folds and a finished trial."""
     groups = _by_setting(tuning.study.get_trials(deepcopy=False))

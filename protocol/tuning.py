@@ -15,6 +15,7 @@ from functools import cached_property, partial
 from pathlib import Path
 from typing import Callable, Iterator
 
+import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
@@ -37,6 +38,7 @@ from .study import (
     finished,
     open_storage,
     open_study,
+    started_settings,
     store_fold,
     stored_rows,
     working,
@@ -168,17 +170,18 @@ def open_tuning(plan: TuningPlan, storage: str | None = None, heartbeat: int = H
     """Open the plan's study in ``storage`` (default: a journal file beside the CSV), and make sure
     that no other study there writes the same CSV."""
     url = storage or f"journal:{plan.path.with_suffix('.journal')}"
-    tuning = open_study(open_storage(url, create), plan.spec(), heartbeat, create)
+    opened, spec = open_storage(url, create), plan.spec()
     # the default journal sits beside its CSV, so there the name is the file (also after the folder
     # moves); a storage given with --storage may serve many folders, so there it is the absolute path
     csv = plan.path.name if storage is None else str(plan.path.resolve())
-    others = [s.study_name for s in tuning.storage.backend.get_all_studies()
-              if s.user_attrs.get(CSV_ATTR) == csv and s.study_name != tuning.spec.name]
+    others = [s.study_name for s in opened.backend.get_all_studies()
+              if s.user_attrs.get(CSV_ATTR) == csv and s.study_name != spec.name]
     if others:  # say, 4 folds x 1 setting and --debug's 2 folds x 2 settings: both "..._4iterations.csv"
         raise ProtocolError(
-            f"{plan.path.name} is already the CSV of another tuning in {tuning.storage.label} ({others[0]}: other "
-            "folds, search space, sampler or methods give the same file name); use another --result_folder"
+            f"{plan.path.name} is already the CSV of another tuning in {opened.label} ({others[0]}: other folds, "
+            "search space, sampler, objective or methods give the same file name); use another --result_folder"
         )
+    tuning = open_study(opened, spec, heartbeat, create)
     if create and tuning.study.user_attrs.get(CSV_ATTR) != csv:
         tuning.study.set_user_attr(CSV_ATTR, csv)
     return tuning
@@ -237,7 +240,7 @@ def run_tuning(
     """Work on the plan's study, beside any other workers, until every row is stored; then write the CSV."""
     imported = rows_to_import(plan)
     tuning = open_tuning(plan, storage, heartbeat)
-    _check_foreign_export(plan, tuning)
+    _check_csv_matches_storage(plan, tuning, imported)
     folds = _Folds(plan, scratch, device)
     total, done = plan.k_folds * plan.n_steps, len(stored_rows(tuning))
     with tqdm(total=total, initial=done, desc=f"{plan.dataset} {plan.bits} bits", unit="row", disable=not progress) as bar:
@@ -252,10 +255,37 @@ def run_tuning(
     return plan.path
 
 
-def _check_foreign_export(plan: TuningPlan, tuning: TuningStudy) -> None:
-    """Refuse to overwrite a sampler's CSV with rows that its (empty) study does not hold."""
-    if plan.sampler != "paper" and plan.path.exists() and len(read_results(plan.path, TUNING)) and not stored_rows(tuning):
-        raise ProtocolError(f"{plan.path} exists but {tuning.storage.label} holds none of its rows; move it away or pass the --storage it was made with")
+def _check_csv_matches_storage(plan: TuningPlan, tuning: TuningStudy, imported: dict[int, dict[int, Row]]) -> None:
+    """Refuse to rewrite a CSV that holds rows the storage lacks or holds with other results.
+
+    The CSV is rewritten from the storage; only the rows of settings the study has not started
+    are imported (paper sampler). Any other row of the CSV that the storage does not hold as it
+    is (a file copied or merged in by hand, or one written with another storage) would be lost.
+    """
+    if not plan.path.exists():
+        return
+    stored = {(row["hyperparameter_setting_id"], row["kFold_id"]): row for row in stored_rows(tuning)}
+    importable = set(imported) - started_settings(tuning)
+    for row in read_results(plan.path, TUNING).to_dict("records"):
+        key = (int(row["hyperparameter_setting_id"]), int(row["kFold_id"]))
+        if key[0] in importable:
+            continue
+        if key not in stored:
+            problem = f"setting {key[0]} fold {key[1]}, which {tuning.storage.label} lacks"
+        elif not _same_results(row, stored[key]):
+            problem = f"other results for setting {key[0]} fold {key[1]} than {tuning.storage.label}"
+        else:
+            continue
+        raise ProtocolError(f"{plan.path} holds {problem}, and the run rewrites it from there; "
+                            "move the CSV away to keep it, or pass the --storage it was made with")
+
+
+def _same_results(csv_row: Row, stored_row: Row) -> bool:
+    """Whether a CSV row holds a stored row's numbers (to the CSV's printed precision; NaN equals NaN)."""
+    keys = [key for key in csv_row if key in stored_row]
+    ours = pd.to_numeric(pd.Series([csv_row[k] for k in keys], dtype=object), errors="coerce").to_numpy(dtype=float)
+    theirs = pd.to_numeric(pd.Series([stored_row[k] for k in keys], dtype=object), errors="coerce").to_numpy(dtype=float)
+    return len(keys) == len(stored_row) and bool(np.allclose(ours, theirs, rtol=1e-12, atol=0, equal_nan=True))
 
 
 def _show(bar: tqdm, done: int, postfix: str | None = None) -> None:

@@ -255,8 +255,10 @@ def test_two_tunings_writing_one_csv_are_refused(tmp_path: Path) -> None:
     debug = plan_tuning("wine_quality", 3, 2, tmp_path, debug=True, search_space=space)
     assert four_folds.path == debug.path
     open_tuning(four_folds)
-    with pytest.raises(ProtocolError, match="already the CSV of another tuning .*use another --result_folder"):
+    with pytest.raises(ProtocolError, match="already the CSV of another tuning .*objective.*use another --result_folder"):
         open_tuning(debug)
+    journal = open_storage(f"journal:{four_folds.path.with_suffix('.journal')}")
+    assert len(journal.backend.get_all_studies()) == 1  # the refused tuning left no study behind
     open_tuning(four_folds)  # its own study opens again
     moved = tmp_path.parent / f"{tmp_path.name}-moved"
     tmp_path.rename(moved)  # the folder, its CSV and its default journal move together

@@ -6,6 +6,7 @@ import argparse
 import csv
 import io
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -145,7 +146,9 @@ def test_select_only_reproduces_the_paper_choices(shared_dir: Path) -> None:
 def test_select_only_prints_csv(shared_dir: Path, capsys) -> None:
     code = best_script.main(["--dataset", "sulfur", "--result_folder", str(shared_dir / "paper_results"), "--bits", "2", "--select_only"])
     assert code == 0
-    printed = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    captured = capsys.readouterr()
+    assert captured.err == f"2 bits: selecting from {shared_dir / 'paper_results' / 'sulfur' / 'sulfur_hyperparameter_tuning_2bits_400iterations.csv'}\n"
+    printed = pd.read_csv(io.StringIO(captured.out))
     assert printed.columns.tolist() == ["bits", "method", "best_hyperparameter_id", "val_loss"]
     # the paper's own choices at 2 bits (the same on every row of a bit width), read independently
     paper = pd.read_csv(shared_dir / "paper_results" / "best_hyperparameter_multiple" / "sulfur_best_hyperparameter_test_multiple.csv")
@@ -234,8 +237,9 @@ def test_damaged_tuning_file_is_reported_and_kept(tmp_path: Path, capsys) -> Non
     damaged = bytes(range(256)) * 4
     path.write_bytes(damaged)
     assert best_script.main(["--dataset", "fried", "--result_folder", str(tmp_path), "--select_only"]) == 2
-    error = capsys.readouterr().err
-    assert "is not a readable CSV" in error and len(error.splitlines()) == 1
+    info, error = capsys.readouterr().err.splitlines()
+    assert info == f"3 bits: selecting from {path}"
+    assert "is not a readable CSV" in error
     assert path.read_bytes() == damaged
 
 
@@ -562,6 +566,67 @@ def test_a_loss_that_is_not_a_number_is_one_sentence(shared_dir: Path, tmp_path:
     frame.to_csv(damaged, index=False)
     with pytest.raises(ProtocolError, match="non-numeric values in column val_loss_FP"):
         read_results(damaged, TUNING)
+
+
+@pytest.mark.parametrize("value", ["one", "1.5", "3x"])
+@pytest.mark.parametrize("column", ["hyperparameter_setting_id", "kFold_id", "bits"])
+def test_an_integer_column_with_no_whole_number_is_one_sentence(shared_dir: Path, tmp_path: Path, column: str, value: str) -> None:
+    frame = pd.read_csv(paper_file(shared_dir, "fried", 3)).astype({column: object})
+    frame.loc[6, column] = value
+    damaged = tmp_path / "damaged.csv"
+    frame.to_csv(damaged, index=False)
+    with pytest.raises(ProtocolError, match=f"has '{value}' in column {column} on line 8, where a whole number belongs"):
+        read_results(damaged, TUNING)
+
+
+def test_a_row_twice_is_refused_not_averaged_as_another_fold(shared_dir: Path, tmp_path: Path) -> None:
+    """Two machines' CSVs pasted together hold a (setting, fold) twice; read as another fold it would move the selection."""
+    paper = pd.read_csv(paper_file(shared_dir, "fried", 3))
+    (tmp_path / "fried").mkdir()
+    pasted = tmp_path / "fried" / paper_file(shared_dir, "fried", 3).name
+    copy_of_row_0 = paper.iloc[[0]].assign(**{"val_loss_Bw-SQ": 1e-6})
+    pd.concat([paper, copy_of_row_0]).to_csv(pasted, index=False)
+    with pytest.raises(ProtocolError, match=f"holds the row of hyperparameter_setting_id 0, kFold_id 0 twice \\(lines 2 and {len(paper) + 2}\\)"):
+        load_choices(tmp_path, "fried", [3])
+    best = pd.read_csv(shared_dir / "paper_results" / "best_hyperparameter_multiple" / "fried_best_hyperparameter_test_multiple.csv")
+    best.loc[1, "step"] = best.loc[0, "step"]  # a run edited by hand into another's place
+    edited = tmp_path / "best.csv"
+    best.to_csv(edited, index=False)
+    with pytest.raises(ProtocolError, match=f"holds the row of bits {best.bits[0]}, step {best.step[0]} twice \\(lines 2 and 3\\)"):
+        read_results(edited, BEST)
+
+
+def test_a_csv_that_its_storage_does_not_hold_is_refused_and_kept(debug_results: Path, shared_dir: Path, tmp_path: Path) -> None:
+    """The CSV is rewritten from the storage: rows it holds otherwise (a copied or merged file) would be lost."""
+    shutil.copytree(debug_results / "wine_quality", tmp_path / "wine_quality")
+    plan = plan_tuning("wine_quality", 3, 2, tmp_path, debug=True)
+    written = plan.path.read_bytes()
+    run_tuning(plan, shared_dir / "datasets", progress=False)  # the storage's own CSV: nothing to do, nothing changes
+    assert plan.path.read_bytes() == written
+    frame = pd.read_csv(plan.path)
+    frame.loc[1, "val_loss_Bw-SQ"] += 1000  # setting 0 fold 1
+    frame.to_csv(plan.path, index=False)
+    foreign = plan.path.read_bytes()
+    with pytest.raises(ProtocolError, match="holds other results for setting 0 fold 1 than .*journal.*; move the CSV away to keep it"):
+        run_tuning(plan, shared_dir / "datasets", progress=False)
+    assert plan.path.read_bytes() == foreign
+    # another sampler's file name with a fresh storage: the storage lacks every row
+    random_plan = plan_tuning("wine_quality", 3, 2, tmp_path, debug=True, sampler="random")
+    random_plan.path.write_bytes(written)
+    with pytest.raises(ProtocolError, match="holds setting 0 fold 0, which .* lacks, and the run rewrites it from there"):
+        run_tuning(random_plan, shared_dir / "datasets", progress=False)
+    assert random_plan.path.read_bytes() == written
+
+
+def test_folds_of_one_setting_with_other_hyperparameters_are_refused(shared_dir: Path, tmp_path: Path) -> None:
+    """A hand merge of two tunings can give a setting's folds other values; the selection would use the first fold's."""
+    paper = pd.read_csv(paper_file(shared_dir, "fried", 3))
+    (tmp_path / "fried").mkdir()
+    row = paper.index[(paper.hyperparameter_setting_id == 5) & (paper.kFold_id == 2)][0]
+    paper.loc[row, "hidden_neurons"] = paper.loc[row, "hidden_neurons"] * 2
+    paper.to_csv(tmp_path / "fried" / paper_file(shared_dir, "fried", 3).name, index=False)
+    with pytest.raises(ProtocolError, match="setting 5 has other hidden_neurons on some folds than on others"):
+        load_choices(tmp_path, "fried", [3])
 
 
 def test_a_column_outside_the_schema_is_refused_not_dropped(shared_dir: Path, tmp_path: Path) -> None:
