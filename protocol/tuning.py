@@ -264,9 +264,10 @@ def _check_csv_matches_storage(plan: TuningPlan, tuning: TuningStudy, imported: 
     """
     if not plan.path.exists():
         return
+    csv_rows = read_results(plan.path, TUNING).to_dict("records")  # first: other workers export only rows already stored
     stored = {(row["hyperparameter_setting_id"], row["kFold_id"]): row for row in stored_rows(tuning)}
     importable = set(imported) - started_settings(tuning)
-    for row in read_results(plan.path, TUNING).to_dict("records"):
+    for row in csv_rows:
         key = (int(row["hyperparameter_setting_id"]), int(row["kFold_id"]))
         if key[0] in importable:
             continue
