@@ -264,9 +264,11 @@ def _check_csv_matches_storage(plan: TuningPlan, tuning: TuningStudy, imported: 
     """
     if not plan.path.exists():
         return
-    csv_rows = read_results(plan.path, TUNING).to_dict("records")  # first: other workers export only rows already stored
-    stored = {(row["hyperparameter_setting_id"], row["kFold_id"]): row for row in stored_rows(tuning)}
+    # in this order, as other workers may store, import and export meanwhile: they export only rows
+    # already stored, and a setting they import from the CSV is stored as it starts
+    csv_rows = read_results(plan.path, TUNING).to_dict("records")
     importable = set(imported) - started_settings(tuning)
+    stored = {(row["hyperparameter_setting_id"], row["kFold_id"]): row for row in stored_rows(tuning)}
     for row in csv_rows:
         key = (int(row["hyperparameter_setting_id"]), int(row["kFold_id"]))
         if key[0] in importable:
