@@ -15,7 +15,7 @@ from typing import Sequence
 import protocol.quiet_start  # noqa: F401  (first: Ctrl-C while torch loads exits quietly)
 from data import DATASETS, default_scratch
 from models import METHOD_NAMES
-from protocol.best_settings import find_tuning_files, load_choices, run_best_settings, selection_frame
+from protocol.best_settings import load_choices, print_source, run_best_settings, selection_frame
 from protocol.common import add_runtime_arguments, apply_runtime, parse_bits, parse_positive, run_cli
 
 
@@ -37,12 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main_with_args(args: argparse.Namespace) -> int:
     """Select, and unless ``--select_only`` rerun, the best settings."""
-    if not args.quiet:  # a folder may hold several tunings of one bit width (say, --debug and a real one)
-        for bits, path in find_tuning_files(args.result_folder, args.dataset).items():
-            if args.bits is None or bits in args.bits:
-                print(f"{bits} bits: selecting from {path}", file=sys.stderr)
     if args.select_only:
-        choices = load_choices(args.result_folder, args.dataset, args.bits, args.methods)
+        choices = load_choices(args.result_folder, args.dataset, args.bits, args.methods, on_file=None if args.quiet else print_source)
         selection_frame(choices).to_csv(sys.stdout, index=False, lineterminator="\n")
         return 0
     path = run_best_settings(

@@ -60,10 +60,12 @@ class SplitModel(nn.Module):
                 or index.ndim != 2 or index.shape[1] != quantizer.n_features:
             shape = f"{index.dtype} {tuple(index.shape)}" if isinstance(index, torch.Tensor) else type(index).__name__
             raise ValueError(f"expected integer indices [n, {quantizer.n_features}], got {shape}")
-        if index.numel() and (index.min() < 0 or index.max() > top):
-            raise ValueError(f"indices must lie in 0..{top} at {quantizer.bits} bits, got {index.min().item()}..{index.max().item()}: "
-                             "the payload is damaged or was packed at another bit width")
-        return self.mlp(quantizer.decode(index))
+        if index.numel():
+            low, high = torch.aminmax(index)
+            if low < 0 or high > top:
+                raise ValueError(f"indices must lie in 0..{top} at {quantizer.bits} bits, got {low.item()}..{high.item()}: "
+                                 "the payload is damaged or was packed at another bit width")
+        return self.mlp(quantizer.decode(index.long()))  # uint8, say, would wrap around in decode's arithmetic
 
     def set_hard(self, hard: bool) -> None:
         """Hard quantization (what a deployment computes) or the soft training surrogate."""

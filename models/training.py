@@ -8,8 +8,6 @@ evaluation runs under ``torch.inference_mode`` in large batches.
 import contextlib
 import functools
 import itertools
-import math
-import numbers
 import random
 import time
 from dataclasses import dataclass, field, fields
@@ -20,6 +18,7 @@ import torch
 from torch import nn
 
 from quantization import TemperatureSchedule
+from quantization.thresholds import is_finite_number, is_whole_number, value_text
 
 from .methods import METHODS, Method, QuantizerContext, get_method
 from .mlp import MLP, SplitModel
@@ -67,12 +66,12 @@ class Setting:
         """Raise a ValueError naming ``key`` unless ``value`` is a finite number (a whole one for
         the integer keys) in its range (``SETTING_RANGES``)."""
         words, in_range = SETTING_RANGES[key]
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-            raise ValueError(f"{key} must be a finite number, got {value!r}")
-        if key in INTEGER_SETTING_KEYS and not float(value).is_integer():
-            raise ValueError(f"{key} must be a whole number, got {value!r}")
+        if not is_finite_number(value):
+            raise ValueError(f"{key} must be a finite number, got {value_text(value)}")
+        if key in INTEGER_SETTING_KEYS and not is_whole_number(value):
+            raise ValueError(f"{key} must be a whole number, got {value_text(value)}")
         if not in_range(value):
-            raise ValueError(f"{key} must be {words}, got {value!r}")
+            raise ValueError(f"{key} must be {words}, got {value_text(value)}")
 
     def __post_init__(self) -> None:
         for key in SETTING_RANGES:  # checked, then stored as plain int or float (from NumPy or a CSV's 3.0, say)

@@ -8,7 +8,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -99,17 +99,23 @@ def select_best(tuning: pd.DataFrame, k_folds: int, methods: Sequence[str] | Non
 
 
 def load_choices(
-    result_folder: str | os.PathLike, dataset: str, bits: Sequence[int] | None, methods: Sequence[str] | None = None
+    result_folder: str | os.PathLike, dataset: str, bits: Sequence[int] | None, methods: Sequence[str] | None = None,
+    on_file: Callable[[int, Path], None] | None = None,
 ) -> dict[int, dict[str, Choice]]:
     """The choices per bit width from the tuning files (all bit widths found, or ``bits``) for
-    ``methods``, by default every method that all these files hold."""
+    ``methods``, by default every method that all these files hold; ``on_file(bits, path)`` is
+    told which file each bit width is selected from (:func:`print_source` prints it)."""
     files = find_tuning_files(result_folder, dataset)
     wanted = list(files) if bits is None else list(bits)
     if not wanted:
         raise ProtocolError(f"no tuning files {dataset}_hyperparameter_tuning_*bits_*iterations.csv in {Path(result_folder) / dataset}; run hyperparameter_tuning.py first")
     missing = [b for b in wanted if b not in files]
     if missing:
-        raise ProtocolError(f"no tuning file for {dataset} at {', '.join(map(str, missing))} bits in {Path(result_folder) / dataset}; run hyperparameter_tuning.py for them or drop them from --bits")
+        raise ProtocolError(f"no tuning file for {dataset} at {', '.join(map(str, missing))} bits in {Path(result_folder) / dataset}; "
+                            "run hyperparameter_tuning.py for them or drop them from --bits")
+    for b in wanted:
+        if on_file is not None:
+            on_file(b, files[b])
     frames = {b: read_results(files[b], TUNING) for b in wanted}
     if methods is None:
         methods = [m for m in METHOD_NAMES if all(has_method(frame, m) for frame in frames.values())]
@@ -128,6 +134,11 @@ def load_choices(
         except ProtocolError as error:
             raise ProtocolError(f"{files[b]}: {error}") from None
     return choices
+
+
+def print_source(bits: int, path: Path) -> None:
+    """Say on stderr which tuning file a bit width is selected from (a folder may hold several, say --debug's and a real one)."""
+    print(f"{bits} bits: selecting from {path}", file=sys.stderr)
 
 
 def selection_frame(choices: dict[int, dict[str, Choice]]) -> pd.DataFrame:
@@ -197,7 +208,7 @@ def run_best_settings(
         get_method(m)
     if n_steps < 1:
         raise ProtocolError(f"--n_steps must be at least 1, got {n_steps}")
-    choices = load_choices(result_folder, dataset, bits, methods)
+    choices = load_choices(result_folder, dataset, bits, methods, on_file=print_source if progress else None)
     methods = list(next(iter(choices.values())))
     path = best_path(result_folder, dataset)
 
@@ -229,7 +240,7 @@ def run_best_settings(
     return path
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class _BestSettingsJob:
     """What every (bits, run) of one best-setting job shares: its data, choices, output and device."""
 

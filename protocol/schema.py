@@ -137,7 +137,7 @@ def read_results(path: str | os.PathLike, schema: Schema) -> pd.DataFrame:
 def _whole_numbers(column: pd.Series, path: str | os.PathLike) -> pd.Series:
     """An integer column as pandas' nullable Int64, or a ProtocolError naming the first value that is no whole number."""
     numbers = pd.to_numeric(column, errors="coerce")
-    wrong = (numbers.isna() & column.notna()) | (numbers.notna() & (numbers % 1 != 0))
+    wrong = (numbers.isna() & column.notna()) | (numbers.notna() & ((numbers % 1 != 0) | (numbers.abs() >= 2**63)))
     if wrong.any():
         line = int(wrong.to_numpy().nonzero()[0][0])
         raise ProtocolError(f"{path} has '{column.iloc[line]}' in column {column.name} on line {line + 2}, "

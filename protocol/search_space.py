@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from models import SETTING_KEYS, Setting
+from models.training import INTEGER_SETTING_KEYS
 
 from .common import ProtocolError
 
@@ -24,7 +25,6 @@ PAPER_SEARCH_SPACE: dict[str, list] = {
     "dropout_rate": [0.0, 0.2, 0.4, 0.5],
 }
 DEBUG_OVERRIDES: dict[str, list] = {"hidden_neurons": [5], "num_epochs": [10], "hidden_layers": [1, 2]}
-INTEGER_KEYS = ("hidden_layers", "hidden_neurons", "num_epochs")
 SEARCH_SEED = 42
 assert tuple(PAPER_SEARCH_SPACE) == SETTING_KEYS
 
@@ -53,7 +53,7 @@ def load_search_space(path: str | os.PathLike) -> dict[str, list]:
 def _check_values(path: str | os.PathLike, key: str, values: object) -> None:
     if not isinstance(values, list) or not values:
         raise ProtocolError(f"{path}: {key} must be a non-empty list")
-    integer = key in INTEGER_KEYS
+    integer = key in INTEGER_SETTING_KEYS
     for value in values:
         kind = numbers.Integral if integer else numbers.Real
         if isinstance(value, bool) or not isinstance(value, kind):

@@ -195,8 +195,10 @@ def export_csv(plan: TuningPlan, tuning: TuningStudy) -> int:
 
 
 def export_tuning(plan: TuningPlan, storage: str | None = None) -> Path:
-    """Regenerate the plan's CSV from an existing study."""
-    export_csv(plan, open_tuning(plan, storage, create=False))
+    """Regenerate the plan's CSV from an existing study (refused where the CSV holds rows the study lacks or holds otherwise)."""
+    tuning = open_tuning(plan, storage, create=False)
+    _check_csv_matches_storage(plan, tuning, {})
+    export_csv(plan, tuning)
     return plan.path
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-import numbers
 from typing import Callable
 
 import torch
@@ -32,13 +31,16 @@ from torch import nn
 from .thresholds import (
     bits_of_thresholds,
     check_bits,
+    check_count,
     check_rows,
     decode_midpoints,
     hard_index,
+    is_finite_number,
     is_integral,
     midpoints,
     steps_from_index,
     threshold_ranks,
+    value_text,
 )
 
 READOUTS = ("index", "thermometer", "values", "midpoint")
@@ -279,10 +281,8 @@ class Quantizer(nn.Module):
 
     def __init__(self, bits: int, n_features: int) -> None:
         super().__init__()
-        if not (is_integral(n_features) and n_features >= 1):
-            raise ValueError(f"n_features must be a whole number >= 1, got {n_features!r}")
         self.bits = check_bits(bits)
-        self.n_features = int(n_features)
+        self.n_features = check_count("n_features", n_features)
         self.hard = False
         self.tau = 1.0
 
@@ -293,8 +293,8 @@ class Quantizer(nn.Module):
 
     @tau.setter
     def tau(self, value: float) -> None:
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < math.inf:
-            raise ValueError(f"tau must be a finite temperature > 0, got {value!r}; for exact steps use hard mode (quantizer.hard = True)")
+        if not (is_finite_number(value) and value > 0):
+            raise ValueError(f"tau must be a finite temperature > 0, got {value_text(value)}; for exact steps use hard mode (quantizer.hard = True)")
         self._tau = float(value)
 
     @property
@@ -388,7 +388,7 @@ class ThresholdQuantizer(Quantizer):
             raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
         if readout == "midpoint" and trainable:
             raise ValueError("the midpoint readout needs fixed (sorted) thresholds")
-        if not thresholds.is_meta and not torch.isfinite(thresholds).all():  # meta: shapes only (load_model)
+        if not thresholds.is_meta and not torch.isfinite(thresholds).all():  # meta: shapes only (save_model's check)
             raise ValueError("thresholds must be finite; compute them from rows without NaN or infinite values")
         self.readout = readout
         self.trainable = trainable
@@ -447,7 +447,7 @@ class LSQQuantizer(Quantizer):
     def __init__(self, bits: int, n_features: int) -> None:
         super().__init__(bits, n_features)
         self.q_min, self.q_max = -(2 ** (self.bits - 1)), 2 ** (self.bits - 1) - 1
-        self.step = nn.Parameter(torch.ones(n_features))  # [d]
+        self.step = nn.Parameter(torch.ones(self.n_features))  # [d]
 
     @torch.no_grad()
     def init_step(self, x: torch.Tensor) -> "LSQQuantizer":
@@ -482,8 +482,8 @@ class LLTQuantizer(Quantizer):
         self.segments = 2 ** (self.bits - 1) - 1
         self.granularity = int(granularity)
         self.table_size = 2 * self.segments * self.granularity + 1
-        self.logits = nn.Parameter(torch.zeros(n_features, self.segments, self.granularity))
-        self.log_scale = nn.Parameter(torch.zeros(n_features))  # [d]
+        self.logits = nn.Parameter(torch.zeros(self.n_features, self.segments, self.granularity))
+        self.log_scale = nn.Parameter(torch.zeros(self.n_features))  # [d]
         self.scale_initialized = False  # a Python flag (saved as extra state): no device sync per batch
 
     def get_extra_state(self) -> dict[str, bool]:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 
-from .thresholds import is_integral
+from .thresholds import check_count, is_finite_number, value_text
 
 MIN_TEMPERATURE = 1e-4
 
@@ -19,10 +18,11 @@ class TemperatureSchedule:
     tau: float = 1.0
 
     def __post_init__(self) -> None:
-        if not (is_integral(self.num_epochs) and self.num_epochs >= 1):
-            raise ValueError(f"num_epochs must be a whole number >= 1, got {self.num_epochs!r}")
-        if not (isinstance(self.decrease_factor, numbers.Real) and 0 < self.decrease_factor <= 1):
-            raise ValueError(f"decrease_factor must be in (0, 1] (the temperature falls or stays), got {self.decrease_factor!r}")
+        self.num_epochs = check_count("num_epochs", self.num_epochs)
+        if not (is_finite_number(self.decrease_factor) and 0 < self.decrease_factor <= 1):
+            raise ValueError(f"decrease_factor must be in (0, 1] (the temperature falls or stays), got {value_text(self.decrease_factor)}")
+        if not (is_finite_number(self.tau) and self.tau > 0):
+            raise ValueError(f"tau must be a finite temperature > 0, got {value_text(self.tau)}")
 
     def step(self) -> float:
         """Advance by one epoch and return the new temperature."""

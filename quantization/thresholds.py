@@ -6,6 +6,7 @@ works on CPU and CUDA tensors alike (results live on the device of the input).
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import torch
@@ -16,6 +17,28 @@ MIN_BITS, MAX_BITS = 2, 8
 def is_integral(value: object) -> bool:
     """Whether ``value`` is an integer (Python or NumPy), not a bool."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_finite_number(value: object) -> bool:
+    """Whether ``value`` is a finite real number (Python or NumPy), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def is_whole_number(value: object) -> bool:
+    """Whether ``value`` is a finite number without a fractional part (3 or 3.0), not a bool."""
+    return is_finite_number(value) and float(value).is_integer()
+
+
+def value_text(value: object) -> str:
+    """How a value reads in a message: a number as written (3, not np.int64(3)), anything else by repr ('3')."""
+    return str(value) if isinstance(value, numbers.Real) and not isinstance(value, bool) else repr(value)
+
+
+def check_count(name: str, value: object) -> int:
+    """Return ``value`` as an int if it is a whole number >= 1, else raise a ValueError naming ``name``."""
+    if not (is_whole_number(value) and value >= 1):
+        raise ValueError(f"{name} must be a whole number >= 1, got {value_text(value)}")
+    return int(value)
 
 
 def check_bits(bits: int) -> int:

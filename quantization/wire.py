@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .thresholds import MAX_BITS, MIN_BITS, check_bits, is_integral
+from .thresholds import MAX_BITS, MIN_BITS, check_bits, check_count
 
 
 def payload_bytes(n_samples: int, n_features: int, bits: int) -> int:
@@ -60,7 +60,7 @@ def unpack(payload: bytes, bits: int, n_features: int, n_samples: int | None = N
     ``n`` defaults to ``floor(len(payload) * 8 / (d * bits))``; pass ``n_samples`` where
     ``d * bits < 8``, since then the zero padding of the last byte can hold whole values.
     """
-    bits, n_features = check_bits(bits), _check_n_features(n_features)
+    bits, n_features = check_bits(bits), check_count("n_features", n_features)
     data = np.frombuffer(payload, dtype=np.uint8)
     sample_bits = n_features * bits
     n = data.size * 8 // sample_bits if n_samples is None else n_samples
@@ -79,18 +79,12 @@ def unpack_samples(payload: bytes, bits: int, n_features: int) -> np.ndarray:
     zero-padded: what the exported C encoder's ``bsq_encode`` writes per sample. (Where
     ``d * bits`` is not a multiple of 8 this differs from :func:`pack` of n samples at once.)
     """
-    bits, n_features = check_bits(bits), _check_n_features(n_features)
+    bits, n_features = check_bits(bits), check_count("n_features", n_features)
     size = payload_bytes(1, n_features, bits)
     if len(payload) % size:
         raise ValueError(f"{len(payload)} bytes are not a whole number of one-sample payloads of {size} bytes")
     rows = np.frombuffer(payload, dtype=np.uint8).reshape(-1, size)
     return _indices(np.unpackbits(rows, axis=1), n_features * bits, n_features, bits, "each sample's last byte")
-
-
-def _check_n_features(n_features: int) -> int:
-    if not is_integral(n_features) or n_features < 1:
-        raise ValueError(f"n_features must be a positive integer, got {n_features!r}")
-    return int(n_features)
 
 
 def _indices(stream: np.ndarray, used: int, n_features: int, bits: int, padding: str) -> np.ndarray:

@@ -369,3 +369,35 @@ def test_sampled_settings_differ_from_each_other(tmp_path: Path, sampler: str) -
     assert all(c.values[k] in space[k] for c in claims for k in space)
     assert len({tuple(c.values.items()) for c in claims}) == 4
     assert claim_setting(tuning, {}) is None  # the study has room for 4 settings only
+
+
+def test_rows_other_workers_store_or_import_while_the_csv_is_compared_are_not_foreign(tmp_path: Path, reference: pd.DataFrame, monkeypatch) -> None:
+    """The CSV, the started settings and the stored rows are read in this order; each test below fails in any other."""
+    import protocol.tuning as tuning_module
+
+    plan = debug_plan(tmp_path)
+    plan.path.parent.mkdir(parents=True)
+    reference.to_csv(plan.path, index=False)  # rows of an earlier run, to import
+    imported = tuning_module.rows_to_import(plan)
+    tuning = open_tuning(plan)
+    real_stored_rows = tuning_module.stored_rows
+
+    def import_meanwhile(tuning_study):  # another worker imports the CSV's settings right after this read
+        rows = real_stored_rows(tuning_study)
+        study._reconcile(tuning_study, imported)
+        return rows
+
+    monkeypatch.setattr(tuning_module, "stored_rows", import_meanwhile)
+    tuning_module._check_csv_matches_storage(plan, tuning, imported)
+    monkeypatch.setattr(tuning_module, "stored_rows", real_stored_rows)
+    assert len(real_stored_rows(tuning)) == N_ROWS  # imported: every row is stored now
+
+    reference.iloc[:-1].to_csv(plan.path, index=False)  # exported before the last row was stored
+
+    def store_and_export_meanwhile(tuning_study):  # another worker stores the last row and exports it right after
+        rows = real_stored_rows(tuning_study)[:-1]
+        reference.to_csv(plan.path, index=False)
+        return rows
+
+    monkeypatch.setattr(tuning_module, "stored_rows", store_and_export_meanwhile)
+    tuning_module._check_csv_matches_storage(plan, tuning, {})

@@ -894,6 +894,9 @@ def test_training_refuses_rows_and_networks_it_cannot_train():
         train_model(SplitModel(model.quantizer, nn.Linear(9, 1)), x, y, SETTING, seed=0)
     with pytest.raises(ValueError, match="no networks given"):
         train_models([], x, y, SETTING, seed=0)
+    four_features = build_model(METHODS["Bw-SQ"], SETTING, QuantizerContext.from_training_rows(torch.randn(50, 4), 3))
+    with pytest.raises(ValueError, match=r"must read the same features, got \[3, 4\]"):
+        train_models([model, four_features], x, y, SETTING, seed=0)
     fp64 = build_model(METHODS["FP"], SETTING, QuantizerContext.from_training_rows(x, 3)).double()
     with pytest.raises(ValueError, match="share one dtype"):
         train_models([model, fp64], x, y, SETTING, seed=0)
@@ -963,3 +966,9 @@ def test_cloud_refuses_indices_a_device_could_not_have_sent():
             model.cloud(bad)
     model.set_hard(True)
     assert torch.equal(model.cloud(index.int()), model(x))
+    for name in ("LSQ", "Pr-QQ", "LLT4"):  # narrow payload types: LSQ's levels are signed, Pr-QQ indexes a table
+        other = build_model(METHODS[name], SETTING, QuantizerContext.from_training_rows(x, 3))
+        other.eval()
+        other.set_hard(True)
+        for dtype in (torch.uint8, torch.int16):
+            assert torch.equal(other.cloud(other.edge(x).to(dtype)), other(x))

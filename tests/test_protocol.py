@@ -27,7 +27,7 @@ from protocol.best_settings import Choice, load_choices, planned_folds, run_best
 from protocol.common import ProtocolError, parse_positive
 from protocol.schema import BEST, BEST_COLUMNS, SOFT_EVALUATED, TRAINED, TUNING, read_results, write_results
 from protocol.search_space import draw_settings, load_search_space, paper_search_space
-from protocol.tuning import open_tuning, plan_tuning, run_tuning
+from protocol.tuning import export_tuning, open_tuning, plan_tuning, run_tuning
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER_BEST_DATASETS = ["california", "fried", "sulfur", "superconduct", "wine_quality"]
@@ -343,7 +343,7 @@ def test_quiet_start_recognises_the_program_importing_it(importlib_loaded: bool)
         + "import signal, protocol.quiet_start\n"
         "print(signal.getsignal(signal.SIGINT) is signal.SIG_DFL)\n"
     )
-    done = subprocess.run([sys.executable, "-S", "-c", program], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-S", "-E", "-c", program], capture_output=True, text=True, timeout=60)
     assert done.stdout == "True\n", done.stderr
 
 
@@ -604,11 +604,13 @@ def test_a_csv_that_its_storage_does_not_hold_is_refused_and_kept(debug_results:
     run_tuning(plan, shared_dir / "datasets", progress=False)  # the storage's own CSV: nothing to do, nothing changes
     assert plan.path.read_bytes() == written
     frame = pd.read_csv(plan.path)
-    frame.loc[1, "val_loss_Bw-SQ"] += 1000  # setting 0 fold 1
+    frame.loc[1, "val_loss_Bw-SQ"] *= 1 + 1e-9  # setting 0 fold 1: more than the CSV's printed precision
     frame.to_csv(plan.path, index=False)
     foreign = plan.path.read_bytes()
     with pytest.raises(ProtocolError, match="holds other results for setting 0 fold 1 than .*journal.*; move the CSV away to keep it"):
         run_tuning(plan, shared_dir / "datasets", progress=False)
+    with pytest.raises(ProtocolError, match="holds other results for setting 0 fold 1"):
+        export_tuning(plan)  # --export_csv
     assert plan.path.read_bytes() == foreign
     # another sampler's file name with a fresh storage: the storage lacks every row
     random_plan = plan_tuning("wine_quality", 3, 2, tmp_path, debug=True, sampler="random")

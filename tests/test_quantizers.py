@@ -1049,11 +1049,12 @@ def test_no_rows_in_soft_training_mode_give_no_rows():
     assert not llt.scale_initialized  # a statistic of no rows is none: the first real batch sets it
 
 
-@pytest.mark.parametrize("n_features", [0, -1, 2.5, True])
+@pytest.mark.parametrize("n_features", [0, -1, 2.5, True, "3"])
 def test_quantizers_need_a_whole_positive_feature_count(n_features):
     for make in (lambda: LSQQuantizer(3, n_features), lambda: LLTQuantizer(3, n_features, 4)):
         with pytest.raises(ValueError, match="n_features must be a whole number >= 1"):
             make()
+    assert LSQQuantizer(3, 3.0).n_features == 3 and type(LLTQuantizer(3, np.int64(3), 4).n_features) is int
 
 
 def test_threshold_quantizer_takes_whole_number_thresholds_as_floats_and_refuses_nan():

@@ -69,7 +69,7 @@ def test_numpy_integer_bits_and_features() -> None:
     decoded = unpack(bytes([0xAB, 0x80]), np.int64(3), np.int32(2))
     assert decoded.dtype == np.int64 and decoded.tolist() == [[5, 2], [7, 0]]
     assert payload_bytes(2, 2, np.uint8(3)) == 2
-    with pytest.raises(ValueError, match="n_features must be a positive integer"):
+    with pytest.raises(ValueError, match="n_features must be a whole number >= 1, got 0"):
         unpack(b"\x00", 2, np.int64(0))
 
 
@@ -92,7 +92,7 @@ def test_wrong_payload_length() -> None:
         unpack(b"\x00\x00", 3, 3, n_samples=2)
     with pytest.raises(ValueError, match="padding bits"):
         unpack(bytes([0, 0x01]), 3, 3)
-    with pytest.raises(ValueError, match="n_features must be a positive integer"):
+    with pytest.raises(ValueError, match="n_features must be a whole number >= 1"):
         unpack(b"\x00", 3, 0)
 
 
@@ -109,7 +109,7 @@ def test_one_sample_payloads_in_a_row() -> None:
         unpack_samples(stream[:5], 3, 3)
     with pytest.raises(ValueError, match="padding bits of each sample's last byte must be zero"):
         unpack_samples(bytes([0, 1]), 3, 3)
-    with pytest.raises(ValueError, match="n_features must be a positive integer"):
+    with pytest.raises(ValueError, match="n_features must be a whole number >= 1"):
         unpack_samples(stream, 3, 0)
 
 
