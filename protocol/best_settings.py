@@ -108,7 +108,10 @@ def load_choices(
     files = find_tuning_files(result_folder, dataset)
     wanted = list(files) if bits is None else list(bits)
     if not wanted:
-        raise ProtocolError(f"no tuning files {dataset}_hyperparameter_tuning_*bits_*iterations.csv in {Path(result_folder) / dataset}; run hyperparameter_tuning.py first")
+        sampled = sorted((Path(result_folder) / dataset).glob(f"{dataset}_hyperparameter_tuning_*iterations_*.csv"))
+        note = f" ({sampled[0].name} is the file of another sampler, which is not selected from)" if sampled else ""
+        raise ProtocolError(f"no tuning files {dataset}_hyperparameter_tuning_*bits_*iterations.csv in {Path(result_folder) / dataset}"
+                            f"{note}; run hyperparameter_tuning.py first")
     missing = [b for b in wanted if b not in files]
     if missing:
         raise ProtocolError(f"no tuning file for {dataset} at {', '.join(map(str, missing))} bits in {Path(result_folder) / dataset}; "

@@ -417,6 +417,14 @@ def test_missing_tuning_file_is_refused(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_a_folder_of_another_sampler_s_files_says_so(shared_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "fried").mkdir()
+    sampled = tmp_path / "fried" / "fried_hyperparameter_tuning_3bits_400iterations_random_Bw-SQ.csv"
+    sampled.write_bytes(paper_file(shared_dir, "fried", 3).read_bytes())
+    with pytest.raises(ProtocolError, match=f"no tuning files .*\\({sampled.name} is the file of another sampler, which is not selected from\\)"):
+        load_choices(tmp_path, "fried", None)
+
+
 def test_foreign_tuning_csv_is_refused_and_kept(tmp_path: Path) -> None:
     folder = tmp_path / "fried"
     folder.mkdir()
