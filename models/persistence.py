@@ -17,6 +17,8 @@ from .mlp import SplitModel
 from .training import Setting, build_model
 
 FORMAT = "bsq-model/1"
+PAYLOAD_KEYS = ("method", "bits", "setting", "n_features", "feature_names", "x_mean", "x_scale", "y_mean", "y_scale",
+                "dataset", "state_dict")  # and "tau", absent from files written before it was kept
 
 
 @dataclass
@@ -102,6 +104,9 @@ def load_model(path: str | os.PathLike) -> SavedModel:
                          "pass a .pt file written by best_hyperparameter_testing_multiple.py --save_models") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path} is not a model saved by this project (expected format {FORMAT})")
+    missing = [key for key in PAYLOAD_KEYS if key not in payload]
+    if missing:
+        raise ValueError(f"{path} lacks {', '.join(missing)}; it is damaged or was not written by save_model")
     setting = Setting.from_mapping(payload["setting"])
     model = _untrained_model(payload["method"], payload["bits"], payload["n_features"], setting)
     try:

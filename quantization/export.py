@@ -51,7 +51,7 @@ FORMAT = "bsq-encoder/1"
 ENCODING = (
     "index of feature f = number of k with x_f > thresholds[f][k], x_f the raw value as float32 "
     "(strict >, NaN gives 0); thresholds are exact float32 values, the string \"Infinity\" (JSON has no "
-    "infinity) where no value reaches the level"
+    "infinity) where no value reaches the level, \"-Infinity\" where every value but NaN does"
 )
 BIT_ORDER = (
     "one sample = the indices of features 0..d-1 in order, each written with `bits` bits most significant "
@@ -124,13 +124,14 @@ def _probes(thresholds: np.ndarray, saved: SavedModel) -> np.ndarray:
     extremes = np.array([-np.inf, -finite, -0.0, 0.0, finite, np.inf], dtype=np.float32)
     rng = np.random.default_rng(0)
     spread = saved.x_mean + saved.x_scale * 3 * rng.standard_normal((N_RANDOM_PROBES, len(saved.x_mean)))
-    rows = [
-        columns,
-        np.nextafter(columns, np.float32(-np.inf)),
-        np.nextafter(columns, np.float32(np.inf)),
-        np.broadcast_to(extremes[:, None], (extremes.size, columns.shape[1])),
-        spread.astype(np.float32),
-    ]
+    with np.errstate(over="ignore"):  # beyond float32 a probe is +-inf, which is a probe too
+        rows = [
+            columns,
+            np.nextafter(columns, np.float32(-np.inf)),
+            np.nextafter(columns, np.float32(np.inf)),
+            np.broadcast_to(extremes[:, None], (extremes.size, columns.shape[1])),
+            spread.astype(np.float32),
+        ]
     return np.concatenate(rows).astype(np.float32)
 
 
@@ -175,8 +176,8 @@ def _json_value(value: object) -> str:
 
 
 def _json_threshold(value: float) -> float | str:
-    """A threshold for JSON: the number, or ``"Infinity"`` for a level no value reaches (never -inf)."""
-    return "Infinity" if value == math.inf else value
+    """A threshold for JSON: the number, or ``"Infinity"`` / ``"-Infinity"`` (JSON has no infinite numbers)."""
+    return ("Infinity" if value > 0 else "-Infinity") if math.isinf(value) else value
 
 
 def encoder_json(encoder: Encoder, model_file: str = "") -> str:
@@ -210,7 +211,7 @@ def _c_float(value: np.float32) -> str:
 
 def _c_comment(text: str) -> str:
     """``text`` made safe inside a one-line C comment."""
-    return "".join(c if c.isprintable() else "?" for c in text).replace("*/", "* /")
+    return "".join(c if c.isprintable() else "?" for c in text).replace("*/", "* /").replace("/*", "/ *")
 
 
 def _c_floats(values: np.ndarray, per_line: int = 6) -> str:
@@ -230,7 +231,8 @@ def encoder_header(encoder: Encoder) -> str:
  * bsq_encode(x, payload): x = one sample of BSQ_N_FEATURES raw float32 values (feature order of
  * the comments below), payload = BSQ_PAYLOAD_BYTES bytes, equal to quantization.wire.pack.
  * Index of feature f = number of thresholds that x[f] exceeds (strict >, NaN gives 0).
- * Compile as C99 or later, without -ffast-math (it may drop comparisons with infinity). */
+ * Compile as C99 or later, without -ffast-math or -Ofast, and not in a flush-to-zero mode: they
+ * treat denormal values and thresholds as 0, and may drop comparisons with infinity. */
 #ifndef BSQ_ENCODER_H
 #define BSQ_ENCODER_H
 
@@ -285,6 +287,8 @@ def cloud_predict(
 ) -> np.ndarray:
     """Predictions [n], standardized or in target units, from a payload of :func:`quantization.wire.pack`,
     or with ``per_sample`` from one-sample payloads in a row (what ``bsq_encode`` writes per sample)."""
+    if per_sample and n_samples is not None:
+        raise ValueError("n_samples is for one packed stream; one-sample payloads (per_sample=True) count themselves")
     d = len(saved.feature_names)
     index = unpack_samples(payload, saved.bits, d) if per_sample else unpack(payload, saved.bits, d, n_samples)
     saved.model.eval()

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .thresholds import MAX_BITS, MIN_BITS, check_bits, check_count
+from .thresholds import MAX_BITS, MIN_BITS, check_bits, check_count, is_whole_number, value_text
 
 
 def payload_bytes(n_samples: int, n_features: int, bits: int) -> int:
@@ -61,9 +61,11 @@ def unpack(payload: bytes, bits: int, n_features: int, n_samples: int | None = N
     ``d * bits < 8``, since then the zero padding of the last byte can hold whole values.
     """
     bits, n_features = check_bits(bits), check_count("n_features", n_features)
-    data = np.frombuffer(payload, dtype=np.uint8)
+    data = _bytes_of(payload)
     sample_bits = n_features * bits
-    n = data.size * 8 // sample_bits if n_samples is None else n_samples
+    if n_samples is not None and not (is_whole_number(n_samples) and n_samples >= 0):
+        raise ValueError(f"n_samples must be a whole number >= 0, got {value_text(n_samples)}")
+    n = data.size * 8 // sample_bits if n_samples is None else int(n_samples)
     if n < 0 or data.size != payload_bytes(n, n_features, bits):
         raise ValueError(
             f"a payload of {data.size} bytes is not {'a whole number of' if n_samples is None else n} samples of "
@@ -80,11 +82,21 @@ def unpack_samples(payload: bytes, bits: int, n_features: int) -> np.ndarray:
     ``d * bits`` is not a multiple of 8 this differs from :func:`pack` of n samples at once.)
     """
     bits, n_features = check_bits(bits), check_count("n_features", n_features)
+    data = _bytes_of(payload)
     size = payload_bytes(1, n_features, bits)
-    if len(payload) % size:
-        raise ValueError(f"{len(payload)} bytes are not a whole number of one-sample payloads of {size} bytes")
-    rows = np.frombuffer(payload, dtype=np.uint8).reshape(-1, size)
+    if data.size % size:
+        raise ValueError(f"{data.size} bytes are not a whole number of one-sample payloads of {size} bytes")
+    rows = data.reshape(-1, size)
     return _indices(np.unpackbits(rows, axis=1), n_features * bits, n_features, bits, "each sample's last byte")
+
+
+def _bytes_of(payload: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
+    """The bytes of a payload as uint8 [L]: bytes, bytearray, or a buffer or array of one-byte items."""
+    if isinstance(payload, (str, list, tuple)) or payload is None or getattr(payload, "itemsize", 1) != 1:
+        kind = f"items of {payload.itemsize} bytes" if hasattr(payload, "itemsize") else type(payload).__name__
+        raise TypeError(f"a payload must be bytes (as pack and the C encoder write them), got {kind}; "
+                        "convert byte values with bytes(values) or values.astype(np.uint8)")
+    return np.frombuffer(payload, dtype=np.uint8)
 
 
 def _indices(stream: np.ndarray, used: int, n_features: int, bits: int, padding: str) -> np.ndarray:

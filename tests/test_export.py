@@ -220,7 +220,7 @@ def test_encoder_json(tmp_path: Path) -> None:
     assert content["encoding"] == (
         "index of feature f = number of k with x_f > thresholds[f][k], x_f the raw value as float32 "
         "(strict >, NaN gives 0); thresholds are exact float32 values, the string \"Infinity\" (JSON has no "
-        "infinity) where no value reaches the level"
+        "infinity) where no value reaches the level, \"-Infinity\" where every value but NaN does"
     )
     assert content["bit_order"] == (
         "one sample = the indices of features 0..d-1 in order, each written with `bits` bits most significant "
@@ -299,3 +299,36 @@ def test_cloud_predict_evaluates_a_model_trained_with_dropout(tmp_path: Path) ->
     np.testing.assert_array_equal(cloud_predict(cloud, payload, raw_units=True), expected)
     cloud.model.train()  # the standardized output too
     np.testing.assert_allclose(cloud_predict(cloud, payload), (expected - 0.25) / 3.0, rtol=1e-6, atol=1e-6)
+
+
+def test_a_level_every_value_reaches_is_minus_infinity_in_strict_json(tmp_path: Path) -> None:
+    saved = _perturbed_model("Bw-QQ", 3, seed=3)
+    saved.x_scale = X_SCALE.copy()
+    saved.x_scale[0] = 1e39  # beyond float32: every raw value standardizes to 0 in float32, above the negative thresholds
+    json_path, _ = export_encoder(saved, tmp_path)
+    thresholds = _strict_json(json_path.read_text())["thresholds"]
+    exported = build_encoder(saved).thresholds[0]
+    assert np.isneginf(exported).any()
+    assert thresholds[0] == ["-Infinity" if np.isneginf(t) else "Infinity" if np.isposinf(t) else float(t) for t in exported]
+
+
+def test_feature_names_cannot_open_a_comment_in_the_header(tmp_path: Path) -> None:
+    saved = _perturbed_model("Bw-SQ", 3, seed=4)
+    saved.feature_names = ["a /* b", "c */ d", "e", "f", "g"]
+    _, header_path = export_encoder(saved, tmp_path)
+    header = header_path.read_text()
+    assert "/* 0: a / * b */" in header and "/* 1: c * / d */" in header
+
+
+def test_a_payload_must_be_bytes_not_an_array_of_byte_values() -> None:
+    saved = _perturbed_model("LLT4", 3, seed=5)
+    payload = pack(np.random.default_rng(0).integers(0, 7, (4, D)), 3)
+    expected = cloud_predict(saved, payload)
+    assert np.array_equal(cloud_predict(saved, np.frombuffer(payload, np.uint8)), expected)
+    assert np.array_equal(cloud_predict(saved, bytearray(payload)), expected)
+    with pytest.raises(TypeError, match="a payload must be bytes .* got items of 8 bytes"):
+        cloud_predict(saved, np.array(list(payload)))  # int64 byte values: read as memory, 8x the samples
+    with pytest.raises(ValueError, match="n_samples is for one packed stream"):
+        cloud_predict(saved, payload, n_samples=4, per_sample=True)
+    with pytest.raises(ValueError, match="n_samples must be a whole number >= 0, got 4.5"):
+        unpack(payload, 3, D, n_samples=4.5)

@@ -680,6 +680,10 @@ def test_load_model_refuses_weights_that_do_not_fit(tiny_run, tmp_path):
     torch.save(payload, path)
     with pytest.raises(ValueError, match="model.pt holds weights that do not fit"):
         load_model(path)
+    del payload["setting"], payload["dataset"]  # a file edited by hand
+    torch.save(payload, path)
+    with pytest.raises(ValueError, match="model.pt lacks setting, dataset; it is damaged or was not written by save_model"):
+        load_model(path)
 
 
 def test_training_refuses_other_networks_and_target_shapes():
