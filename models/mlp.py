@@ -55,17 +55,13 @@ class SplitModel(nn.Module):
     def cloud(self, index: torch.Tensor) -> torch.Tensor:
         """Transmitted indices [n, d], integers in 0..2**bits - 1 (else a ValueError) -> predictions [n]."""
         quantizer = self._require_quantizer()
-        top = 2**quantizer.bits - 1
-        if not isinstance(index, torch.Tensor) or index.is_floating_point() or index.dtype == torch.bool \
-                or index.ndim != 2 or index.shape[1] != quantizer.n_features:
-            shape = f"{index.dtype} {tuple(index.shape)}" if isinstance(index, torch.Tensor) else type(index).__name__
-            raise ValueError(f"expected integer indices [n, {quantizer.n_features}], got {shape}")
+        index, top = quantizer.checked_index(index), 2**quantizer.bits - 1
         if index.numel():
             low, high = torch.aminmax(index)
             if low < 0 or high > top:
                 raise ValueError(f"indices must lie in 0..{top} at {quantizer.bits} bits, got {low.item()}..{high.item()}: "
                                  "the payload is damaged or was packed at another bit width")
-        return self.mlp(quantizer.decode(index.long()))  # uint8, say, would wrap around in decode's arithmetic
+        return self.mlp(quantizer.decode(index))
 
     def set_hard(self, hard: bool) -> None:
         """Hard quantization (what a deployment computes) or the soft training surrogate."""

@@ -116,7 +116,7 @@ def load_choices(
     if missing:
         raise ProtocolError(f"no tuning file for {dataset} at {', '.join(map(str, missing))} bits in {Path(result_folder) / dataset}; "
                             "run hyperparameter_tuning.py for them or drop them from --bits")
-    for b in wanted:
+    for b in dict.fromkeys(wanted):  # --bits 3 2 3 reads each file once
         if on_file is not None:
             on_file(b, files[b])
     frames = {b: read_results(files[b], TUNING) for b in wanted}

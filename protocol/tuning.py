@@ -281,7 +281,7 @@ def _check_csv_matches_storage(plan: TuningPlan, tuning: TuningStudy, imported: 
             problem = f"other results for setting {key[0]} fold {key[1]} than {tuning.storage.label}"
         else:
             continue
-        raise ProtocolError(f"{plan.path} holds {problem}, and the run rewrites it from there; "
+        raise ProtocolError(f"{plan.path} holds {problem}, and the CSV is rewritten from there; "
                             "move the CSV away to keep it, or pass the --storage it was made with")
 
 

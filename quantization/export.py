@@ -51,7 +51,7 @@ FORMAT = "bsq-encoder/1"
 ENCODING = (
     "index of feature f = number of k with x_f > thresholds[f][k], x_f the raw value as float32 "
     "(strict >, NaN gives 0); thresholds are exact float32 values, the string \"Infinity\" (JSON has no "
-    "infinity) where no value reaches the level, \"-Infinity\" where every value but NaN does"
+    "infinity) where no value reaches the level, \"-Infinity\" where every value above -infinity does"
 )
 BIT_ORDER = (
     "one sample = the indices of features 0..d-1 in order, each written with `bits` bits most significant "
@@ -231,8 +231,8 @@ def encoder_header(encoder: Encoder) -> str:
  * bsq_encode(x, payload): x = one sample of BSQ_N_FEATURES raw float32 values (feature order of
  * the comments below), payload = BSQ_PAYLOAD_BYTES bytes, equal to quantization.wire.pack.
  * Index of feature f = number of thresholds that x[f] exceeds (strict >, NaN gives 0).
- * Compile as C99 or later, without -ffast-math or -Ofast, and not in a flush-to-zero mode: they
- * treat denormal values and thresholds as 0, and may drop comparisons with infinity. */
+ * Compile as C99 or later, without -ffast-math or -Ofast, and not in a flush-to-zero or
+ * denormals-are-zero mode: they treat denormal values and thresholds as 0. */
 #ifndef BSQ_ENCODER_H
 #define BSQ_ENCODER_H
 

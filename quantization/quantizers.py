@@ -28,6 +28,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .schedule import check_temperature
 from .thresholds import (
     bits_of_thresholds,
     check_bits,
@@ -35,12 +36,9 @@ from .thresholds import (
     check_rows,
     decode_midpoints,
     hard_index,
-    is_finite_number,
-    is_integral,
     midpoints,
     steps_from_index,
     threshold_ranks,
-    value_text,
 )
 
 READOUTS = ("index", "thermometer", "values", "midpoint")
@@ -275,7 +273,7 @@ class Quantizer(nn.Module):
     """Base class: hard ``decode(encode(x))`` in hard mode, ``soft(x)`` otherwise.
 
     A subclass implements ``encode`` (starting from ``self.checked_rows(x)``, as ``forward`` does)
-    and ``decode``, and for training either ``soft`` (plain autograd) or ``soft_function`` (a
+    and ``decode`` (starting from ``self.checked_index(index)``), and for training either ``soft`` (plain autograd) or ``soft_function`` (a
     fused autograd Function, whose backward the training loop also calls by hand).
     """
 
@@ -293,9 +291,7 @@ class Quantizer(nn.Module):
 
     @tau.setter
     def tau(self, value: float) -> None:
-        if not (is_finite_number(value) and value > 0):
-            raise ValueError(f"tau must be a finite temperature > 0, got {value_text(value)}; for exact steps use hard mode (quantizer.hard = True)")
-        self._tau = float(value)
+        self._tau = check_temperature(value)
 
     @property
     def out_features(self) -> int:
@@ -367,6 +363,15 @@ class Quantizer(nn.Module):
                              "make one row 2-D with x[None], convert numpy rows with torch.as_tensor")
         return x.to(self.dtype)
 
+    def checked_index(self, index: torch.Tensor) -> torch.Tensor:
+        """Check that ``index`` is integer indices [n, n_features] and return them as int64, so that
+        ``decode``'s arithmetic cannot wrap around (uint8 payloads, say)."""
+        if not isinstance(index, torch.Tensor) or index.is_floating_point() or index.is_complex() \
+                or index.dtype == torch.bool or index.ndim != 2 or index.shape[1] != self.n_features:
+            shape = f"{index.dtype} {tuple(index.shape)}" if isinstance(index, torch.Tensor) else type(index).__name__
+            raise ValueError(f"expected integer indices [n, {self.n_features}], got {shape}")
+        return index.long()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [n, d] -> [n, out_features], in self.dtype
         x = self.checked_rows(x)
         return self.decode(self.encode(x)) if self.hard else self.soft(x)
@@ -415,7 +420,7 @@ class ThresholdQuantizer(Quantizer):
         return hard_index(self.checked_rows(x), self.thresholds.detach())
 
     def decode(self, index: torch.Tensor) -> torch.Tensor:
-        dtype = self.thresholds.dtype
+        index, dtype = self.checked_index(index), self.thresholds.dtype
         if self.readout == "index":
             return index.to(dtype)
         if self.readout == "midpoint":
@@ -461,7 +466,7 @@ class LSQQuantizer(Quantizer):
         return torch.round(z).long() - self.q_min
 
     def decode(self, index: torch.Tensor) -> torch.Tensor:
-        return (index + self.q_min).to(self.step.dtype) * self.step
+        return (self.checked_index(index) + self.q_min).to(self.step.dtype) * self.step
 
     def soft_function(self, x: torch.Tensor) -> SoftFunction:
         grad_scale = 1.0 / math.sqrt(self.q_max * max(x.numel(), 1))  # no rows: no gradient to scale
@@ -477,8 +482,7 @@ class LLTQuantizer(Quantizer):
 
     def __init__(self, bits: int, n_features: int, granularity: int) -> None:
         super().__init__(bits, n_features)
-        if not is_integral(granularity) or granularity < 1:
-            raise ValueError(f"granularity must be an integer of at least 1, got {granularity!r}")
+        granularity = check_count("granularity", granularity)
         self.segments = 2 ** (self.bits - 1) - 1
         self.granularity = int(granularity)
         self.table_size = 2 * self.segments * self.granularity + 1
@@ -509,7 +513,7 @@ class LLTQuantizer(Quantizer):
         return torch.round(level).long() + self.segments
 
     def decode(self, index: torch.Tensor) -> torch.Tensor:
-        level = (index - self.segments).to(self.log_scale.dtype) / self.segments
+        level = (self.checked_index(index) - self.segments).to(self.log_scale.dtype) / self.segments
         return level * self.log_scale.exp()
 
     @torch.no_grad()

@@ -9,6 +9,13 @@ from .thresholds import check_count, is_finite_number, value_text
 MIN_TEMPERATURE = 1e-4
 
 
+def check_temperature(tau: object) -> float:
+    """Return ``tau`` as a float if it is a finite temperature > 0, else raise a ValueError that says what to do."""
+    if not (is_finite_number(tau) and tau > 0):
+        raise ValueError(f"tau must be a finite temperature > 0, got {value_text(tau)}; for exact steps use hard mode (quantizer.hard = True)")
+    return float(tau)
+
+
 @dataclass
 class TemperatureSchedule:
     """tau starts at 1; after every epoch ``tau = max(tau * decrease_factor**(1/num_epochs), 1e-4)``."""
@@ -21,8 +28,7 @@ class TemperatureSchedule:
         self.num_epochs = check_count("num_epochs", self.num_epochs)
         if not (is_finite_number(self.decrease_factor) and 0 < self.decrease_factor <= 1):
             raise ValueError(f"decrease_factor must be in (0, 1] (the temperature falls or stays), got {value_text(self.decrease_factor)}")
-        if not (is_finite_number(self.tau) and self.tau > 0):
-            raise ValueError(f"tau must be a finite temperature > 0, got {value_text(self.tau)}")
+        self.tau = check_temperature(self.tau)
 
     def step(self) -> float:
         """Advance by one epoch and return the new temperature."""

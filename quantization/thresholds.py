@@ -21,12 +21,12 @@ def is_integral(value: object) -> bool:
 
 def is_finite_number(value: object) -> bool:
     """Whether ``value`` is a finite real number (Python or NumPy), not a bool."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    return is_integral(value) or (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value))
 
 
 def is_whole_number(value: object) -> bool:
     """Whether ``value`` is a finite number without a fractional part (3 or 3.0), not a bool."""
-    return is_finite_number(value) and float(value).is_integer()
+    return is_integral(value) or (is_finite_number(value) and float(value).is_integer())
 
 
 def value_text(value: object) -> str:
@@ -34,17 +34,17 @@ def value_text(value: object) -> str:
     return str(value) if isinstance(value, numbers.Real) and not isinstance(value, bool) else repr(value)
 
 
-def check_count(name: str, value: object) -> int:
-    """Return ``value`` as an int if it is a whole number >= 1, else raise a ValueError naming ``name``."""
-    if not (is_whole_number(value) and value >= 1):
-        raise ValueError(f"{name} must be a whole number >= 1, got {value_text(value)}")
+def check_count(name: str, value: object, minimum: int = 1) -> int:
+    """Return ``value`` as an int if it is a whole number >= ``minimum``, else raise a ValueError naming ``name``."""
+    if not (is_whole_number(value) and value >= minimum):
+        raise ValueError(f"{name} must be a whole number >= {minimum}, got {value_text(value)}")
     return int(value)
 
 
 def check_bits(bits: int) -> int:
-    """Return ``bits`` as a plain int if it is an integer in 2..8, else raise a ValueError that says what to do."""
-    if not is_integral(bits) or not MIN_BITS <= bits <= MAX_BITS:
-        raise ValueError(f"bits must be an integer from {MIN_BITS} to {MAX_BITS}, got {bits!r}")
+    """Return ``bits`` as a plain int if it is a whole number in 2..8, else raise a ValueError that says what to do."""
+    if not (is_whole_number(bits) and MIN_BITS <= bits <= MAX_BITS):
+        raise ValueError(f"bits must be an integer from {MIN_BITS} to {MAX_BITS}, got {value_text(bits)}")
     return int(bits)
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .thresholds import MAX_BITS, MIN_BITS, check_bits, check_count, is_whole_number, value_text
+from .thresholds import MAX_BITS, MIN_BITS, check_bits, check_count
 
 
 def payload_bytes(n_samples: int, n_features: int, bits: int) -> int:
@@ -63,10 +63,8 @@ def unpack(payload: bytes, bits: int, n_features: int, n_samples: int | None = N
     bits, n_features = check_bits(bits), check_count("n_features", n_features)
     data = _bytes_of(payload)
     sample_bits = n_features * bits
-    if n_samples is not None and not (is_whole_number(n_samples) and n_samples >= 0):
-        raise ValueError(f"n_samples must be a whole number >= 0, got {value_text(n_samples)}")
-    n = data.size * 8 // sample_bits if n_samples is None else int(n_samples)
-    if n < 0 or data.size != payload_bytes(n, n_features, bits):
+    n = data.size * 8 // sample_bits if n_samples is None else check_count("n_samples", n_samples, minimum=0)
+    if data.size != payload_bytes(n, n_features, bits):
         raise ValueError(
             f"a payload of {data.size} bytes is not {'a whole number of' if n_samples is None else n} samples of "
             f"{n_features} features at {bits} bits (n samples take ceil(n * {sample_bits} / 8) bytes)"
@@ -90,13 +88,19 @@ def unpack_samples(payload: bytes, bits: int, n_features: int) -> np.ndarray:
     return _indices(np.unpackbits(rows, axis=1), n_features * bits, n_features, bits, "each sample's last byte")
 
 
-def _bytes_of(payload: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
-    """The bytes of a payload as uint8 [L]: bytes, bytearray, or a buffer or array of one-byte items."""
-    if isinstance(payload, (str, list, tuple)) or payload is None or getattr(payload, "itemsize", 1) != 1:
-        kind = f"items of {payload.itemsize} bytes" if hasattr(payload, "itemsize") else type(payload).__name__
+def _bytes_of(payload: bytes | bytearray | memoryview | np.ndarray | torch.Tensor) -> np.ndarray:
+    """The bytes of a payload as uint8 [L]: bytes, bytearray, or a buffer, array or CPU tensor of one-byte items."""
+    if isinstance(payload, torch.Tensor):
+        payload = payload.numpy()
+    try:
+        view = memoryview(payload)
+    except TypeError:
+        view = None
+    if view is None or isinstance(payload, str) or view.itemsize != 1:
+        kind = f"items of {view.itemsize} bytes" if view is not None else type(payload).__name__
         raise TypeError(f"a payload must be bytes (as pack and the C encoder write them), got {kind}; "
                         "convert byte values with bytes(values) or values.astype(np.uint8)")
-    return np.frombuffer(payload, dtype=np.uint8)
+    return np.frombuffer(view if view.c_contiguous else view.tobytes(), dtype=np.uint8)
 
 
 def _indices(stream: np.ndarray, used: int, n_features: int, bits: int, padding: str) -> np.ndarray:

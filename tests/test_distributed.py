@@ -372,7 +372,7 @@ def test_sampled_settings_differ_from_each_other(tmp_path: Path, sampler: str) -
 
 
 def test_rows_other_workers_store_or_import_while_the_csv_is_compared_are_not_foreign(tmp_path: Path, reference: pd.DataFrame, monkeypatch) -> None:
-    """The CSV, the started settings and the stored rows are read in this order; each test below fails in any other."""
+    """The CSV and the started settings are read before the stored rows; each part below fails where the stored rows come earlier."""
     import protocol.tuning as tuning_module
 
     plan = debug_plan(tmp_path)

@@ -220,7 +220,7 @@ def test_encoder_json(tmp_path: Path) -> None:
     assert content["encoding"] == (
         "index of feature f = number of k with x_f > thresholds[f][k], x_f the raw value as float32 "
         "(strict >, NaN gives 0); thresholds are exact float32 values, the string \"Infinity\" (JSON has no "
-        "infinity) where no value reaches the level, \"-Infinity\" where every value but NaN does"
+        "infinity) where no value reaches the level, \"-Infinity\" where every value above -infinity does"
     )
     assert content["bit_order"] == (
         "one sample = the indices of features 0..d-1 in order, each written with `bits` bits most significant "
@@ -304,12 +304,15 @@ def test_cloud_predict_evaluates_a_model_trained_with_dropout(tmp_path: Path) ->
 def test_a_level_every_value_reaches_is_minus_infinity_in_strict_json(tmp_path: Path) -> None:
     saved = _perturbed_model("Bw-QQ", 3, seed=3)
     saved.x_scale = X_SCALE.copy()
-    saved.x_scale[0] = 1e39  # beyond float32: every raw value standardizes to 0 in float32, above the negative thresholds
+    saved.x_scale[0] = 1e39  # the lowest thresholds of feature 0 lie below -3.4e38, the lowest float32, in raw units
+    below = (saved.model.quantizer.thresholds[0].double() * 1e39 + X_MEAN[0] < -np.finfo(np.float32).max).sum().item()
     json_path, _ = export_encoder(saved, tmp_path)
     thresholds = _strict_json(json_path.read_text())["thresholds"]
-    exported = build_encoder(saved).thresholds[0]
-    assert np.isneginf(exported).any()
-    assert thresholds[0] == ["-Infinity" if np.isneginf(t) else "Infinity" if np.isposinf(t) else float(t) for t in exported]
+    assert below and thresholds[0].count("-Infinity") == below
+    encoder = build_encoder(saved)
+    lowest = np.full((2, D), X_MEAN.astype(np.float32))
+    lowest[:, 0] = [-np.inf, -np.finfo(np.float32).max]
+    assert encoder.indices(lowest)[:, 0].tolist() == [0, below]  # -inf exceeds nothing, every finite value those levels
 
 
 def test_feature_names_cannot_open_a_comment_in_the_header(tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ from models import (
     train_model,
     train_models,
 )
-from models import training
+from models import persistence, training
 from quantization import LLTQuantizer, LSQQuantizer, ThresholdQuantizer
 
 ORDER = ("FP", "Po-MQ", "Po-QQ", "Pr-MQ", "Pr-QQ", "SQ", "SQplus", "Bw-MQ", "Bw-QQ", "Bw-SQ", "LLT9", "LLT4", "LSQ")
@@ -680,6 +680,7 @@ def test_load_model_refuses_weights_that_do_not_fit(tiny_run, tmp_path):
     torch.save(payload, path)
     with pytest.raises(ValueError, match="model.pt holds weights that do not fit"):
         load_model(path)
+    assert set(payload) == {*persistence.PAYLOAD_KEYS, "format", "tau"}  # what load_model requires is what save_model writes
     del payload["setting"], payload["dataset"]  # a file edited by hand
     torch.save(payload, path)
     with pytest.raises(ValueError, match="model.pt lacks setting, dataset; it is damaged or was not written by save_model"):

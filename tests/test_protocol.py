@@ -576,7 +576,7 @@ def test_a_loss_that_is_not_a_number_is_one_sentence(shared_dir: Path, tmp_path:
         read_results(damaged, TUNING)
 
 
-@pytest.mark.parametrize("value", ["one", "1.5", "3x"])
+@pytest.mark.parametrize("value", ["one", "1.5", "3x", "9223372036854775808", "-9223372036854775809"])
 @pytest.mark.parametrize("column", ["hyperparameter_setting_id", "kFold_id", "bits"])
 def test_an_integer_column_with_no_whole_number_is_one_sentence(shared_dir: Path, tmp_path: Path, column: str, value: str) -> None:
     frame = pd.read_csv(paper_file(shared_dir, "fried", 3)).astype({column: object})
@@ -623,7 +623,7 @@ def test_a_csv_that_its_storage_does_not_hold_is_refused_and_kept(debug_results:
     # another sampler's file name with a fresh storage: the storage lacks every row
     random_plan = plan_tuning("wine_quality", 3, 2, tmp_path, debug=True, sampler="random")
     random_plan.path.write_bytes(written)
-    with pytest.raises(ProtocolError, match="holds setting 0 fold 0, which .* lacks, and the run rewrites it from there"):
+    with pytest.raises(ProtocolError, match="holds setting 0 fold 0, which .* lacks, and the CSV is rewritten from there"):
         run_tuning(random_plan, shared_dir / "datasets", progress=False)
     assert random_plan.path.read_bytes() == written
 

@@ -467,10 +467,12 @@ def test_llt_first_training_batch_of_one_row_gives_a_finite_scale():
     np.testing.assert_allclose(q(x).detach().numpy(), [[3e-8, -3e-8], [-3e-8, 3e-8]], rtol=1e-5)
 
 
-@pytest.mark.parametrize("granularity", [0, -1, 2.0, 1.5, True, "4", None])
+@pytest.mark.parametrize("granularity", [0, -1, 1.5, True, "4", None])
 def test_llt_granularity_must_be_a_positive_integer(granularity):
-    with pytest.raises(ValueError, match=f"granularity must be an integer of at least 1, got {granularity!r}"):
+    shown = granularity if isinstance(granularity, (int, float)) and not isinstance(granularity, bool) else repr(granularity)
+    with pytest.raises(ValueError, match=f"granularity must be a whole number >= 1, got {shown}"):
         LLTQuantizer(3, 2, granularity)
+    assert LLTQuantizer(3, 2, 2.0).granularity == 2  # a whole number, as everywhere in the API
 
 
 def test_llt_granularity_one_is_a_plain_table():
@@ -1063,3 +1065,13 @@ def test_threshold_quantizer_takes_whole_number_thresholds_as_floats_and_refuses
     assert hard(q)(torch.tensor([[0.5]])).item() == 0.5  # the midpoint of (0, 1)
     with pytest.raises(ValueError, match="thresholds must be finite"):
         ThresholdQuantizer(torch.tensor([[-1.0, float("nan"), 1.0]]), "index", trainable=True)
+
+
+def test_decode_reads_narrow_integer_indices_as_their_values():
+    index = torch.tensor([[0, 7], [3, 4]])
+    for q in (LSQQuantizer(3, 2), LLTQuantizer(3, 2, 4), ThresholdQuantizer(torch.sort(torch.randn(2, 7)).values, "midpoint")):
+        for dtype in (torch.uint8, torch.int16, torch.int32):
+            assert torch.equal(q.decode(index.to(dtype)), q.decode(index))  # uint8: 0 - 4 would wrap to 252
+        for bad in (index.float(), index.to(torch.complex64), index.bool(), index[:, :1], index[0]):
+            with pytest.raises(ValueError, match=r"expected integer indices \[n, 2\]"):
+                q.decode(bad)

@@ -55,7 +55,7 @@ def test_short_samples_need_the_count() -> None:
     assert unpack(payload, 2, 1, n_samples=3).tolist() == [[1], [2], [3]]
 
 
-@pytest.mark.parametrize("bits", [1, 9, 0, 2.0, True])
+@pytest.mark.parametrize("bits", [1, 9, 0, 2.5, True])
 def test_bits_outside_protocol(bits) -> None:
     with pytest.raises(ValueError, match="bits must be an integer from 2 to 8"):
         pack([[0]], bits)
