@@ -106,7 +106,7 @@ def load_choices(
     ``methods``, by default every method that all these files hold; ``on_file(bits, path)`` is
     told which file each bit width is selected from (:func:`print_source` prints it)."""
     files = find_tuning_files(result_folder, dataset)
-    wanted = list(files) if bits is None else list(bits)
+    wanted = list(files) if bits is None else list(dict.fromkeys(bits))  # --bits 3 2 3: each file once
     if not wanted:
         sampled = sorted((Path(result_folder) / dataset).glob(f"{dataset}_hyperparameter_tuning_*iterations_*.csv"))
         note = f" ({sampled[0].name} is the file of another sampler, which is not selected from)" if sampled else ""
@@ -116,9 +116,8 @@ def load_choices(
     if missing:
         raise ProtocolError(f"no tuning file for {dataset} at {', '.join(map(str, missing))} bits in {Path(result_folder) / dataset}; "
                             "run hyperparameter_tuning.py for them or drop them from --bits")
-    for b in dict.fromkeys(wanted):  # --bits 3 2 3 reads each file once
-        if on_file is not None:
-            on_file(b, files[b])
+    for b in wanted if on_file is not None else ():
+        on_file(b, files[b])
     frames = {b: read_results(files[b], TUNING) for b in wanted}
     if methods is None:
         methods = [m for m in METHOD_NAMES if all(has_method(frame, m) for frame in frames.values())]

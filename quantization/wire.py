@@ -96,7 +96,7 @@ def _bytes_of(payload: bytes | bytearray | memoryview | np.ndarray | torch.Tenso
         view = memoryview(payload)
     except TypeError:
         view = None
-    if view is None or isinstance(payload, str) or view.itemsize != 1:
+    if view is None or view.itemsize != 1:
         kind = f"items of {view.itemsize} bytes" if view is not None else type(payload).__name__
         raise TypeError(f"a payload must be bytes (as pack and the C encoder write them), got {kind}; "
                         "convert byte values with bytes(values) or values.astype(np.uint8)")
