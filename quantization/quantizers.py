@@ -373,8 +373,7 @@ class Quantizer(nn.Module):
         return index.long()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [n, d] -> [n, out_features], in self.dtype
-        x = self.checked_rows(x)
-        return self.decode(self.encode(x)) if self.hard else self.soft(x)
+        return self.decode(self.encode(x)) if self.hard else self.soft(self.checked_rows(x))  # encode checks its rows
 
 
 class ThresholdQuantizer(Quantizer):
@@ -482,9 +481,8 @@ class LLTQuantizer(Quantizer):
 
     def __init__(self, bits: int, n_features: int, granularity: int) -> None:
         super().__init__(bits, n_features)
-        granularity = check_count("granularity", granularity)
         self.segments = 2 ** (self.bits - 1) - 1
-        self.granularity = int(granularity)
+        self.granularity = check_count("granularity", granularity)
         self.table_size = 2 * self.segments * self.granularity + 1
         self.logits = nn.Parameter(torch.zeros(self.n_features, self.segments, self.granularity))
         self.log_scale = nn.Parameter(torch.zeros(self.n_features))  # [d]
