@@ -58,6 +58,16 @@ def _saturated_sigmoid_(arguments: torch.Tensor) -> torch.Tensor:
     return nn.functional.threshold_(arguments, SIGMOID_FLOOR, 0.0)
 
 
+def clamp_inclusive(x: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """``clamp(x, low, high)`` whose gradient is 1 where ``low <= x <= high`` (bounds included) and 0 outside.
+
+    The project's convention for a value exactly at a bound, the one LSQ's straight-through
+    estimator states (``Q_n <= x / s <= Q_p``). torch's own ``clamp`` changed its choice in 2.14
+    (0 at a scalar bound, 0.5 at a tensor bound; 1 before), so plain-autograd code uses this.
+    """
+    return torch.where((x >= low) & (x <= high), x, x.detach().clamp(low, high))
+
+
 def _sigmoid_steps(x: torch.Tensor, thresholds: torch.Tensor, tau: float) -> torch.Tensor:
     """``sigmoid(x / tau - t_k / tau)`` laid out feature-major: x [n, d], thresholds [d, M] -> [d, M, n].
 

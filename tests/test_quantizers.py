@@ -16,7 +16,7 @@ import torch
 from models import MLP, SavedModel, Setting, SplitModel
 from quantization import LLTQuantizer, LSQQuantizer, ThresholdQuantizer
 from quantization.export import build_encoder
-from quantization.quantizers import _histogram, _LLTLookup, _rise_matrix, _SteppedSum, _Thermometer
+from quantization.quantizers import clamp_inclusive, _histogram, _LLTLookup, _rise_matrix, _SteppedSum, _Thermometer
 
 T3 = torch.tensor([[-1.0, 0.0, 1.0]])  # one feature, 2 bits
 X = torch.tensor([[-2.0], [-1.0], [-0.5], [0.0], [0.3], [1.0], [5.0]])
@@ -584,7 +584,7 @@ def reference_threshold_soft(x, thresholds, values, readout, tau):
 def reference_lsq_soft(x, step, q_min, q_max):
     grad_scale = 1.0 / math.sqrt(q_max * x.numel())
     step = step * grad_scale + (step - step * grad_scale).detach()
-    z = torch.clamp(x / step, q_min, q_max)
+    z = clamp_inclusive(x / step, q_min, q_max)
     z = z + (torch.round(z) - z).detach()  # straight-through rounding
     return z * step
 
@@ -596,7 +596,7 @@ def reference_llt_soft(x, logits, log_scale, tau, training):
     rise = p.flatten(1).cumsum(dim=-1)
     table = torch.cat([-rise.flip(-1), torch.zeros_like(rise[:, :1]), rise], dim=-1) / r
     scale = log_scale.exp()
-    u = torch.clamp(x / scale, -1.0, 1.0)
+    u = clamp_inclusive(x / scale, -1.0, 1.0)
     position = torch.round((k - 1) / 2 * (u + 1)).long()
     if training:
         with torch.no_grad():
@@ -608,6 +608,15 @@ def reference_llt_soft(x, logits, log_scale, tau, training):
             weights = u.shape[0] / (k * (counts.sqrt() + 1e-5))
         table.register_hook(lambda grad: grad * weights)
     return (table[torch.arange(d, device=x.device), position] + u - u.detach()) * scale
+
+
+def test_clamp_inclusive_passes_the_gradient_at_its_bounds():
+    """The project's convention, whatever torch's clamp does: 1 on [low, high] (bounds included), 0 outside."""
+    x = torch.tensor([-3.0, -1.0, -0.25, 1.0, 2.0], dtype=torch.float64, requires_grad=True)
+    out = clamp_inclusive(x, -1.0, 1.0)
+    (out * torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0], dtype=torch.float64)).sum().backward()
+    assert out.tolist() == [-1.0, -1.0, -0.25, 1.0, 1.0]
+    assert x.grad.tolist() == [0.0, 2.0, 3.0, 4.0, 0.0]
 
 
 def compare_with_reference(q, reference, x, x_grad, gen, device="cpu"):
