@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from sklearn.datasets import make_friedman1
 
-from .atomic import atomic_write_bytes, atomic_write_text
+from core.atomic import atomic_write_bytes, atomic_write_text
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = REPO_ROOT.parent / "shared" / "datasets"

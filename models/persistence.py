@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from data.atomic import atomic_write_bytes
+from core.atomic import atomic_write_bytes
 from data.splits import device_precision
 
 from .methods import QuantizerContext, get_method

@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 
 import pandas as pd
 
-from data.atomic import atomic_write_text
+from core.atomic import atomic_write_text
 from models import METHOD_NAMES, METHODS, PAPER_METHODS, SETTING_KEYS
 
 from .common import ProtocolError

@@ -40,7 +40,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from data.atomic import atomic_write_text
+from core.atomic import atomic_write_text
 from models.persistence import SavedModel, load_model
 
 from .quantizers import ThresholdQuantizer

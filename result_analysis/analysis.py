@@ -46,7 +46,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from data.atomic import atomic_write_text
+from core.atomic import atomic_write_text
 from data.datasets import DATASETS, PAPER_DATASETS
 from models.methods import METHOD_NAMES, PAPER_METHODS
 from quantization.thresholds import MAX_BITS, MIN_BITS

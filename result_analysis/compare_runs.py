@@ -25,7 +25,7 @@ from scipy import stats
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data.atomic import atomic_write_text  # noqa: E402
+from core.atomic import atomic_write_text  # noqa: E402
 from models.methods import METHOD_NAMES, get_method  # noqa: E402
 from result_analysis.analysis import BIT_RANGE, ResultFileError, exit_status, loss_columns, read_result_file  # noqa: E402
 

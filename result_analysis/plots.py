@@ -33,7 +33,7 @@ from matplotlib.artist import Artist  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from data.atomic import atomic_write_bytes  # noqa: E402
+from core.atomic import atomic_write_bytes  # noqa: E402
 from result_analysis.analysis import REFERENCE_METHOD, TABLE2_METHODS, long_losses  # noqa: E402
 
 MARKERS = ("o", "s", "D", "^", "v", "P", "X", "*", "h", "<", ">", "p", "d")

@@ -1,0 +1,1 @@
+"""What every package shares without torch: atomic file writes, number checks and the result-file schema."""
