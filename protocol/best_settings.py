@@ -15,10 +15,10 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from core.checks import MAX_BITS, MIN_BITS
 from data import Dataset, load_dataset
 from data.splits import holdout_split
 from models import METHOD_NAMES, SETTING_KEYS, SavedModel, Setting, get_method, run_methods, save_model
-from quantization.thresholds import MAX_BITS, MIN_BITS
 
 from .common import BASE_SEED, ProtocolError
 from .schema import BEST, BEST_COLUMNS, TUNING, best_path, has_method, read_results, write_results

@@ -13,8 +13,8 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
+from core.checks import MAX_BITS, MIN_BITS, check_bits, whole_number
 from data import DatasetError
-from quantization.thresholds import MAX_BITS, MIN_BITS, check_bits
 
 
 BASE_SEED = 42  # the protocol's seeds are offsets from it (SPEC sections 5 and 6)
@@ -49,7 +49,7 @@ def apply_runtime(args: argparse.Namespace) -> torch.device:
 
 
 def parse_bits(text: str) -> int:
-    """argparse type for a bit width in 2..8 (``quantization.check_bits``)."""
+    """argparse type for a bit width in 2..8 (``core.checks.check_bits``)."""
     try:
         return check_bits(int(text))
     except ValueError:
@@ -59,12 +59,9 @@ def parse_bits(text: str) -> int:
 def parse_positive(text: str) -> int:
     """argparse type for an integer >= 1."""
     try:
-        value = int(text)
+        return whole_number("value", int(text), minimum=1)
     except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer of at least 1, got {text!r}")
-    return value
+        raise argparse.ArgumentTypeError(f"expected an integer of at least 1, got {text!r}") from None
 
 
 def _stop_on_sigterm(signum: int, frame: object) -> None:

@@ -20,9 +20,9 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from core.checks import check_bits
 from data import load_dataset, tuning_folds
 from models import METHOD_NAMES, SETTING_KEYS, MethodResult, Setting, run_methods
-from quantization import check_bits
 
 from .common import BASE_SEED, ProtocolError
 from .schema import EXTRA_METHODS, SOFT_EVALUATED, TRAINED, TUNING, TUNING_COLUMNS, UNTIMED_IN_TUNING, has_method, read_results, tuning_path, write_results

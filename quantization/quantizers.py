@@ -28,11 +28,12 @@ from typing import Callable
 import torch
 from torch import nn
 
+from core.checks import whole_number
+
 from .schedule import check_temperature
 from .thresholds import (
     bits_of_thresholds,
     check_bits,
-    check_count,
     check_rows,
     decode_midpoints,
     hard_index,
@@ -290,7 +291,7 @@ class Quantizer(nn.Module):
     def __init__(self, bits: int, n_features: int) -> None:
         super().__init__()
         self.bits = check_bits(bits)
-        self.n_features = check_count("n_features", n_features)
+        self.n_features = whole_number("n_features", n_features, minimum=1)
         self.hard = False
         self.tau = 1.0
 
@@ -492,7 +493,7 @@ class LLTQuantizer(Quantizer):
     def __init__(self, bits: int, n_features: int, granularity: int) -> None:
         super().__init__(bits, n_features)
         self.segments = 2 ** (self.bits - 1) - 1
-        self.granularity = check_count("granularity", granularity)
+        self.granularity = whole_number("granularity", granularity, minimum=1)
         self.table_size = 2 * self.segments * self.granularity + 1
         self.logits = nn.Parameter(torch.zeros(self.n_features, self.segments, self.granularity))
         self.log_scale = nn.Parameter(torch.zeros(self.n_features))  # [d]

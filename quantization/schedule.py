@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .thresholds import check_count, is_finite_number, value_text
+from core.checks import finite_number, value_text, whole_number
 
 MIN_TEMPERATURE = 1e-4
 
 
 def check_temperature(tau: object) -> float:
     """Return ``tau`` as a float if it is a finite temperature > 0, else raise a ValueError that says what to do."""
-    if not (is_finite_number(tau) and tau > 0):
-        raise ValueError(f"tau must be a finite temperature > 0, got {value_text(tau)}; for exact steps use hard mode (quantizer.hard = True)")
-    return float(tau)
+    try:
+        return finite_number("tau", tau, above=0)
+    except ValueError:
+        raise ValueError(f"tau must be a finite temperature > 0, got {value_text(tau)}; "
+                         "for exact steps use hard mode (quantizer.hard = True)") from None
 
 
 @dataclass
@@ -25,9 +27,8 @@ class TemperatureSchedule:
     tau: float = 1.0
 
     def __post_init__(self) -> None:
-        self.num_epochs = check_count("num_epochs", self.num_epochs)
-        if not (is_finite_number(self.decrease_factor) and 0 < self.decrease_factor <= 1):
-            raise ValueError(f"decrease_factor must be in (0, 1] (the temperature falls or stays), got {value_text(self.decrease_factor)}")
+        self.num_epochs = whole_number("num_epochs", self.num_epochs, minimum=1)
+        self.decrease_factor = finite_number("decrease_factor", self.decrease_factor, above=0, maximum=1)
         self.tau = check_temperature(self.tau)
 
     def step(self) -> float:

@@ -6,47 +6,11 @@ works on CPU and CUDA tensors alike (results live on the device of the input).
 
 from __future__ import annotations
 
-import math
-import numbers
-
 import torch
 
-MIN_BITS, MAX_BITS = 2, 8
-
-
-def is_integral(value: object) -> bool:
-    """Whether ``value`` is an integer (Python or NumPy), not a bool."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def is_finite_number(value: object) -> bool:
-    """Whether ``value`` is a finite real number (Python or NumPy), not a bool."""
-    return is_integral(value) or (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value))
-
-
-def is_whole_number(value: object) -> bool:
-    """Whether ``value`` is a finite number without a fractional part (3 or 3.0), not a bool."""
-    return is_integral(value) or (is_finite_number(value) and float(value).is_integer())
-
-
-def value_text(value: object) -> str:
-    """How a value reads in a message: a number as written (3, not np.int64(3)), anything else by repr ('3')."""
-    return str(value) if isinstance(value, numbers.Real) and not isinstance(value, bool) else repr(value)
-
-
-def check_count(name: str, value: object, minimum: int = 1) -> int:
-    """Return ``value`` as an int if it is a whole number >= ``minimum``, else raise a ValueError naming ``name``."""
-    if not (is_whole_number(value) and value >= minimum):
-        raise ValueError(f"{name} must be a whole number >= {minimum}, got {value_text(value)}")
-    return int(value)
-
-
-def check_bits(bits: int) -> int:
-    """Return ``bits`` as a plain int if it is a whole number in 2..8, else raise a ValueError that says what to do."""
-    if not (is_whole_number(bits) and MIN_BITS <= bits <= MAX_BITS):
-        raise ValueError(f"bits must be an integer from {MIN_BITS} to {MAX_BITS}, got {value_text(bits)}")
-    return int(bits)
-
+from core.checks import MAX_BITS, MIN_BITS, check_bits
+from core.checks import _is_finite as is_finite_number, _is_whole as is_whole_number, value_text  # noqa: F401
+# (the three above serve models.training's Setting until it calls core.checks.finite_number and whole_number)
 
 def n_thresholds(bits: int) -> int:
     """Number of thresholds per feature, ``M = 2**bits - 1``."""

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .thresholds import MAX_BITS, MIN_BITS, check_bits, check_count
+from core.checks import MAX_BITS, MIN_BITS, check_bits, whole_number
 
 
 def payload_bytes(n_samples: int, n_features: int, bits: int) -> int:
@@ -60,10 +60,10 @@ def unpack(payload: bytes, bits: int, n_features: int, n_samples: int | None = N
     ``n`` defaults to ``floor(len(payload) * 8 / (d * bits))``; pass ``n_samples`` where
     ``d * bits < 8``, since then the zero padding of the last byte can hold whole values.
     """
-    bits, n_features = check_bits(bits), check_count("n_features", n_features)
+    bits, n_features = check_bits(bits), whole_number("n_features", n_features, minimum=1)
     data = _bytes_of(payload)
     sample_bits = n_features * bits
-    n = data.size * 8 // sample_bits if n_samples is None else check_count("n_samples", n_samples, minimum=0)
+    n = data.size * 8 // sample_bits if n_samples is None else whole_number("n_samples", n_samples, minimum=0)
     if data.size != payload_bytes(n, n_features, bits):
         raise ValueError(
             f"a payload of {data.size} bytes is not {'a whole number of' if n_samples is None else n} samples of "
@@ -79,7 +79,7 @@ def unpack_samples(payload: bytes, bits: int, n_features: int) -> np.ndarray:
     zero-padded: what the exported C encoder's ``bsq_encode`` writes per sample. (Where
     ``d * bits`` is not a multiple of 8 this differs from :func:`pack` of n samples at once.)
     """
-    bits, n_features = check_bits(bits), check_count("n_features", n_features)
+    bits, n_features = check_bits(bits), whole_number("n_features", n_features, minimum=1)
     data = _bytes_of(payload)
     size = payload_bytes(1, n_features, bits)
     if data.size % size:

@@ -53,7 +53,7 @@ def test_check_bits_accepts_numpy_integers_as_plain_int(bits):
 
 @pytest.mark.parametrize("bits", [np.int64(9), np.int64(1), np.float64(3.5), np.bool_(True), 10**400])
 def test_check_bits_refuses_numpy_values_outside_2_to_8(bits):
-    with pytest.raises(ValueError, match="bits must be an integer from 2 to 8, got "):
+    with pytest.raises(ValueError, match="bits must be a whole number from 2 to 8, got "):
         check_bits(bits)
     assert check_bits(np.float64(3.0)) == 3 and type(check_bits(np.int64(3))) is int  # whole numbers of any type
 

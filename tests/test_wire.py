@@ -57,9 +57,9 @@ def test_short_samples_need_the_count() -> None:
 
 @pytest.mark.parametrize("bits", [1, 9, 0, 2.5, True])
 def test_bits_outside_protocol(bits) -> None:
-    with pytest.raises(ValueError, match="bits must be an integer from 2 to 8"):
+    with pytest.raises(ValueError, match="bits must be a whole number from 2 to 8"):
         pack([[0]], bits)
-    with pytest.raises(ValueError, match="bits must be an integer from 2 to 8"):
+    with pytest.raises(ValueError, match="bits must be a whole number from 2 to 8"):
         unpack(b"\x00", bits, 1)
 
 

@@ -1,0 +1,67 @@
+"""Tests of core/: the number checks, and that result_analysis and core load without torch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from core.checks import check_bits, finite_number, value_text, whole_number
+
+
+@pytest.mark.parametrize(("value", "expected"), [(3, 3), (3.0, 3), (np.int64(7), 7), (np.float32(2.0), 2), (10**400, 10**400)])
+def test_whole_number_returns_a_plain_int(value, expected):
+    got = whole_number("n", value, minimum=0)
+    assert got == expected and type(got) is int
+
+
+@pytest.mark.parametrize(("value", "bounds", "message"), [
+    (0, {"minimum": 1}, "n must be a whole number >= 1, got 0"),
+    (4.5, {"minimum": 0}, "n must be a whole number >= 0, got 4.5"),
+    (2.5, {}, "n must be a whole number, got 2.5"),
+    (True, {}, "n must be a whole number, got True"),
+    ("3", {}, "n must be a whole number, got '3'"),
+    (float("nan"), {}, "n must be a whole number, got nan"),
+    (9, {"maximum": 8}, "n must be a whole number <= 8, got 9"),
+    (np.int64(1), {"minimum": 2, "maximum": 8}, "n must be a whole number from 2 to 8, got 1"),
+])
+def test_whole_number_refuses_with_the_bounds_in_words(value, bounds, message):
+    with pytest.raises(ValueError) as info:
+        whole_number("n", value, **bounds)
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize(("value", "bounds", "message"), [
+    (0, {"above": 0}, "x must be > 0, got 0"),
+    (-0.5, {"minimum": 0}, "x must be >= 0, got -0.5"),
+    (0, {"above": 0, "maximum": 1}, "x must be in (0, 1], got 0"),
+    (1.5, {"above": 0, "maximum": 1}, "x must be in (0, 1], got 1.5"),
+    (1, {"minimum": 0, "below": 1}, "x must be in [0, 1), got 1"),
+    (2, {"below": 1}, "x must be < 1, got 2"),
+    (float("inf"), {"above": 0}, "x must be a finite number, got inf"),
+    (np.float64("nan"), {}, "x must be a finite number, got nan"),
+    (10**400, {}, f"x must be a finite number, got {10**400}"),  # no float holds it
+    (False, {}, "x must be a finite number, got False"),
+    ("fast", {}, "x must be a finite number, got 'fast'"),
+])
+def test_finite_number_refuses_with_the_bounds_in_words(value, bounds, message):
+    with pytest.raises(ValueError) as info:
+        finite_number("x", value, **bounds)
+    assert str(info.value) == message
+
+
+def test_finite_number_returns_a_plain_float_and_keeps_bounds_it_includes():
+    for value, bounds in [(1, {"above": 0, "maximum": 1}), (0, {"minimum": 0, "below": 1}), (np.float32(0.25), {})]:
+        got = finite_number("x", value, **bounds)
+        assert got == float(value) and type(got) is float
+
+
+def test_check_bits_is_a_whole_number_from_2_to_8():
+    assert [check_bits(b) for b in (2, 8.0, np.int8(5))] == [2, 8, 5]
+    for bits in (1, 9, 2.5, True, "3"):
+        with pytest.raises(ValueError, match="^bits must be a whole number from 2 to 8, got "):
+            check_bits(bits)
+
+
+def test_value_text_writes_numbers_as_written_and_the_rest_by_repr():
+    assert [value_text(v) for v in (np.int64(3), 2.5, True, "3", None)] == ["3", "2.5", "True", "'3'", "None"]
+
