@@ -7,8 +7,8 @@ import os
 import signal
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 _HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -23,7 +23,8 @@ def _interruptions_held() -> Iterator[None]:
         yield
         return
     received: list[int] = []
-    held = [number for number in _HELD_SIGNALS if signal.getsignal(number) is not None]  # None: a handler set outside Python
+    # None: a handler set outside Python, which cannot be held
+    held = [number for number in _HELD_SIGNALS if signal.getsignal(number) is not None]
     previous = {number: signal.signal(number, lambda number, frame: received.append(number)) for number in held}
     try:
         yield

@@ -62,7 +62,8 @@ def _is_finite(value: object) -> bool:
 
 
 def _is_whole(value: object) -> bool:
-    return _is_real(value) and (isinstance(value, numbers.Integral) or (_is_finite(value) and float(value).is_integer()))
+    integral = isinstance(value, numbers.Integral)
+    return _is_real(value) and (integral or (_is_finite(value) and float(value).is_integer()))
 
 
 def _within(

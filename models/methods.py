@@ -15,6 +15,7 @@ from typing import Callable, Literal
 
 import torch
 
+from core.schema import PAPER_METHODS, PAPER_POST_TRAINING, PAPER_SOFT_EVALUATED
 from quantization import (
     LLTQuantizer,
     LSQQuantizer,
@@ -93,10 +94,11 @@ METHODS: dict[str, Method] = {
     ]
 }
 METHOD_NAMES: tuple[str, ...] = tuple(METHODS)
-PAPER_METHODS: tuple[str, ...] = (  # the paper's methods, in the column order of its result files
-    "FP", "Po-MQ", "Po-QQ", "Pr-MQ", "Pr-QQ", "SQ", "SQplus", "Bw-MQ", "Bw-QQ", "Bw-SQ", "LLT9", "LLT4", "LSQ",
-)
-assert set(PAPER_METHODS) <= set(METHODS), "the paper's methods stay registered: its result files need them"
+assert all(
+    m in METHODS and METHODS[m].post_training == (m in PAPER_POST_TRAINING)
+    and METHODS[m].soft_eval == (m in PAPER_SOFT_EVALUATED)
+    for m in PAPER_METHODS
+), "the paper's methods stay registered as core.schema describes them: its result files need them"
 
 
 def get_method(name: str) -> Method:

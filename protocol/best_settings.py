@@ -16,12 +16,13 @@ import torch
 from tqdm.auto import tqdm
 
 from core.checks import MAX_BITS, MIN_BITS
+from core.schema import best_path
 from data import Dataset, load_dataset
 from data.splits import holdout_split
 from models import METHOD_NAMES, SETTING_KEYS, SavedModel, Setting, get_method, run_methods, save_model
 
 from .common import BASE_SEED, ProtocolError
-from .schema import BEST, BEST_COLUMNS, TUNING, best_path, has_method, read_results, write_results
+from .schema import BEST, BEST_COLUMNS, TUNING, has_method, read_results, write_results
 from .study import file_lock
 from .tuning import DEBUG_K_FOLDS, K_FOLDS
 

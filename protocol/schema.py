@@ -11,24 +11,31 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import pandas as pd
 
 from core.atomic import atomic_write_text
+from core.schema import (
+    BEST_PAPER_COLUMNS,
+    BEST_ROW_KEY,
+    SETTING_COLUMNS,
+    TUNING_PAPER_COLUMNS,
+    TUNING_ROW_KEY,
+    best_method_columns,
+    tuning_method_columns,
+)
 from models import METHOD_NAMES, METHODS, PAPER_METHODS, SETTING_KEYS
 
 from .common import ProtocolError
 
-UNTIMED_IN_TUNING = ("Pr-QQ", "Bw-QQ")
-PAPER_SOFT_ORDER = ("SQ", "SQplus", "LLT9", "LLT4", "Bw-SQ")
+assert SETTING_KEYS == SETTING_COLUMNS, "a setting's keys are the tuning files' hyperparameter columns"
 EXTRA_METHODS = tuple(m for m in METHOD_NAMES if m not in PAPER_METHODS)  # registered beyond the paper's
 
 TRAINED = tuple(m for m in METHOD_NAMES if not METHODS[m].post_training)
 SOFT_EVALUATED = tuple(m for m in METHOD_NAMES if METHODS[m].soft_eval)
-SPLITS = ("val", "test")
 
 
 @dataclass(frozen=True)
@@ -45,45 +52,14 @@ class Schema:
 
 
 def _tuning_method_columns(m: str) -> tuple[str, ...]:
-    trained = () if METHODS[m].post_training else (f"train_loss_{m}", f"time_{m}")
-    soft = tuple(f"{split}_loss_{m}_train" for split in SPLITS) if METHODS[m].soft_eval else ()
-    return (f"val_loss_{m}", f"test_loss_{m}", *trained, *soft)
+    return tuning_method_columns(m, trained=not METHODS[m].post_training, soft_eval=METHODS[m].soft_eval)
 
 
-TUNING_KEYS = ("hyperparameter_setting_id", "kFold_id", "bits", *SETTING_KEYS)
-TUNING = Schema(
-    (
-        *TUNING_KEYS,
-        *(f"{split}_loss_{m}" for split in SPLITS for m in PAPER_METHODS),
-        *(f"train_loss_{m}" for m in PAPER_METHODS if m in TRAINED),
-        *(f"time_{m}" for m in PAPER_METHODS if m in TRAINED and m not in UNTIMED_IN_TUNING),
-        *(f"{split}_loss_{m}_train" for m in PAPER_SOFT_ORDER for split in SPLITS),
-    ),
-    _tuning_method_columns,
-    ("hyperparameter_setting_id", "kFold_id"),
-)
-BEST = Schema(
-    (
-        *(f"{prefix}_{m}" for prefix in ("best_hyperparameter_id", "val_loss", "test_loss", "time") for m in PAPER_METHODS),
-        "bits",
-        "step",
-    ),
-    lambda m: tuple(f"{prefix}_{m}" for prefix in ("best_hyperparameter_id", "val_loss", "test_loss", "time")),
-    ("bits", "step"),
-)
+TUNING = Schema(TUNING_PAPER_COLUMNS, _tuning_method_columns, TUNING_ROW_KEY)
+BEST = Schema(BEST_PAPER_COLUMNS, best_method_columns, BEST_ROW_KEY)
 TUNING_COLUMNS, BEST_COLUMNS = TUNING.columns(), BEST.columns()
-KEY_COLUMNS = ("hyperparameter_setting_id", "kFold_id", "bits", "step")  # what identifies a row (never empty)
+KEY_COLUMNS = (*TUNING_ROW_KEY, *BEST_ROW_KEY)  # what identifies a row (never empty)
 INTEGER_COLUMNS = {*KEY_COLUMNS} | {f"best_hyperparameter_id_{m}" for m in METHOD_NAMES}
-
-
-def tuning_path(result_folder: str | os.PathLike, dataset: str, bits: int, iterations: int) -> Path:
-    """``{result_folder}/{dataset}/{dataset}_hyperparameter_tuning_{b}bits_{iterations}iterations.csv``."""
-    return Path(result_folder) / dataset / f"{dataset}_hyperparameter_tuning_{bits}bits_{iterations}iterations.csv"
-
-
-def best_path(result_folder: str | os.PathLike, dataset: str) -> Path:
-    """``{result_folder}/best_hyperparameter_multiple/{dataset}_best_hyperparameter_test_multiple.csv``."""
-    return Path(result_folder) / "best_hyperparameter_multiple" / f"{dataset}_best_hyperparameter_test_multiple.csv"
 
 
 def read_results(path: str | os.PathLike, schema: Schema) -> pd.DataFrame:
@@ -130,12 +106,13 @@ def read_results(path: str | os.PathLike, schema: Schema) -> pd.DataFrame:
     if twice.size:  # say, the CSVs of two machines pasted together
         key = ", ".join(f"{column} {frame.at[twice[0], column]}" for column in schema.row_key)
         same = [line for line in twice if all(frame.at[line, c] == frame.at[twice[0], c] for c in schema.row_key)]
-        raise ProtocolError(f"{path} holds the row of {key} twice (lines {same[0] + 2} and {same[1] + 2}); keep one and run again")
+        lines = f"lines {same[0] + 2} and {same[1] + 2}"
+        raise ProtocolError(f"{path} holds the row of {key} twice ({lines}); keep one and run again")
     return frame
 
 
 def _whole_numbers(column: pd.Series, path: str | os.PathLike) -> pd.Series:
-    """An integer column as pandas' nullable Int64, or a ProtocolError naming the first value that is no whole number."""
+    """An integer column as pandas' nullable Int64, or a ProtocolError naming the first value not a whole number."""
     numbers = pd.to_numeric(column, errors="coerce")
     wrong = (numbers.isna() & column.notna()) | (numbers.notna() & ((numbers % 1 != 0) | (numbers.abs() >= 2**63)))
     if wrong.any():

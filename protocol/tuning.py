@@ -21,11 +21,12 @@ import torch
 from tqdm.auto import tqdm
 
 from core.checks import check_bits
+from core.schema import UNTIMED_IN_TUNING, tuning_path
 from data import load_dataset, tuning_folds
 from models import METHOD_NAMES, SETTING_KEYS, MethodResult, Setting, run_methods
 
 from .common import BASE_SEED, ProtocolError
-from .schema import EXTRA_METHODS, SOFT_EVALUATED, TRAINED, TUNING, TUNING_COLUMNS, UNTIMED_IN_TUNING, has_method, read_results, tuning_path, write_results
+from .schema import EXTRA_METHODS, SOFT_EVALUATED, TRAINED, TUNING, TUNING_COLUMNS, has_method, read_results, write_results
 from .search_space import draw_settings, paper_search_space
 from .study import (
     HEARTBEAT_SECONDS,

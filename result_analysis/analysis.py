@@ -1,13 +1,14 @@
 """Loading, validating and aggregating the best-setting result files, and writing the tables.
 
-A library module, not a script: ``create_result_tables.py``, ``compare_runs.py`` and
-``line_and_box_plot_cummulative.py`` import it; run those.
+A library module, not a script: ``result_analysis.create_result_tables``, ``result_analysis.compare_runs``
+and ``result_analysis.line_and_box_plot_cummulative`` import it; run those (``python -m ...``).
+It reads CSV files only and loads neither torch nor the models.
 
 Input: one ``{dataset}_best_hyperparameter_test_multiple.csv`` per dataset (SPEC section 6),
-one row per (bits, run), for the paper's datasets by default or any dataset of the registry
-(``data.datasets.DATASETS``). The analysis reads the columns ``bits``, ``step`` and
-``test_loss_<m>`` for the paper's thirteen methods, and for any further registered method
-whose column a file has; the other columns are not needed and not checked.
+one row per (bits, run), for the paper's datasets by default or any dataset with such a file.
+The analysis reads the columns ``bits``, ``step`` and ``test_loss_<m>`` for the paper's thirteen
+methods, and for any further method whose ``test_loss_<m>`` column a file has; the other columns
+are not needed and not checked.
 
 Missing values: an empty ``test_loss_<m>`` cell means that method or run was not computed
 (``best_hyperparameter_testing_multiple.py --methods ...``, or a method with fewer runs), and so
@@ -30,10 +31,10 @@ booktabs rules, one ``\\multirow`` per dataset, three decimals) and ``.md`` (pan
   widths where both are present of ``100 * loss_m(b) / loss_Bw-SQ(b)``: 100 for Bw-SQ, above 100
   where a method is worse on average, ``–`` (n/a) where no such bit width exists (always when
   Bw-SQ is absent). That row has one decimal and no marks.
-- ``confidence``: per dataset, bits and method (all registered), the number ``n`` of runs with a
-  test loss, the mean test loss, its standard error (std with ddof=1 over sqrt(n)) and the 95 %
-  t-interval ``mean ± t_{0.975, n-1} * sem`` (NaN where n = 1); combinations with n = 0 have no
-  row. Long format; the LaTeX file is a longtable.
+- ``confidence``: per dataset, bits and method (the paper's and the files' further ones), the
+  number ``n`` of runs with a test loss, the mean test loss, its standard error (std with ddof=1
+  over sqrt(n)) and the 95 % t-interval ``mean ± t_{0.975, n-1} * sem`` (NaN where n = 1);
+  combinations with n = 0 have no row. Long format; the LaTeX file is a longtable.
 """
 
 from __future__ import annotations
@@ -47,9 +48,8 @@ import pandas as pd
 from scipy import stats
 
 from core.atomic import atomic_write_text
-from data.datasets import DATASETS, PAPER_DATASETS
-from models.methods import METHOD_NAMES, PAPER_METHODS
-from quantization.thresholds import MAX_BITS, MIN_BITS
+from core.checks import MAX_BITS, MIN_BITS
+from core.schema import BEST_ROW_KEY, PAPER_DATASETS, PAPER_METHODS, best_file_name, further_methods
 
 TABLE2_METHODS: tuple[str, ...] = ("FP", "Pr-MQ", "Pr-QQ", "LLT4", "LLT9", "LSQ", "Bw-SQ")
 ABLATION_METHODS: tuple[str, ...] = ("SQ", "Bw-MQ", "Bw-QQ", "Bw-SQ")
@@ -58,13 +58,13 @@ RELATIVE_ROW = f"mean rel. to {REFERENCE_METHOD} (%)"
 NEAR_MIN_FACTOR = 1.025
 CONFIDENCE = 0.95
 BIT_RANGE = range(MIN_BITS, MAX_BITS + 1)
-KEY_COLUMNS: tuple[str, ...] = ("bits", "step")
-KNOWN_DATASETS: tuple[str, ...] = (*PAPER_DATASETS, *(d for d in DATASETS if d not in PAPER_DATASETS))
+KEY_COLUMNS: tuple[str, ...] = BEST_ROW_KEY
 MISSING = "–"
 
 
 class ResultFileError(ValueError):
-    """A result file, results folder or output folder that cannot be used; the message says why."""
+    """A result file, results folder or output folder that cannot be used, or a method no file has;
+    the message says why."""
 
 
 def exit_status(action: Callable[[], object]) -> int:
@@ -79,7 +79,14 @@ def exit_status(action: Callable[[], object]) -> int:
 
 def result_file(results_dir: Path, dataset: str) -> Path:
     """Return the path of a dataset's best-setting result file."""
-    return Path(results_dir) / f"{dataset}_best_hyperparameter_test_multiple.csv"
+    return Path(results_dir) / best_file_name(dataset)
+
+
+def datasets_in(results_dir: Path) -> list[str]:
+    """The datasets with a result file in results_dir: the paper's in its order, then the others by name."""
+    suffix = best_file_name("")
+    found = {p.name.removesuffix(suffix) for p in Path(results_dir).glob(f"?*{suffix}") if p.is_file()}
+    return [d for d in PAPER_DATASETS if d in found] + sorted(found - set(PAPER_DATASETS))
 
 
 def check_out_dir(out_dir: Path) -> None:
@@ -93,13 +100,19 @@ def check_out_dir(out_dir: Path) -> None:
 
 
 def read_result_file(
-    path: Path, columns: Sequence[str], allow_empty: bool = False, optional: Sequence[str] = ()
+    path: Path,
+    columns: Sequence[str],
+    allow_empty: bool = False,
+    optional: Sequence[str] = (),
+    further: Sequence[str] = (),
 ) -> pd.DataFrame:
     """Read and validate a result file; return bits, step (integers) and the given numeric columns.
 
     With allow_empty, an empty cell of the given columns becomes NaN (a method that was not run);
     any other non-numeric value, and any empty bits or step, is an error naming column and line.
-    ``optional`` columns are read like ``columns`` where the file has them, else they are all NaN.
+    ``optional`` columns are read like ``columns`` where the file has them, else they are all NaN;
+    so are, per prefix in ``further``, the columns ``<prefix>_<m>`` of every method beyond the
+    paper's whose ``test_loss_<m>`` column the file has.
     """
     path = Path(path)
     if not path.is_file():
@@ -110,6 +123,7 @@ def read_result_file(
         raise ResultFileError(f"{path} is empty.") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise ResultFileError(f"{path} is not a readable CSV file ({exc}).") from None
+    optional = [*optional, *(f"{prefix}_{m}" for m in further_methods(raw.columns) for prefix in further)]
     absent_optional = [c for c in optional if c not in raw.columns]
     columns = [*columns, *(c for c in optional if c in raw.columns)]
     needed = [*KEY_COLUMNS, *columns]
@@ -138,13 +152,6 @@ def read_result_file(
     return data.assign(**{c: np.nan for c in absent_optional})
 
 
-def loss_columns(methods: Sequence[str], prefixes: Sequence[str] = ("test_loss",)) -> tuple[list[str], list[str]]:
-    """The columns of ``methods`` with these prefixes: those every file has (the paper's methods), and
-    those of further registered methods, which files written before them lack."""
-    columns = [(f"{prefix}_{m}", m in PAPER_METHODS) for m in methods for prefix in prefixes]
-    return [c for c, paper in columns if paper], [c for c, paper in columns if not paper]
-
-
 def load_results(
     results_dir: Path,
     datasets: Sequence[str] = PAPER_DATASETS,
@@ -153,17 +160,16 @@ def load_results(
     """Load the result files present in results_dir; return {dataset: frame} and what is missing:
     the datasets without a file, and ``"<dataset> at <b>, ... bits"`` for bit widths a file lacks.
 
-    Datasets come in KNOWN_DATASETS order; empty test-loss cells are NaN (not computed).
+    Datasets come in the paper's order, then the others in the given order; a frame has the test
+    losses of the paper's methods and of the file's further ones; empty cells are NaN (not computed).
     The bit widths analysed are ``bits`` or, by default, every bit width found in any file
     (only bit widths in BIT_RANGE); a file without rows for some of them has no rows there in
     the tables and no points in the figures.
     """
-    unknown = sorted(set(datasets) - set(KNOWN_DATASETS))
-    if unknown:
-        raise ResultFileError(f"unknown dataset(s) {', '.join(unknown)}; known: {', '.join(KNOWN_DATASETS)}.")
-    order = [d for d in KNOWN_DATASETS if d in datasets]
-    losses, further_losses = loss_columns(METHOD_NAMES)
-    frames = {d: read_result_file(result_file(results_dir, d), losses, allow_empty=True, optional=further_losses)
+    others = dict.fromkeys(d for d in datasets if d not in PAPER_DATASETS)
+    order = [*(d for d in PAPER_DATASETS if d in datasets), *others]
+    losses = [f"test_loss_{m}" for m in PAPER_METHODS]
+    frames = {d: read_result_file(result_file(results_dir, d), losses, allow_empty=True, further=("test_loss",))
               for d in order if result_file(results_dir, d).is_file()}
     missing = [d for d in order if d not in frames]
     if not frames:
@@ -183,10 +189,10 @@ def load_results(
 
 
 def no_files_message(results_dir: Path, datasets: Sequence[str]) -> str:
-    """The error for a results_dir without files for datasets; it names other known datasets found there."""
+    """The error for a results_dir without files for datasets; it names the datasets whose files are there."""
     message = (f"{results_dir} contains no {{dataset}}_best_hyperparameter_test_multiple.csv file "
                f"for the dataset(s) {', '.join(datasets)}")
-    others = [d for d in KNOWN_DATASETS if d not in datasets and result_file(results_dir, d).is_file()]
+    others = [d for d in datasets_in(results_dir) if d not in datasets]
     if others:
         return (f"{message} but has files of the dataset(s) {', '.join(others)}; "
                 f"pass --datasets {' '.join(others)} to analyse them.")
@@ -203,7 +209,8 @@ def long_losses(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
         parts.append(part)
     long = pd.concat(parts, ignore_index=True)
     long["dataset"] = pd.Categorical(long["dataset"], categories=list(frames))
-    long["method"] = pd.Categorical(long["method"], categories=list(METHOD_NAMES))
+    further = dict.fromkeys(m for frame in frames.values() for m in further_methods(frame.columns))
+    long["method"] = pd.Categorical(long["method"], categories=[*PAPER_METHODS, *further])
     return long
 
 

@@ -1,7 +1,7 @@
 """Compare the test losses of two best-setting result files (a reproduction and the paper's) per bits and method.
 
-Usage: python result_analysis/compare_runs.py --ours FILE --theirs FILE [--methods M ...] [--bits B ...]
-       [--alpha A] [--out FILE.md] [--csv FILE.csv]
+Usage (from the repository root): python -m result_analysis.compare_runs --ours FILE --theirs FILE
+       [--methods M ...] [--bits B ...] [--alpha A] [--out FILE.md] [--csv FILE.csv]
 
 Both files follow SPEC section 6 (one row per (bits, run); a method that was not run has empty
 cells). For every (bits, method) with test losses in both files the table holds, per file, the
@@ -22,34 +22,37 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from core.atomic import atomic_write_text  # noqa: E402
-from models.methods import METHOD_NAMES, get_method  # noqa: E402
-from result_analysis.analysis import BIT_RANGE, ResultFileError, exit_status, loss_columns, read_result_file  # noqa: E402
+from core.atomic import atomic_write_text
+from core.schema import PAPER_METHODS, further_methods
+from result_analysis.analysis import BIT_RANGE, ResultFileError, exit_status, read_result_file
 
 COLUMNS: tuple[str, ...] = (
     "method", "bits", "n_ours", "mean_ours", "std_ours", "n_theirs", "mean_theirs", "std_theirs",
     "diff_pct", "t", "p", "significant", "id_ours", "id_theirs", "ids_agree",
 )
+PREFIXES: tuple[str, ...] = ("best_hyperparameter_id", "test_loss")  # the columns compared, per method
 
 
-def _check_methods(methods: Sequence[str] | None) -> list[str]:
-    """Return the requested methods in registry order (all of them for None); reject unknown names."""
-    for method in methods or ():
-        get_method(method)
-    return [m for m in METHOD_NAMES if methods is None or m in methods]
+def methods_of(ours: pd.DataFrame, theirs: pd.DataFrame, methods: Sequence[str] | None = None) -> list[str]:
+    """The paper's methods, then the further ones either frame has a test loss column of, in that order;
+    only the requested ``methods`` among them, if given, and a ResultFileError naming any other."""
+    known = [*PAPER_METHODS, *dict.fromkeys([*further_methods(ours.columns), *further_methods(theirs.columns)])]
+    unknown = [m for m in methods or () if m not in known]
+    if unknown:
+        raise ResultFileError(
+            f"unknown method {unknown[0]!r}: neither file has its columns; choose from {', '.join(known)}."
+        )
+    return [m for m in known if methods is None or m in methods]
 
 
 def read_runs(path: Path, methods: Sequence[str] | None = None) -> pd.DataFrame:
-    """Read and validate a best-setting file; return bits, step and the methods' id and test-loss columns.
+    """Read and validate a best-setting file; return bits, step and the id and test-loss columns of the
+    paper's ``methods`` (default: all thirteen) and of every further method the file has.
 
-    Empty cells become NaN (a method that was not run), and so do the columns of a further
-    registered method that the file lacks; any other non-numeric value is an error.
+    Empty cells become NaN (a method that was not run); any other non-numeric value is an error.
     """
-    columns, further = loss_columns(_check_methods(methods), ("best_hyperparameter_id", "test_loss"))
-    return read_result_file(path, columns, allow_empty=True, optional=further)
+    columns = [f"{prefix}_{m}" for m in PAPER_METHODS if methods is None or m in methods for prefix in PREFIXES]
+    return read_result_file(path, columns, allow_empty=True, further=PREFIXES)
 
 
 def _welch(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
@@ -73,17 +76,20 @@ def compare(
     bits: Sequence[int] | None = None,
     alpha: float = 0.05,
 ) -> pd.DataFrame:
-    """One row (COLUMNS) per (method, bits) with test losses in both frames, in registry then bits order.
+    """One row (COLUMNS) per (method, bits) with test losses in both frames, in ``methods_of`` then bits order.
 
     The frames need the columns bits, test_loss_<m> and best_hyperparameter_id_<m> (NaN where a
-    method was not run), as read_runs or pd.read_csv return them. An empty frame means no overlap.
+    method was not run) of the paper's methods, and have them of further methods where they were run,
+    as read_runs or pd.read_csv return them. An empty frame means no overlap.
     """
     wanted = set(ours["bits"]) | set(theirs["bits"])
     if bits is not None:
         wanted &= set(bits)
     rows = []
-    for method in _check_methods(methods):
+    for method in methods_of(ours, theirs, methods):
         loss = f"test_loss_{method}"
+        if loss not in ours or loss not in theirs:  # a further method only one file has
+            continue
         for b in sorted(wanted):
             ours_rows = (ours["bits"] == b) & ours[loss].notna()
             theirs_rows = (theirs["bits"] == b) & theirs[loss].notna()
@@ -126,10 +132,11 @@ def _write(path: Path, text: str) -> None:
         raise ResultFileError(f"{path} cannot be written ({exc.strerror or exc}).") from None
 
 
-def _run(args: argparse.Namespace, methods: list[str]) -> None:
+def _run(args: argparse.Namespace) -> None:
     """Compare the files named by args, write the requested outputs and print the markdown table."""
-    table = compare(read_runs(args.ours, methods), read_runs(args.theirs, methods),
-                    methods, args.bits, args.alpha)
+    ours, theirs = read_runs(args.ours, args.methods), read_runs(args.theirs, args.methods)
+    methods = methods_of(ours, theirs, args.methods)
+    table = compare(ours, theirs, methods, args.bits, args.alpha)
     if table.empty:
         among = f" among {', '.join(map(str, sorted(set(args.bits))))} bits" if args.bits else ""
         raise ResultFileError(
@@ -152,8 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ours", type=Path, required=True, help="best-setting file of the reproduction")
     parser.add_argument("--theirs", type=Path, required=True,
                         help="best-setting file to compare with (the paper's)")
-    parser.add_argument("--methods", nargs="+", choices=METHOD_NAMES, metavar="M",
-                        help=f"methods to compare (default: all of {', '.join(METHOD_NAMES)})")
+    parser.add_argument("--methods", nargs="+", metavar="M",
+                        help=f"methods to compare (default: the paper's, {' '.join(PAPER_METHODS)}, "
+                             "and every further one a file has)")
     parser.add_argument("--bits", nargs="+", type=int, choices=list(BIT_RANGE), metavar="B",
                         help="bit widths to compare (default: every bit width in the files)")
     parser.add_argument("--alpha", type=float, default=0.05, help="significance level (default: 0.05)")
@@ -162,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 0 < args.alpha < 1:
         parser.error("--alpha must lie strictly between 0 and 1")
-    return exit_status(lambda: _run(args, _check_methods(args.methods)))
+    return exit_status(lambda: _run(args))
 
 
 if __name__ == "__main__":

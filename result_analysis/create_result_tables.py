@@ -1,7 +1,7 @@
 """Write the paper's Table 2, the ablation table and the confidence table from best-setting result files.
 
-Usage: python result_analysis/create_result_tables.py [--results_dir DIR] [--out_dir OUT]
-       [--datasets NAME ...] [--bits B ...]
+Usage (from the repository root): python -m result_analysis.create_result_tables [--results_dir DIR]
+       [--out_dir OUT] [--datasets NAME ...] [--bits B ...]
 """
 
 from __future__ import annotations
@@ -13,13 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from data.datasets import PAPER_DATASETS  # noqa: E402
-from result_analysis.analysis import (  # noqa: E402
-    BIT_RANGE, KNOWN_DATASETS, check_out_dir, exit_status, load_results, write_tables,
-)
+from core.schema import PAPER_DATASETS
+from result_analysis.analysis import BIT_RANGE, check_out_dir, exit_status, load_results, write_tables
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,9 +24,8 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: %(default)s)")
     parser.add_argument("--out_dir", type=Path, default=Path("results/analysis"),
                         help="folder the outputs are written to, created if needed (default: %(default)s)")
-    parser.add_argument("--datasets", nargs="+", choices=KNOWN_DATASETS, default=list(PAPER_DATASETS),
-                        metavar="NAME",
-                        help=f"datasets to include, any of {', '.join(KNOWN_DATASETS)} "
+    parser.add_argument("--datasets", nargs="+", default=list(PAPER_DATASETS), metavar="NAME",
+                        help="datasets to include, any with a file in --results_dir "
                              f"(default: the paper's, {' '.join(PAPER_DATASETS)})")
     parser.add_argument("--bits", nargs="+", type=int, choices=list(BIT_RANGE), metavar="B",
                         help="bit widths to include (default: every bit width in the files)")

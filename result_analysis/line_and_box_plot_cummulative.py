@@ -1,7 +1,8 @@
 """Draw the paper's Figure 4 (line plot) and Figure 6 (box plots per bit width) from best-setting result files.
 
-Usage: python result_analysis/line_and_box_plot_cummulative.py [--results_dir DIR] [--out_dir OUT]
-       [--datasets NAME ...] [--bits B ...] [--lineplot/--no-lineplot] [--boxplot/--no-boxplot]
+Usage (from the repository root): python -m result_analysis.line_and_box_plot_cummulative
+       [--results_dir DIR] [--out_dir OUT] [--datasets NAME ...] [--bits B ...]
+       [--lineplot/--no-lineplot] [--boxplot/--no-boxplot]
 """
 
 from __future__ import annotations
@@ -9,14 +10,10 @@ from __future__ import annotations
 import argparse
 import sys
 from functools import partial
-from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from result_analysis.analysis import exit_status  # noqa: E402
-from result_analysis.create_result_tables import add_common_arguments, load_and_write  # noqa: E402
-from result_analysis.plots import write_figures  # noqa: E402
+from result_analysis.analysis import exit_status
+from result_analysis.create_result_tables import add_common_arguments, load_and_write
+from result_analysis.plots import write_figures
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,6 @@
 """The paper's figures from the best-setting result files (SPEC section 8).
 
-A library module, not a script: ``line_and_box_plot_cummulative.py`` imports it; run that.
+A library module, not a script: ``result_analysis.line_and_box_plot_cummulative`` imports it; run that.
 
 - Figure 4 (``lineplot``): one subplot per dataset, mean test MSE over the runs against bits,
   one line per method of ``methods`` (by default Table 2's; FP dashed, Bw-SQ thicker), one
@@ -65,7 +65,7 @@ def dataset_axes(datasets: Sequence[str], width: float, height: float) -> tuple[
 
 
 def plot_lines(long: pd.DataFrame, methods: Sequence[str] = TABLE2_METHODS) -> Figure:
-    """Figure 4: per dataset the mean test MSE against bits, one line per method of ``methods`` with test losses there."""
+    """Figure 4: per dataset the mean test MSE against bits, a line per method of ``methods`` with test losses there."""
     means = (long[long["method"].isin(methods)].dropna(subset=["test_loss"])
              .groupby(["dataset", "method", "bits"], observed=True)["test_loss"].mean())
     datasets = list(long["dataset"].cat.categories)
@@ -100,7 +100,8 @@ def legend_handles(axes: Sequence[Axes], methods: Sequence[str]) -> dict[str, Ar
 
 
 def plot_boxes(long: pd.DataFrame, bits: int, methods: Sequence[str] = TABLE2_METHODS) -> Figure:
-    """Figure 6 for one bit width: per dataset box plots of the per-run test MSE of each method of ``methods`` with runs."""
+    """Figure 6 for one bit width: per dataset box plots of the per-run test MSE of each method of ``methods``
+    with runs there."""
     sub = (long[(long["bits"] == bits) & long["method"].isin(methods)]
            .dropna(subset=["test_loss"]).astype({"method": str}))
     datasets = list(long["dataset"].cat.categories)

@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # importable also when pytest is run without a root conftest
     sys.path.insert(0, str(REPO))
 
-from models import METHOD_NAMES  # noqa: E402
+from core.schema import PAPER_METHODS as METHOD_NAMES  # noqa: E402
 from result_analysis.compare_runs import compare, main, read_runs  # noqa: E402
 
 PAPER_FILE = (REPO.parent / "shared" / "paper_results" / "best_hyperparameter_multiple"
@@ -164,3 +164,22 @@ def test_paper_file_against_itself() -> None:
     np.testing.assert_array_equal(table["p"], 1.0)
     np.testing.assert_array_equal(table["diff_pct"], 0.0)
     assert not table["significant"].any() and table["ids_agree"].all()
+
+
+def test_further_methods_come_from_the_files(frames: tuple[pd.DataFrame, pd.DataFrame]) -> None:
+    """A method beyond the paper's is compared where both frames have it, skipped where one has it, and
+    unknown where neither has it."""
+    ours, theirs = (frame.copy() for frame in frames)
+    for frame, shift in ((ours, 0.0), (theirs, 1.0)):
+        frame["best_hyperparameter_id_MyQ"] = 3
+        frame["test_loss_MyQ"] = frame["test_loss_FP"] + shift
+    ours["test_loss_Ours"] = 0.5
+    table = compare(ours, theirs)
+    assert table["method"].drop_duplicates().tolist() == [SAME, OTHER_ID, SHIFTED, "MyQ"]
+    got = table[table["method"] == "MyQ"].set_index("bits")
+    for b in BITS:
+        a, c = (f.loc[f["bits"] == b, "test_loss_MyQ"].to_numpy() for f in (ours, theirs))
+        np.testing.assert_allclose(got.loc[b, "diff_pct"], 100 * (a.mean() - c.mean()) / c.mean(), rtol=1e-12)
+    assert compare(ours, theirs, methods=["Ours", "MyQ"])["method"].unique().tolist() == ["MyQ"]
+    with pytest.raises(ValueError, match="unknown method 'Theirs'"):
+        compare(ours, theirs, methods=["Theirs"])

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from core.checks import check_bits, finite_number, value_text, whole_number
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize(("value", "expected"), [(3, 3), (3.0, 3), (np.int64(7), 7), (np.float32(2.0), 2), (10**400, 10**400)])
@@ -65,3 +71,14 @@ def test_check_bits_is_a_whole_number_from_2_to_8():
 def test_value_text_writes_numbers_as_written_and_the_rest_by_repr():
     assert [value_text(v) for v in (np.int64(3), 2.5, True, "3", None)] == ["3", "2.5", "True", "'3'", "None"]
 
+
+def test_core_and_result_analysis_load_without_torch():
+    """Building tables from CSV files must not load torch (nor the models, which need it)."""
+    modules = ["core.atomic", "core.checks", "core.schema", "result_analysis.analysis", "result_analysis.compare_runs",
+               "result_analysis.create_result_tables", "result_analysis.line_and_box_plot_cummulative",
+               "result_analysis.plots"]
+    code = (f"import importlib, sys\nfor name in {modules!r}:\n    importlib.import_module(name)\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'models', 'data', 'quantization')))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

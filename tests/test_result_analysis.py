@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # importable also when pytest is run without a root conftest
     sys.path.insert(0, str(REPO))
 
-from models import METHOD_NAMES  # noqa: E402
+from core.schema import PAPER_METHODS as METHOD_NAMES  # noqa: E402
 from result_analysis import analysis, plots  # noqa: E402
 from result_analysis.analysis import (  # noqa: E402
     ABLATION_METHODS, RELATIVE_ROW, TABLE2_METHODS, ResultFileError,
@@ -308,7 +308,7 @@ def run_script(*args: str) -> subprocess.CompletedProcess:
 
 @needs_paper
 def test_cli_tables(tmp_path):
-    done = run_script("result_analysis/create_result_tables.py", "--results_dir", str(PAPER),
+    done = run_script("-m", "result_analysis.create_result_tables", "--results_dir", str(PAPER),
                       "--out_dir", str(tmp_path))
     assert done.returncode == 0, done.stderr
     assert "cpu_act" in done.stdout.splitlines()[0]
@@ -332,7 +332,7 @@ def test_bit_widths_a_file_lacks_are_left_out_and_named(tmp_path):
     write_synthetic(tmp_path / "sulfur_best_hyperparameter_test_multiple.csv", bits=(2,), seed=1)
     frames, missing = analysis.load_results(tmp_path, ["fried", "sulfur"])
     assert missing == ["sulfur at 3 bits"] and sorted(frames["sulfur"]["bits"].unique()) == [2]
-    done = run_script("result_analysis/create_result_tables.py", "--results_dir", str(tmp_path),
+    done = run_script("-m", "result_analysis.create_result_tables", "--results_dir", str(tmp_path),
                       "--out_dir", str(tmp_path / "out"), "--datasets", "fried", "sulfur")
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"missing in {tmp_path}, skipped: sulfur at 3 bits\n")
@@ -343,7 +343,7 @@ def test_bit_widths_a_file_lacks_are_left_out_and_named(tmp_path):
 
 def test_cli_error_without_traceback(tmp_path):
     (tmp_path / "fried_best_hyperparameter_test_multiple.csv").write_text("")
-    done = run_script("result_analysis/line_and_box_plot_cummulative.py", "--results_dir", str(tmp_path),
+    done = run_script("-m", "result_analysis.line_and_box_plot_cummulative", "--results_dir", str(tmp_path),
                       "--out_dir", str(tmp_path / "out"))
     assert done.returncode == 2
     assert done.stderr.startswith("error: ") and "Traceback" not in done.stderr
@@ -462,8 +462,8 @@ REPRODUCTION = REPO / "results" / "reproduction"
                     reason="the reproduction file is not in this checkout")
 def test_cli_on_reproduction_file_with_methods_not_run(tmp_path):
     common = ["--results_dir", str(REPRODUCTION), "--out_dir", str(tmp_path), "--datasets", "fried"]
-    for command in (["result_analysis/create_result_tables.py", *common],
-                    ["result_analysis/line_and_box_plot_cummulative.py", *common, "--no-boxplot"]):
+    for command in (["-m", "result_analysis.create_result_tables", *common],
+                    ["-m", "result_analysis.line_and_box_plot_cummulative", *common, "--no-boxplot"]):
         done = run_script(*command)
         assert done.returncode == 0, done.stderr
     # the reproduction ran no Po-* and no SQplus: they have no row in the confidence table
@@ -482,9 +482,9 @@ def test_registry_dataset_friedman1(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith(f"error: {tmp_path} contains no ") and err.count("\n") == 1
     assert "has files of the dataset(s) friedman1; pass --datasets friedman1 to analyse them." in err
-    with pytest.raises(SystemExit) as info:
-        tables_main(["--datasets", "no_such_dataset"])
-    assert info.value.code == 2
+    assert tables_main(["--results_dir", str(tmp_path), "--out_dir", str(out), "--datasets", "no_such_dataset"]) == 2
+    err = capsys.readouterr().err
+    assert "no_such_dataset" in err and "pass --datasets friedman1 to analyse them." in err
 
 
 @pytest.mark.parametrize("below", ["", "sub"], ids=["file", "below_file"])
@@ -526,3 +526,18 @@ def test_cli_bits_option_limits_the_bit_widths(tmp_path):
     assert table[["dataset", "bits"]].values.tolist() == [["fried", 3]]
     assert figures_main([*common, "--out_dir", str(tmp_path / "figures"), "--no-lineplot"]) == 0
     assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == ["boxplot_3bits.pdf", "boxplot_3bits.png"]
+
+
+def test_a_further_method_is_found_from_the_files_columns(tmp_path):
+    """A method beyond the paper's is analysed where a file has its test_loss column, without any registry."""
+    fried = write_synthetic(tmp_path / "fried_best_hyperparameter_test_multiple.csv", bits=(2,), runs=2)
+    frame = pd.read_csv(fried)
+    frame["test_loss_MyQ"] = [0.25, 0.75]
+    frame.to_csv(fried, index=False)
+    write_synthetic(tmp_path / "sulfur_best_hyperparameter_test_multiple.csv", bits=(2,), runs=2)  # without it
+    frames, missing = analysis.load_results(tmp_path, ["fried", "sulfur"])
+    assert missing == [] and "test_loss_MyQ" not in frames["sulfur"]
+    confidence = analysis.confidence_table(analysis.long_losses(frames))
+    row = confidence[confidence["method"] == "MyQ"]
+    assert row[["dataset", "bits", "n"]].values.tolist() == [["fried", 2, 2]] and row["mean"].item() == 0.5
+    assert list(confidence["method"].cat.categories) == [*METHOD_NAMES, "MyQ"]
