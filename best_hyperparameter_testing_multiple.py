@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--methods", nargs="+", choices=list(METHOD_NAMES), default=None, metavar="METHOD", help=f"methods to run, of {' '.join(METHOD_NAMES)} (default: every method of the tuning files)")
     add_runtime_arguments(parser)
     parser.add_argument("--select_only", action="store_true", help="print the selected settings as CSV and train nothing")
-    parser.add_argument("--save_models", default=None, metavar="DIR", help="keep every trained model in DIR (for quantization.export)")
+    parser.add_argument("--save_models", default=None, metavar="DIR", help="keep every trained model in DIR (for deployment.export)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 

@@ -13,7 +13,7 @@ from .thresholds import (
     steps_from_index,
     threshold_ranks,
 )
-from .wire import pack, payload_bytes, payload_table, unpack, unpack_samples
+from .wire import pack, payload_bytes, unpack, unpack_samples
 
 __all__ = [
     "LLTQuantizer",
@@ -28,7 +28,6 @@ __all__ = [
     "minmax_thresholds",
     "pack",
     "payload_bytes",
-    "payload_table",
     "n_thresholds",
     "quantile_thresholds",
     "steps_from_index",

@@ -6,19 +6,16 @@ bits are concatenated into one stream and the stream is cut into bytes, the firs
 stream being the most significant bit of the first byte; the last byte is zero-padded. This is
 ``np.packbits`` of the row-major ``[n, d, b]`` bit matrix. ``n`` samples of ``d`` features take
 ``ceil(n * d * b / 8)`` bytes; one sample alone takes ``ceil(d * b / 8)`` bytes, which is what
-the exported C encoder writes per sample (``quantization.export``; :func:`unpack_samples` reads
+the exported C encoder writes per sample (``deployment.export``; :func:`unpack_samples` reads
 such samples in a row).
 """
 
 from __future__ import annotations
 
-from typing import Mapping
-
 import numpy as np
-import pandas as pd
 import torch
 
-from core.checks import MAX_BITS, MIN_BITS, check_bits, whole_number
+from core.checks import check_bits, whole_number
 
 
 def payload_bytes(n_samples: int, n_features: int, bits: int) -> int:
@@ -110,16 +107,3 @@ def _indices(stream: np.ndarray, used: int, n_features: int, bits: int, padding:
         raise ValueError(f"the padding bits of {padding} must be zero")
     return stream[..., :used].reshape(-1, n_features, bits).astype(np.int64) @ (1 << _msb_first(bits))
 
-
-def payload_table(n_features: Mapping[str, int] | None = None) -> pd.DataFrame:
-    """Bytes per sample at every bit width, and as float32, per dataset (default: the paper's six)."""
-    if n_features is None:
-        from data.datasets import DATASETS, PAPER_DATASETS
-
-        n_features = {name: DATASETS[name].n_features for name in PAPER_DATASETS}
-    widths = range(MIN_BITS, MAX_BITS + 1)
-    rows = {
-        name: {"features": d, **{f"{b} bits": payload_bytes(1, d, b) for b in widths}, "float32": 4 * d}
-        for name, d in n_features.items()
-    }
-    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("dataset")

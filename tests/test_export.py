@@ -17,7 +17,7 @@ from sklearn.model_selection import train_test_split
 from data import holdout_split, load_dataset
 from models import METHODS, QuantizerContext, SavedModel, Setting, build_model, load_model, run_methods, save_model
 from quantization import LLTQuantizer, LSQQuantizer, threshold_ranks
-from quantization.export import build_encoder, cloud_predict, export_encoder, main
+from deployment.export import build_encoder, cloud_predict, export_encoder, main
 from quantization.wire import pack, unpack, unpack_samples
 
 D = 5  # odd, so most bit widths leave padding in the last byte

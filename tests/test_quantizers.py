@@ -15,7 +15,7 @@ import torch
 
 from models import MLP, SavedModel, Setting, SplitModel
 from quantization import LLTQuantizer, LSQQuantizer, ThresholdQuantizer
-from quantization.export import build_encoder
+from deployment.export import build_encoder
 from quantization.quantizers import clamp_inclusive, _histogram, _LLTLookup, _rise_matrix, _SteppedSum, _Thermometer
 
 T3 = torch.tensor([[-1.0, 0.0, 1.0]])  # one feature, 2 bits

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from quantization.wire import pack, payload_bytes, payload_table, unpack, unpack_samples
+from deployment import payload_table
+from quantization.wire import pack, payload_bytes, unpack, unpack_samples
 
 
 def _bit_string_reference(indices: np.ndarray, bits: int) -> bytes:
