@@ -12,7 +12,6 @@ import argparse
 import sys
 from typing import Sequence
 
-import protocol.quiet_start  # noqa: F401  (first: Ctrl-C while torch loads exits quietly)
 from data import DATASETS, default_scratch
 from models import METHOD_NAMES
 from protocol.best_settings import load_choices, print_source, run_best_settings, selection_frame

@@ -13,7 +13,6 @@ import argparse
 import sys
 from typing import Sequence
 
-import protocol.quiet_start  # noqa: F401  (first: Ctrl-C while torch loads exits quietly)
 from data import DATASETS, default_scratch
 from models import METHOD_NAMES, SETTING_KEYS
 from protocol.common import ProtocolError, add_runtime_arguments, apply_runtime, parse_bits, parse_positive, run_cli

@@ -8,10 +8,12 @@ float32 matmul rate measured on the same machine in the same run (the better of 
 before and one after the workloads, as the machine's speed drifts). Each time is the best of
 ``--repeats`` runs; a time ratio between two methods is the median of their ratios within a run.
 
-    python benchmarks/bench_methods.py                 # the reference workload
-    python benchmarks/bench_methods.py --scaling       # plus rows 5k/20k/80k and epochs 5/10/20
-    python benchmarks/bench_methods.py --processes 2   # plus 2 processes training the row at once
-    python benchmarks/bench_methods.py --device cuda --json bench.json
+From the repository root:
+
+    python -m benchmarks.bench_methods                 # the reference workload
+    python -m benchmarks.bench_methods --scaling       # plus rows 5k/20k/80k and epochs 5/10/20
+    python -m benchmarks.bench_methods --processes 2   # plus 2 processes training the row at once
+    python -m benchmarks.bench_methods --device cuda --json bench.json
 """
 
 from __future__ import annotations
@@ -24,19 +26,17 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 from sklearn.datasets import make_friedman1
 from sklearn.model_selection import train_test_split
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from data.splits import standardize  # noqa: E402
-from models import METHOD_NAMES, METHODS, QuantizerContext, Setting, build_model, run_methods  # noqa: E402
-from models.training import needs_input_grad  # noqa: E402
-from protocol.common import ProtocolError, resolve_device  # noqa: E402
+from data.splits import standardize
+from models import METHOD_NAMES, METHODS, QuantizerContext, Setting, build_model, run_methods
+from models.training import needs_input_grad
+from protocol.common import ProtocolError, resolve_device
 
 BITS = 4
 MATMUL_OPERATORS = ("aten::bmm", "aten::baddbmm", "aten::mm", "aten::addmm")
@@ -150,12 +150,14 @@ def concurrent_rows(processes: int) -> list[float]:
 def time_ratio(report: dict, method: str, reference: str) -> float:
     """Median over the repeats of ``method``'s training time over ``reference``'s in the same repeat."""
     runs = report["methods"]
-    return statistics.median(m / r for m, r in zip(runs[method]["train_seconds_runs"], runs[reference]["train_seconds_runs"]))
+    pairs = zip(runs[method]["train_seconds_runs"], runs[reference]["train_seconds_runs"])
+    return statistics.median(m / r for m, r in pairs)
 
 
 def print_workload(report: dict, rate: float) -> None:
     """A table per method (trained alone) and the whole row against its floor."""
-    print(f"\n{report['rows']} rows, {report['epochs']} epochs, {report['hidden_layers']} x {report['hidden_neurons']} network, "
+    network = f"{report['hidden_layers']} x {report['hidden_neurons']} network"
+    print(f"\n{report['rows']} rows, {report['epochs']} epochs, {network}, "
           f"{BITS} bits, best of {report['repeats']} runs; per method trained alone:")
     print(f"{'method':8} {'train s':>8} {'samples/s':>10} {'GFLOP':>7} {'floor s':>8} {'x floor':>8}")
     for name, m in report["methods"].items():
@@ -163,7 +165,9 @@ def print_workload(report: dict, rate: float) -> None:
             print(f"{name:8} {'(evaluates the FP network)':>28} {m['gflop']:7.2f} {m['gflop'] / rate:8.3f}")
             continue
         floor = m["gflop"] / rate
-        print(f"{name:8} {m['train_seconds_alone']:8.3f} {m['samples_per_second_alone']:10.0f} {m['gflop']:7.2f} {floor:8.3f} {m['train_seconds_alone'] / floor:8.2f}")
+        seconds = m["train_seconds_alone"]
+        print(f"{name:8} {seconds:8.3f} {m['samples_per_second_alone']:10.0f} {m['gflop']:7.2f} {floor:8.3f} "
+              f"{seconds / floor:8.2f}")
     for method, reference in TARGET_RATIOS:
         m, r = report["methods"][method], report["methods"][reference]
         print(f"{method} / {reference}: time {time_ratio(report, method, reference):.2f} (best runs "
@@ -180,15 +184,19 @@ def print_workload(report: dict, rate: float) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and print (and optionally save) its tables."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu", help="where to train (default: cpu)")
-    parser.add_argument("--rows", type=int, default=20000, help="Friedman #1 rows, 60 %% of them for training (default: 20000)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu",
+                        help="where to train (default: cpu)")
+    parser.add_argument("--rows", type=int, default=20000,
+                        help="Friedman #1 rows, 60 %% of them for training (default: 20000)")
     parser.add_argument("--epochs", type=int, default=10, help="training epochs (default: 10)")
     parser.add_argument("--hidden_layers", type=int, default=3, help="network depth (default: the reference 3)")
     parser.add_argument("--hidden_neurons", type=int, default=128, help="network width (default: the reference 128)")
-    parser.add_argument("--repeats", type=int, default=5, help="report the best of this many runs of each timing (default 5)")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="report the best of this many runs of each timing (default 5)")
     parser.add_argument("--scaling", action="store_true", help="also rows 5k/20k/80k and epochs 5/10/20")
     parser.add_argument("--processes", type=int, default=0,
-                        help="also time this many CPU processes training the row at once, cores / processes threads each")
+                        help="also time this many CPU processes training the row at once, "
+                             "cores / processes threads each")
     parser.add_argument("--json", default=None, help="write the measurements to this JSON file")
     args = parser.parse_args(argv)
     if args.repeats < 1:
@@ -204,7 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for rows, epochs in [(5000, 10), (80000, 10), (20000, 5), (20000, 20)] if args.scaling else ():
         reports.append(run_workload(rows, epochs, device, per_method=False, repeats=args.repeats))
     rate = max(rate_before, matmul_rate(device))  # the machine's speed drifts: the better of before and after
-    print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+    machine = platform.processor() or platform.machine()
+    print(f"{machine}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"device {device}: 2048x2048 float32 matmul at {rate:.1f} GFLOP/s (before the runs {rate_before:.1f})")
     print_workload(reports[0], rate)
     if args.scaling:
@@ -212,7 +221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{'rows':>6} {'epochs':>6} {'seconds':>8} {'us per sample-epoch':>20} {'ratio to floor':>15}")
         for r in sorted(reports, key=lambda r: (r["epochs"], r["rows"])):
             per = r["seconds"] / (r["rows"] * 0.6 * r["epochs"]) * 1e6
-            print(f"{r['rows']:6} {r['epochs']:6} {r['seconds']:8.2f} {per:20.2f} {r['seconds'] / (r['gflop'] / rate):15.2f}")
+            floor = r["gflop"] / rate
+            print(f"{r['rows']:6} {r['epochs']:6} {r['seconds']:8.2f} {per:20.2f} {r['seconds'] / floor:15.2f}")
     measured = {"device": str(device), "threads": torch.get_num_threads(), "matmul_gflops": rate,
                 "matmul_gflops_before": rate_before, "workloads": reports}
     if args.processes:

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 out="${OUT:-.}"
 python -c "import torch; assert torch.cuda.is_available(), 'torch sees no CUDA device'; print(torch.__version__, torch.cuda.get_device_name())" || exit 1
 python -m pytest -q -rs -k cuda tests/test_thresholds.py tests/test_quantizers.py tests/test_models.py tests/test_data.py
-python benchmarks/bench_methods.py --device cuda --scaling --json "$out/bench_cuda.json"
+python -m benchmarks.bench_methods --device cuda --scaling --json "$out/bench_cuda.json"
 scratch="$(mktemp -d)"
 python hyperparameter_tuning.py --dataset friedman1 --n_bits 4 --debug --n_steps 4 --device cuda --quiet \
     --scratch "$scratch" --result_folder "$scratch/results" \

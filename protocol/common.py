@@ -85,8 +85,6 @@ def _sigterm_stops_as_ctrl_c() -> Iterator[None]:
 
 def run_cli(main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     """Parse ``argv`` and run ``main``; bad input, unusable paths and Ctrl-C end with one line, not a traceback."""
-    if signal.getsignal(signal.SIGINT) is signal.SIG_DFL:  # set while the libraries loaded (quiet_start)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
     args = parser.parse_args(argv)
     try:
         with _sigterm_stops_as_ctrl_c():

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import bench_methods  # noqa: E402
-
-from models import METHOD_NAMES, QuantizerContext, Setting  # noqa: E402
+from benchmarks import bench_methods
+from models import METHOD_NAMES, QuantizerContext, Setting
 
 SETTING = Setting(0.0, 1e-3, 1, 4, 2, 1e-3, 0.0)  # one hidden layer of 4, two epochs
 

@@ -311,7 +311,7 @@ def test_cut_off_and_header_only_files(debug_results: Path, shared_dir: Path, tm
 
 
 def _wait_until_torch_loads(worker: subprocess.Popen) -> None:
-    """Return once ``worker`` has mapped libtorch: it is past ``quiet_start`` and still importing."""
+    """Return once ``worker`` has mapped libtorch: it is still importing."""
     maps = Path(f"/proc/{worker.pid}/maps")
     if not maps.exists():
         pytest.skip("needs Linux's /proc to see when the worker loads torch")
@@ -319,37 +319,6 @@ def _wait_until_torch_loads(worker: subprocess.Popen) -> None:
     while "libtorch" not in maps.read_text():
         assert worker.poll() is None and time.monotonic() < deadline, "the worker ended or never loaded torch"
         time.sleep(0.002)
-
-
-@pytest.mark.parametrize("command", [
-    ["hyperparameter_tuning.py", "--dataset", "fried", "--n_bits", "3", "--list_settings"],
-    ["best_hyperparameter_testing_multiple.py", "--dataset", "fried", "--select_only"],
-])
-def test_ctrl_c_while_the_libraries_load_prints_no_traceback(command: list[str]) -> None:
-    worker = subprocess.Popen([sys.executable, *command], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _wait_until_torch_loads(worker)
-    worker.send_signal(signal.SIGINT)
-    _, stderr = worker.communicate(timeout=60)
-    assert "Traceback" not in stderr and worker.returncode in (-signal.SIGINT, 130), stderr
-
-
-@pytest.mark.parametrize("importlib_loaded", [False, True])
-def test_quiet_start_recognises_the_program_importing_it(importlib_loaded: bool) -> None:
-    # Without site (-S) nothing loads importlib and the import frames keep their frozen names, as in a
-    # fresh venv; a .pth file that imports importlib renames them importlib._bootstrap.
-    program = (
-        f"import sys; sys.path.insert(0, {str(REPO)!r})\n"
-        + ("import importlib\n" if importlib_loaded else "assert 'importlib' not in sys.modules\n")
-        + "import signal, protocol.quiet_start\n"
-        "print(signal.getsignal(signal.SIGINT) is signal.SIG_DFL)\n"
-    )
-    done = subprocess.run([sys.executable, "-S", "-E", "-c", program], capture_output=True, text=True, timeout=60)
-    assert done.stdout == "True\n", done.stderr
-
-
-def test_scripts_leave_sigint_alone_unless_run() -> None:
-    # this test process imported both scripts: Ctrl-C must still raise KeyboardInterrupt here
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_a_worker_started_with_sigint_ignored_keeps_running() -> None:
