@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", required=True, choices=list(DATASETS), help="dataset to test on")
     parser.add_argument("--scratch", default=None, help=f"folder with <dataset>.csv.gz files (default: {default_scratch()})")
-    parser.add_argument("--n_steps", type=parse_positive, default=10, help="runs per bit width and method (default: 10)")
+    parser.add_argument("--n_steps", dest="n_runs", type=parse_positive, default=10, help="runs per bit width and method (default: 10)")
     parser.add_argument("--result_folder", default="results", help="holds the tuning files; the output goes below it (default: results)")
     parser.add_argument("--bits", nargs="+", type=parse_bits, default=None, help="bit widths (default: every one with a tuning file)")
     parser.add_argument("--methods", nargs="+", choices=list(METHOD_NAMES), default=None, metavar="METHOD", help=f"methods to run, of {' '.join(METHOD_NAMES)} (default: every method of the tuning files)")
@@ -41,7 +41,7 @@ def main_with_args(args: argparse.Namespace) -> int:
         selection_frame(choices).to_csv(sys.stdout, index=False, lineterminator="\n")
         return 0
     path = run_best_settings(
-        args.dataset, args.result_folder, args.n_steps, args.bits, args.methods,
+        args.dataset, args.result_folder, args.n_runs, args.bits, args.methods,
         args.scratch, apply_runtime(args), args.save_models, progress=not args.quiet,
     )
     print(f"wrote {path}")

@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", required=True, choices=list(DATASETS), help="dataset to tune on")
     parser.add_argument("--n_bits", required=True, type=parse_bits, help="bits per feature, 2..8")
-    parser.add_argument("--n_steps", type=parse_positive, default=100, help="number of settings drawn (default: 100, the paper's)")
+    parser.add_argument("--n_steps", dest="n_settings", type=parse_positive, default=100, help="number of settings drawn (default: 100, the paper's)")
     parser.add_argument("--scratch", default=None, help=f"folder with <dataset>.csv.gz files, downloads go there (default: {default_scratch()})")
     parser.add_argument("--result_folder", default="results", help="where the CSV goes (default: results)")
     parser.add_argument("--debug", action="store_true", help="2 folds and a tiny network space, for a quick check")
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main_with_args(args: argparse.Namespace) -> int:
     """Run, list or export the tuning described by parsed arguments."""
     space = load_search_space(args.search_space) if args.search_space else None
-    plan = plan_tuning(args.dataset, args.n_bits, args.n_steps, args.result_folder, args.debug, space, args.sampler, args.objective)
+    plan = plan_tuning(args.dataset, args.n_bits, args.n_settings, args.result_folder, args.debug, space, args.sampler, args.objective)
     if args.list_settings:
         if args.sampler != "paper":
             raise ProtocolError("--list_settings needs --sampler paper: the other samplers draw their settings as results come in")

@@ -6,9 +6,9 @@ import os
 import re
 import sys
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -45,7 +45,8 @@ def find_tuning_files(result_folder: str | os.PathLike, dataset: str) -> dict[in
         match = _TUNING_NAME.search(path.name)
         if match:
             if not MIN_BITS <= int(match[1]) <= MAX_BITS:
-                raise ProtocolError(f"{path} names {match[1]} bits, outside {MIN_BITS}..{MAX_BITS}: rename it to the bit width of its rows, or move it out of {path.parent}")
+                raise ProtocolError(f"{path} names {match[1]} bits, outside {MIN_BITS}..{MAX_BITS}: rename it to the "
+                                    f"bit width of its rows, or move it out of {path.parent}")
             with path.open("rb") as lines:  # bytes: a damaged file is reported when it is read
                 n_rows = sum(1 for _ in lines) - 1
             candidates.setdefault(int(match[1]), []).append((n_rows, int(match[2]), path))
@@ -79,8 +80,9 @@ def select_best(tuning: pd.DataFrame, k_folds: int, methods: Sequence[str] | Non
     varying = per_setting[list(SETTING_KEYS)].nunique(dropna=False) > 1  # [settings, keys]
     if varying.any(axis=None):  # say, rows of two tunings merged by hand
         setting_id = varying.index[varying.any(axis=1)][0]
-        raise ProtocolError(f"setting {setting_id} has other {', '.join(varying.columns[varying.loc[setting_id]])} on some folds "
-                            "than on others, so its rows come from different tunings; move the file away or repair it")
+        keys = ", ".join(varying.columns[varying.loc[setting_id]])
+        raise ProtocolError(f"setting {setting_id} has other {keys} on some folds than on others, so its rows come "
+                            "from different tunings; move the file away or repair it")
     folds = per_setting["kFold_id"].nunique()
     complete = folds.index[folds == k_folds]
     means = per_setting[[f"val_loss_{m}" for m in methods]].mean(skipna=False).loc[complete]
@@ -92,7 +94,8 @@ def select_best(tuning: pd.DataFrame, k_folds: int, methods: Sequence[str] | Non
     for m in methods:
         losses = means[f"val_loss_{m}"].to_numpy(dtype=float)
         if not np.isfinite(losses).any():
-            raise ProtocolError(f"no complete setting of {m} has a finite validation loss on every fold; let the tuning finish more settings or leave {m} out with --methods")
+            raise ProtocolError(f"no complete setting of {m} has a finite validation loss on every fold; "
+                                f"let the tuning finish more settings or leave {m} out with --methods")
         setting_id = int(means.index[np.where(np.isfinite(losses), losses, np.inf).argmin()])
         setting = Setting.from_mapping(first_rows.loc[setting_id])
         choices[m] = Choice(setting_id, float(means.at[setting_id, f"val_loss_{m}"]), setting)
@@ -111,12 +114,13 @@ def load_choices(
     if not wanted:
         sampled = sorted((Path(result_folder) / dataset).glob(f"{dataset}_hyperparameter_tuning_*iterations_*.csv"))
         note = f" ({sampled[0].name} is the file of another sampler, which is not selected from)" if sampled else ""
-        raise ProtocolError(f"no tuning files {dataset}_hyperparameter_tuning_*bits_*iterations.csv in {Path(result_folder) / dataset}"
-                            f"{note}; run hyperparameter_tuning.py first")
+        raise ProtocolError(f"no tuning files {dataset}_hyperparameter_tuning_*bits_*iterations.csv in "
+                            f"{Path(result_folder) / dataset}{note}; run hyperparameter_tuning.py first")
     missing = [b for b in wanted if b not in files]
     if missing:
-        raise ProtocolError(f"no tuning file for {dataset} at {', '.join(map(str, missing))} bits in {Path(result_folder) / dataset}; "
-                            "run hyperparameter_tuning.py for them or drop them from --bits")
+        raise ProtocolError(f"no tuning file for {dataset} at {', '.join(map(str, missing))} bits in "
+                            f"{Path(result_folder) / dataset}; run hyperparameter_tuning.py for them "
+                            "or drop them from --bits")
     for b in wanted if on_file is not None else ():
         on_file(b, files[b])
     frames = {b: read_results(files[b], TUNING) for b in wanted}
@@ -128,10 +132,12 @@ def load_choices(
             raise ProtocolError(f"{files[b]} has no rows yet; let the tuning finish some settings first")
         other_bits = sorted(set(frame["bits"].dropna().astype(int)) - {b})
         if other_bits:
-            raise ProtocolError(f"{files[b]} holds rows of {', '.join(map(str, other_bits))} bits, but its name says {b} bits: rename it to the bit width of its rows")
+            raise ProtocolError(f"{files[b]} holds rows of {', '.join(map(str, other_bits))} bits, but its name says "
+                                f"{b} bits: rename it to the bit width of its rows")
         absent = [m for m in methods if not has_method(frame, m)]
         if absent:
-            raise ProtocolError(f"{files[b]} was written without the method(s) {', '.join(absent)}; leave them out of --methods")
+            raise ProtocolError(f"{files[b]} was written without the method(s) {', '.join(absent)}; "
+                                "leave them out of --methods")
         try:
             choices[b] = select_best(frame, planned_folds(frame, int(_TUNING_NAME.search(files[b].name)[2])), methods)
         except ProtocolError as error:
@@ -140,7 +146,8 @@ def load_choices(
 
 
 def print_source(bits: int, path: Path) -> None:
-    """Say on stderr which tuning file a bit width is selected from (a folder may hold several, say --debug's and a real one)."""
+    """Say on stderr which tuning file a bit width is selected from (a folder may hold several, say --debug's
+    and a real one)."""
     print(f"{bits} bits: selecting from {path}", file=sys.stderr)
 
 
@@ -152,8 +159,8 @@ def selection_frame(choices: dict[int, dict[str, Choice]]) -> pd.DataFrame:
     )
 
 
-def _empty_row(bits: int, step: int) -> dict[str, object]:
-    return {**{c: np.nan for c in BEST_COLUMNS}, "bits": bits, "step": step}
+def _empty_row(bits: int, run: int) -> dict[str, object]:
+    return {**{c: np.nan for c in BEST_COLUMNS}, "bits": bits, "step": run}  # the paper's column of the run
 
 
 def stored_runs(path: Path, choices: dict[int, dict[str, Choice]]) -> dict[tuple[int, int], dict[str, object]]:
@@ -170,28 +177,30 @@ def stored_runs(path: Path, choices: dict[int, dict[str, Choice]]) -> dict[tuple
                 continue
             if int(setting_id) != choice.setting_id or not np.isclose(val_loss, choice.val_loss, rtol=1e-9, atol=0):
                 raise ProtocolError(
-                    f"{path} was computed with setting {setting_id} (validation loss {val_loss:.6g}) for {m} at {b} bits, "
-                    f"but the tuning now selects setting {choice.setting_id} (validation loss {choice.val_loss:.6g}); "
-                    f"delete its rows of {b} bits (or move the file away) to rerun them, or leave {b} bits out with --bits"
+                    f"{path} was computed with setting {setting_id} (validation loss {val_loss:.6g}) for {m} at "
+                    f"{b} bits, but the tuning now selects setting {choice.setting_id} (validation loss "
+                    f"{choice.val_loss:.6g}); delete its rows of {b} bits (or move the file away) to rerun them, "
+                    f"or leave {b} bits out with --bits"
                 )
     return rows
 
 
 def _check_writable(folder: Path) -> None:
-    """Create ``folder`` and write a scratch file there: a folder that cannot take the output fails now, not after training."""
+    """Create ``folder`` and write a scratch file there: a folder that cannot take the output fails now,
+    not after training."""
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryFile(dir=folder):
         pass
 
 
-def _model_path(save_models: str | os.PathLike, dataset: str, bits: int, method: str, step: int) -> Path:
-    return Path(save_models) / f"{dataset}_{bits}bits_{method}_run{step}.pt"
+def _model_path(save_models: str | os.PathLike, dataset: str, bits: int, method: str, run: int) -> Path:
+    return Path(save_models) / f"{dataset}_{bits}bits_{method}_run{run}.pt"
 
 
 def run_best_settings(
     dataset: str,
     result_folder: str | os.PathLike,
-    n_steps: int = 10,
+    n_runs: int = 10,
     bits: Sequence[int] | None = None,
     methods: Sequence[str] | None = None,
     scratch: str | os.PathLike | None = None,
@@ -199,7 +208,7 @@ def run_best_settings(
     save_models: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> Path:
-    """Rerun each method's best setting ``n_steps`` times per bit width; resumable per (bits, run).
+    """Rerun each method's best setting ``n_runs`` times (``--n_steps``) per bit width; resumable per (bits, run).
 
     Run ``s`` splits with ``random_state = 42 + s`` and seeds every network with ``42 + s``.
     ``methods`` defaults to every method of the tuning files. A row already in the output keeps
@@ -209,22 +218,22 @@ def run_best_settings(
     """
     for m in methods or ():
         get_method(m)
-    if n_steps < 1:
-        raise ProtocolError(f"--n_steps must be at least 1, got {n_steps}")
+    if n_runs < 1:
+        raise ProtocolError(f"--n_steps (the number of runs) must be at least 1, got {n_runs}")
     choices = load_choices(result_folder, dataset, bits, methods, on_file=print_source if progress else None)
     methods = list(next(iter(choices.values())))
     path = best_path(result_folder, dataset)
 
-    def missing(rows: dict[tuple[int, int], dict[str, object]], b: int, step: int) -> list[str]:
-        row = rows.get((b, step))
+    def missing(rows: dict[tuple[int, int], dict[str, object]], b: int, run: int) -> list[str]:
+        row = rows.get((b, run))
         return [m for m in methods if row is None or pd.isna(row[f"test_loss_{m}"])]
 
     rows = stored_runs(path, choices)
-    todo = [(b, s) for b in choices for s in range(n_steps) if missing(rows, b, s)]
+    todo = [(b, r) for b in choices for r in range(n_runs) if missing(rows, b, r)]
     if save_models is not None:
         _check_writable(Path(save_models))
-        unsaved = sum(not _model_path(save_models, dataset, b, m, s).exists()
-                      for b in choices for s in range(n_steps) for m in methods if m not in missing(rows, b, s))
+        unsaved = sum(not _model_path(save_models, dataset, b, m, r).exists()
+                      for b in choices for r in range(n_runs) for m in methods if m not in missing(rows, b, r))
         if unsaved:
             print(f"note: {unsaved} of the requested (bits, run, method) results are already in {path} without a model "
                   f"in {save_models}; they are not trained again, so no model is saved for them (move {path} away "
@@ -233,12 +242,13 @@ def run_best_settings(
         return path
     _check_writable(path.parent)
     job = _BestSettingsJob(dataset, load_dataset(dataset, scratch), choices, path, device, save_models)
-    total = len(choices) * n_steps
-    with tqdm(total=total, initial=total - len(todo), desc=f"{dataset} best settings", unit="run", disable=not progress) as bar:
-        for b, step in todo:
-            names = missing(stored_runs(path, choices), b, step)  # another run may have done them meanwhile
+    total = len(choices) * n_runs
+    with tqdm(total=total, initial=total - len(todo), desc=f"{dataset} best settings", unit="run",
+              disable=not progress) as bar:
+        for b, run in todo:
+            names = missing(stored_runs(path, choices), b, run)  # another run may have done them meanwhile
             if names:
-                job.rerun(b, step, names, bar)
+                job.rerun(b, run, names, bar)
             bar.update()
     return path
 
@@ -254,9 +264,9 @@ class _BestSettingsJob:
     device: torch.device | str
     save_models: str | os.PathLike | None
 
-    def rerun(self, b: int, step: int, names: list[str], bar: tqdm) -> None:
-        """Train run ``step`` of the methods ``names`` at ``b`` bits and merge their results into the output."""
-        splits = holdout_split(self.data.x, self.data.y, seed=BASE_SEED + step)
+    def rerun(self, b: int, run: int, names: list[str], bar: tqdm) -> None:
+        """Train run ``run`` of the methods ``names`` at ``b`` bits and merge their results into the output."""
+        splits = holdout_split(self.data.x, self.data.y, seed=BASE_SEED + run)
         parts = splits.tensors(self.device)
         results = run_methods(
             names,
@@ -264,8 +274,8 @@ class _BestSettingsJob:
             parts["train"],
             {"test": parts["test"]},
             b,
-            BASE_SEED + step,
-            on_stack=lambda methods: bar.set_postfix_str(f"{b} bits run {step} {methods}"),
+            BASE_SEED + run,
+            on_stack=lambda methods: bar.set_postfix_str(f"{b} bits run {run} {methods}"),
         )
         if self.save_models is not None:
             for m, result in results.items():
@@ -275,14 +285,14 @@ class _BestSettingsJob:
                     splits.x_scaler.mean_, splits.x_scaler.scale_,
                     float(splits.y_scaler.mean_[0]), float(splits.y_scaler.scale_[0]), self.dataset,
                 )
-                save_model(saved, _model_path(self.save_models, self.dataset, b, m, step))
-        self._merge(b, step, {m: (result.losses["test"], result.seconds) for m, result in results.items()})
+                save_model(saved, _model_path(self.save_models, self.dataset, b, m, run))
+        self._merge(b, run, {m: (result.losses["test"], result.seconds) for m, result in results.items()})
 
-    def _merge(self, b: int, step: int, test_loss_and_seconds: dict[str, tuple[float, float]]) -> None:
-        """Write the results of run ``step`` at ``b`` bits into the output as it is now, under its lock."""
+    def _merge(self, b: int, run: int, test_loss_and_seconds: dict[str, tuple[float, float]]) -> None:
+        """Write the results of run ``run`` at ``b`` bits into the output as it is now, under its lock."""
         with file_lock(str(self.path.with_name(f".{self.path.name}.merge"))):
             rows = stored_runs(self.path, self.choices)
-            row = rows.setdefault((b, step), _empty_row(b, step))
+            row = rows.setdefault((b, run), _empty_row(b, run))
             for m, (test_loss, seconds) in test_loss_and_seconds.items():
                 choice = self.choices[b][m]
                 row.update({

@@ -65,13 +65,13 @@ def _check_values(path: str | os.PathLike, key: str, values: object) -> None:
             raise ProtocolError(f"{path}: {error}") from None
 
 
-def draw_settings(space: dict[str, list], n_steps: int) -> pd.DataFrame:
-    """``n_steps`` settings: ``numpy.random.seed(42)``, then one ``choice`` per key in order.
+def draw_settings(space: dict[str, list], n_settings: int) -> pd.DataFrame:
+    """``n_settings`` settings (``--n_steps``): ``numpy.random.seed(42)``, then one ``choice`` per key in order.
 
     Returns a frame indexed by ``hyperparameter_setting_id`` with the seven keys as columns.
     """
-    if n_steps < 1:
-        raise ProtocolError(f"--n_steps must be at least 1, got {n_steps}")
+    if n_settings < 1:
+        raise ProtocolError(f"--n_steps (the number of settings) must be at least 1, got {n_settings}")
     np.random.seed(SEARCH_SEED)
-    draws = {key: np.random.choice(space[key], size=n_steps, replace=True) for key in SETTING_KEYS}
-    return pd.DataFrame(draws, index=pd.RangeIndex(n_steps, name="hyperparameter_setting_id"))
+    draws = {key: np.random.choice(space[key], size=n_settings, replace=True) for key in SETTING_KEYS}
+    return pd.DataFrame(draws, index=pd.RangeIndex(n_settings, name="hyperparameter_setting_id"))

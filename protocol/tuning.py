@@ -66,8 +66,8 @@ class TuningPlan:
     objective: str = DEFAULT_OBJECTIVE  # the method whose mean validation loss is a trial's value
 
     @property
-    def n_steps(self) -> int:
-        """The number of settings."""
+    def n_settings(self) -> int:
+        """The number of settings (``--n_steps``)."""
         return len(self.settings)
 
     def rows(self) -> Iterator[tuple[int, int]]:
@@ -87,17 +87,18 @@ class TuningPlan:
     def spec(self) -> StudySpec:
         """The plan's optuna study, named after everything that shapes its rows."""
         digest = hashlib.sha256(json.dumps(self.space, sort_keys=True).encode()).hexdigest()[:8]
-        name = f"{self.dataset}-{self.bits}bits-{self.n_steps}steps-{self.k_folds}folds-{self.sampler}-{self.objective}-space{digest}"
+        # "steps" stays in the name: a stored study is found by it
+        name = f"{self.dataset}-{self.bits}bits-{self.n_settings}steps-{self.k_folds}folds-{self.sampler}-{self.objective}-space{digest}"
         if EXTRA_METHODS:  # rows with further methods form another study than the paper's methods alone
             name += "-with-" + "+".join(EXTRA_METHODS)
         initial = tuple(self.setting_values(s) for s in self.settings.index) if self.sampler == "paper" else ()
-        return StudySpec(name, self.space, self.k_folds, self.n_steps, self.sampler, initial)
+        return StudySpec(name, self.space, self.k_folds, self.n_settings, self.sampler, initial)
 
 
 def plan_tuning(
     dataset: str,
     bits: int,
-    n_steps: int,
+    n_settings: int,
     result_folder: str | os.PathLike,
     debug: bool = False,
     search_space: dict[str, list] | None = None,
@@ -113,10 +114,10 @@ def plan_tuning(
         raise ProtocolError(f"the sampler must be one of {SAMPLERS} and the objective one of {METHOD_NAMES}")
     space = search_space if search_space is not None else paper_search_space(debug)
     k_folds = DEBUG_K_FOLDS if debug else K_FOLDS
-    path = tuning_path(result_folder, dataset, bits, k_folds * n_steps)
+    path = tuning_path(result_folder, dataset, bits, k_folds * n_settings)
     if sampler != "paper":
         path = path.with_name(f"{path.stem}_{sampler}_{objective}{path.suffix}")
-    return TuningPlan(dataset, bits, draw_settings(space, n_steps), k_folds, path, space, sampler, objective)
+    return TuningPlan(dataset, bits, draw_settings(space, n_settings), k_folds, path, space, sampler, objective)
 
 
 def tuning_row(plan: TuningPlan, setting_id: int, fold: int, values: dict[str, object], results: dict[str, MethodResult]) -> Row:
@@ -245,7 +246,7 @@ def run_tuning(
     tuning = open_tuning(plan, storage, heartbeat)
     _check_csv_matches_storage(plan, tuning, imported)
     folds = _Folds(plan, scratch, device)
-    total, done = plan.k_folds * plan.n_steps, len(stored_rows(tuning))
+    total, done = plan.k_folds * plan.n_settings, len(stored_rows(tuning))
     with tqdm(total=total, initial=done, desc=f"{plan.dataset} {plan.bits} bits", unit="row", disable=not progress) as bar:
         while not finished(tuning):
             claim = claim_setting(tuning, imported)

@@ -31,7 +31,7 @@ from protocol.search_space import paper_search_space
 from protocol.tuning import TuningPlan, open_tuning, plan_tuning
 
 REPO = Path(__file__).resolve().parents[1]
-N_STEPS, N_ROWS = 2, 4  # --debug: two folds per setting
+N_SETTINGS, N_ROWS = 2, 4  # --debug: two folds per setting
 # Every run that trains is a worker process with one thread: the results depend on the number of
 # threads, and two workers with two threads each on two cores spin-wait each other to a crawl.
 WORKER_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -42,7 +42,7 @@ needs_postgres = pytest.mark.skipif(not POSTGRES_URL, reason="BSQ_TEST_POSTGRES_
 def arguments(shared: Path, folder: Path, storage: str | None) -> list[str]:
     storage_args = ["--storage", storage] if storage else []
     return [
-        "--dataset", "wine_quality", "--n_bits", "3", "--n_steps", str(N_STEPS), "--debug", "--device", "cpu",
+        "--dataset", "wine_quality", "--n_bits", "3", "--n_steps", str(N_SETTINGS), "--debug", "--device", "cpu",
         "--scratch", str(shared / "datasets"), "--result_folder", str(folder),
         "--quiet", "--heartbeat", "1", *storage_args,
     ]
@@ -58,8 +58,8 @@ def finish_worker(worker: subprocess.Popen) -> None:
     assert worker.returncode == 0, output
 
 
-def debug_plan(folder: Path, n_steps: int = N_STEPS, sampler: str = "paper", objective: str = "Bw-SQ") -> TuningPlan:
-    return plan_tuning("wine_quality", 3, n_steps, folder, debug=True, sampler=sampler, objective=objective)
+def debug_plan(folder: Path, n_settings: int = N_SETTINGS, sampler: str = "paper", objective: str = "Bw-SQ") -> TuningPlan:
+    return plan_tuning("wine_quality", 3, n_settings, folder, debug=True, sampler=sampler, objective=objective)
 
 
 def trials(plan: TuningPlan, storage: str | None) -> list[optuna.trial.FrozenTrial]:
@@ -116,7 +116,7 @@ def test_two_workers_share_the_work(kind: str, tmp_path: Path, shared_dir: Path,
         finish_worker(worker)
     assert_same_rows(plan.path, reference)
     found = assert_each_row_stored_once(plan, storage)
-    assert [t.user_attrs[SETTING_ATTR] for t in found] == list(range(N_STEPS)), "one trial per setting, in order"
+    assert [t.user_attrs[SETTING_ATTR] for t in found] == list(range(N_SETTINGS)), "one trial per setting, in order"
     assert all(t.state == TrialState.COMPLETE for t in found)
     # the trial's value is the mean validation loss of the objective (Bw-SQ)
     means = reference.groupby("hyperparameter_setting_id")["val_loss_Bw-SQ"].mean()
@@ -177,8 +177,8 @@ def claim_one(plan: TuningPlan, storage: str, barrier, results) -> None:
 
 @pytest.mark.parametrize("kind", ["journal", "sqlite", pytest.param("postgres", marks=needs_postgres)])
 def test_simultaneous_workers_enqueue_the_settings_once(kind: str, tmp_path: Path) -> None:
-    n_workers, n_steps = 4, 6
-    plan = debug_plan(tmp_path, n_steps)
+    n_workers, n_settings = 4, 6
+    plan = debug_plan(tmp_path, n_settings)
     storage = storage_url(kind, plan, tmp_path)
     context = multiprocessing.get_context("fork")
     barrier, results = context.Barrier(n_workers), context.Queue()
@@ -190,7 +190,7 @@ def test_simultaneous_workers_enqueue_the_settings_once(kind: str, tmp_path: Pat
         process.join(timeout=60)
     assert sorted(claimed) == list(range(n_workers)), "each worker took another setting"
     found = trials(plan, storage)
-    assert [(t.number, t.user_attrs[SETTING_ATTR]) for t in found] == [(i, i) for i in range(n_steps)]
+    assert [(t.number, t.user_attrs[SETTING_ATTR]) for t in found] == [(i, i) for i in range(n_settings)]
     assert [t.params for t in found[:n_workers]] == [plan.setting_values(i) for i in range(n_workers)]
 
 

@@ -168,7 +168,7 @@ def test_select_only_prints_csv(shared_dir: Path, capsys) -> None:
 
 def test_tiny_best_setting_run_writes_the_paper_schema(debug_results: Path, shared_dir: Path, tmp_path: Path) -> None:
     path = run_best_settings(
-        "wine_quality", debug_results, n_steps=2, methods=["FP", "Po-QQ", "Bw-SQ", "LLT4"],
+        "wine_quality", debug_results, n_runs=2, methods=["FP", "Po-QQ", "Bw-SQ", "LLT4"],
         scratch=shared_dir / "datasets", save_models=tmp_path, progress=False,
     )
     ours = pd.read_csv(path)
@@ -180,7 +180,7 @@ def test_tiny_best_setting_run_writes_the_paper_schema(debug_results: Path, shar
     assert len(list(tmp_path.glob("*.pt"))) == 8
     # resuming with one more method fills it in and leaves the rest untouched
     before = ours.copy()
-    run_best_settings("wine_quality", debug_results, n_steps=2, methods=["SQ"], scratch=shared_dir / "datasets", progress=False)
+    run_best_settings("wine_quality", debug_results, n_runs=2, methods=["SQ"], scratch=shared_dir / "datasets", progress=False)
     after = pd.read_csv(path)
     assert np.isfinite(after["test_loss_SQ"]).all()
     pd.testing.assert_series_equal(after["test_loss_Bw-SQ"], before["test_loss_Bw-SQ"])
@@ -245,7 +245,7 @@ def test_damaged_tuning_file_is_reported_and_kept(tmp_path: Path, capsys) -> Non
 
 def test_save_models_names_the_runs_it_does_not_train_again(debug_results: Path, shared_dir: Path, tmp_path: Path, capsys) -> None:
     copy_tuning(debug_results, tmp_path)
-    run = dict(n_steps=1, methods=["FP"], scratch=shared_dir / "datasets", progress=False)
+    run = dict(n_runs=1, methods=["FP"], scratch=shared_dir / "datasets", progress=False)
     run_best_settings("wine_quality", tmp_path, save_models=tmp_path / "first", **run)
     assert [p.name for p in (tmp_path / "first").glob("*.pt")] == ["wine_quality_3bits_FP_run0.pt"]
     assert capsys.readouterr().err == ""
@@ -257,7 +257,7 @@ def test_save_models_names_the_runs_it_does_not_train_again(debug_results: Path,
 def test_runs_sharing_the_output_merge(debug_results: Path, shared_dir: Path, tmp_path: Path, monkeypatch) -> None:
     """A run for LSQ finishes while one for FP trains (as another job would): both land in the file."""
     copy_tuning(debug_results, tmp_path)
-    run = dict(n_steps=1, scratch=shared_dir / "datasets", progress=False)
+    run = dict(n_runs=1, scratch=shared_dir / "datasets", progress=False)
     train = best_settings.run_methods
     others = []
 
@@ -279,12 +279,12 @@ def test_runs_sharing_the_output_merge(debug_results: Path, shared_dir: Path, tm
 def test_runs_from_another_tuning_are_refused(debug_results: Path, shared_dir: Path, tmp_path: Path) -> None:
     copy_tuning(debug_results, tmp_path)
     run = dict(methods=["FP"], scratch=shared_dir / "datasets", progress=False)
-    path = run_best_settings("wine_quality", tmp_path, n_steps=1, **run)
+    path = run_best_settings("wine_quality", tmp_path, n_runs=1, **run)
     frame = pd.read_csv(path)
     frame["val_loss_FP"] *= 1.5  # same setting id, but another tuning file's mean validation loss
     frame.to_csv(path, index=False)
     with pytest.raises(ProtocolError, match="computed with setting 0 .*validation loss .* for FP at 3 bits, but the tuning now selects setting 0"):
-        run_best_settings("wine_quality", tmp_path, n_steps=2, **run)
+        run_best_settings("wine_quality", tmp_path, n_runs=2, **run)
 
 
 def test_cut_off_and_header_only_files(debug_results: Path, shared_dir: Path, tmp_path: Path) -> None:
@@ -304,10 +304,10 @@ def test_cut_off_and_header_only_files(debug_results: Path, shared_dir: Path, tm
         load_choices(tmp_path, "wine_quality", None)
     run_tuning(plan_tuning("wine_quality", 3, 2, tmp_path, debug=True), shared_dir / "datasets", progress=False)
     assert len(pd.read_csv(tuning)) == 4
-    best = run_best_settings("wine_quality", tmp_path, n_steps=1, methods=["FP"], scratch=shared_dir / "datasets", progress=False)
+    best = run_best_settings("wine_quality", tmp_path, n_runs=1, methods=["FP"], scratch=shared_dir / "datasets", progress=False)
     best.write_bytes(best.read_bytes()[:-10])
     with pytest.raises(ProtocolError, match="ends without a newline, so its last line may be cut short"):
-        run_best_settings("wine_quality", tmp_path, n_steps=2, methods=["FP"], scratch=shared_dir / "datasets", progress=False)
+        run_best_settings("wine_quality", tmp_path, n_runs=2, methods=["FP"], scratch=shared_dir / "datasets", progress=False)
 
 
 def _wait_until_torch_loads(worker: subprocess.Popen) -> None:
@@ -517,7 +517,7 @@ def test_best_setting_run_s_is_seeded_with_42_plus_s(shared_dir: Path, tmp_path:
         return {m: MethodResult({"test": 1.0 + seed}, 0.0, 0.0) for m in names}
 
     monkeypatch.setattr(best_settings, "run_methods", fake_run_methods)
-    path = run_best_settings("wine_quality", tmp_path, n_steps=3, methods=["FP"], scratch=shared_dir / "datasets", progress=False)
+    path = run_best_settings("wine_quality", tmp_path, n_runs=3, methods=["FP"], scratch=shared_dir / "datasets", progress=False)
     assert seeds == [42, 43, 44]
     assert pd.read_csv(path)["test_loss_FP"].tolist() == [43.0, 44.0, 45.0]
 
