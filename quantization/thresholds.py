@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import torch
 
-from core.checks import MAX_BITS, MIN_BITS, check_bits
-from core.checks import _is_finite as is_finite_number, _is_whole as is_whole_number, value_text  # noqa: F401
-# (the three above serve models.training's Setting until it calls core.checks.finite_number and whole_number)
+from core.checks import MAX_BITS, MIN_BITS, check_bits, value_text  # noqa: F401  (value_text: see below)
+from core.checks import _is_finite as is_finite_number  # noqa: F401
+from core.checks import _is_whole as is_whole_number  # noqa: F401
+
+# models.training's Setting imports is_finite_number, is_whole_number and value_text from here
+# until it calls core.checks.finite_number and whole_number
+
 
 def n_thresholds(bits: int) -> int:
     """Number of thresholds per feature, ``M = 2**bits - 1``."""

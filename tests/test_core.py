@@ -14,7 +14,9 @@ from core.checks import check_bits, finite_number, value_text, whole_number
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize(("value", "expected"), [(3, 3), (3.0, 3), (np.int64(7), 7), (np.float32(2.0), 2), (10**400, 10**400)])
+@pytest.mark.parametrize(("value", "expected"), [
+    (3, 3), (3.0, 3), (np.int64(7), 7), (np.float32(2.0), 2), (10**400, 10**400),
+])
 def test_whole_number_returns_a_plain_int(value, expected):
     got = whole_number("n", value, minimum=0)
     assert got == expected and type(got) is int
@@ -82,3 +84,15 @@ def test_core_and_result_analysis_load_without_torch():
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+# what ruff already passes on; the rest of the project is to follow
+RUFF_CLEAN = ("core", "deployment", "result_analysis", "benchmarks", "protocol/schema.py", "protocol/search_space.py",
+              "protocol/best_settings.py", "tests/test_core.py")
+
+
+def test_ruff_passes_on_the_modules_it_was_run_on():
+    pytest.importorskip("ruff", reason="ruff is in requirements.txt: pip install -r requirements.txt")
+    done = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", *RUFF_CLEAN], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr

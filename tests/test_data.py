@@ -16,8 +16,8 @@ import torch
 from sklearn.datasets import make_friedman1
 from sklearn.model_selection import KFold, train_test_split
 
-from data import DATASETS, PAPER_DATASETS, DatasetError, get_info, holdout_split, load_dataset, standardize, tuning_folds
 from core import atomic
+from data import DATASETS, PAPER_DATASETS, DatasetError, get_info, holdout_split, load_dataset, standardize, tuning_folds
 from data import datasets as datasets_module
 from data.datasets import write_dataset_file
 

@@ -15,9 +15,9 @@ import torch
 from sklearn.model_selection import train_test_split
 
 from data import holdout_split, load_dataset
+from deployment.export import build_encoder, cloud_predict, export_encoder, main
 from models import METHODS, QuantizerContext, SavedModel, Setting, build_model, load_model, run_methods, save_model
 from quantization import LLTQuantizer, LSQQuantizer, threshold_ranks
-from deployment.export import build_encoder, cloud_predict, export_encoder, main
 from quantization.wire import pack, unpack, unpack_samples
 
 D = 5  # odd, so most bit widths leave padding in the last byte

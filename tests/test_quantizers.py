@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
+from deployment.export import build_encoder
 from models import MLP, SavedModel, Setting, SplitModel
 from quantization import LLTQuantizer, LSQQuantizer, ThresholdQuantizer
-from deployment.export import build_encoder
 from quantization.quantizers import clamp_inclusive, _histogram, _LLTLookup, _rise_matrix, _SteppedSum, _Thermometer
 
 T3 = torch.tensor([[-1.0, 0.0, 1.0]])  # one feature, 2 bits
