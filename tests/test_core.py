@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -96,3 +97,26 @@ def test_ruff_passes_on_the_modules_it_was_run_on():
     done = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", *RUFF_CLEAN], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+LAYERS = ("core", "data", "quantization", "models", "deployment", "protocol")  # each imports only those before it
+ALLOWED = {**{package: set(LAYERS[:i]) for i, package in enumerate(LAYERS)}, "result_analysis": {"core"}}
+
+
+def _project_imports(path: Path) -> set[str]:
+    """The project's packages that a module imports, at its top or inside a function."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found & {*LAYERS, "result_analysis", "benchmarks"}
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED))
+def test_dependencies_point_one_way(package):
+    """core <- data <- quantization <- models <- deployment <- protocol <- scripts; result_analysis uses core only."""
+    wrong = {str(path.relative_to(REPO)): sorted(_project_imports(path) - ALLOWED[package] - {package})
+             for path in sorted((REPO / package).glob("*.py"))}
+    assert {path: packages for path, packages in wrong.items() if packages} == {}
