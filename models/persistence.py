@@ -12,9 +12,9 @@ import torch
 from data.atomic import atomic_write_bytes
 from data.splits import device_precision
 
-from .methods import QuantizerContext, get_method
+from .methods import QuantizerContext, build_model, get_method
 from .mlp import SplitModel
-from .training import Setting, build_model
+from .setting import Setting
 
 FORMAT = "bsq-model/1"
 PAYLOAD_KEYS = ("method", "bits", "setting", "n_features", "feature_names", "x_mean", "x_scale", "y_mean", "y_scale",

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from models import SETTING_KEYS, Setting
-from models.training import INTEGER_SETTING_KEYS
+from models.setting import INTEGER_SETTING_KEYS
 
 from .common import ProtocolError
 
