@@ -12,11 +12,11 @@ class GraphedStep:
     """A training step of the stacked engine on CUDA replayed as a CUDA graph: one launch per batch, not one per kernel.
 
     ``training_step(rows, targets, fixed_inputs, squared_error)`` trains on one batch, drawing its
-    random numbers (dropout) from ``generator``. The graph computes exactly what the step computes (the same kernels on copies of the batch
-    in fixed buffers). It is captured again after :meth:`new_epoch`, because the temperature is
-    a constant of the captured kernels, into the memory pool of the graph it replaces (which is
-    never replayed again), so memory does not grow with the epochs; batches of another size (an
-    epoch's last) run eagerly.
+    random numbers (dropout) from ``generator``. The graph computes exactly what the step computes
+    (the same kernels on copies of the batch in fixed buffers). It is captured again after
+    :meth:`new_epoch`, because the temperature is a constant of the captured kernels, into the
+    memory pool of the graph it replaces (which is never replayed again), so memory does not grow
+    with the epochs; batches of another size (an epoch's last) run eagerly.
     """
 
     def __init__(self, training_step: Callable[..., None], generator: torch.Generator) -> None:
@@ -32,7 +32,7 @@ class GraphedStep:
 
     def __call__(self, rows: torch.Tensor, targets: torch.Tensor, fixed_inputs: Mapping[int, torch.Tensor],
                  squared_error: torch.Tensor | None) -> None:
-        if self.buffers is None:  # the first batch trains eagerly, so that lazy initialisations happen outside a capture
+        if self.buffers is None:  # the first batch trains eagerly: lazy initialisations happen outside a capture
             self._on_side_stream(self.training_step, rows, targets, fixed_inputs, squared_error)
             self.buffers = (rows.clone(), targets.clone(), {block: t.clone() for block, t in fixed_inputs.items()})
             return

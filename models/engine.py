@@ -47,7 +47,8 @@ class StackedMLP:
         widths = {tuple(linear.out_features for linear in linears) for linears in layers}
         dropouts = {next((m.p for m in mlp if isinstance(m, nn.Dropout)), 0.0) for mlp in mlps}
         if len(widths) > 1 or len(dropouts) > 1:
-            raise ValueError("networks trained together must share depth, widths and dropout (one setting); train the others apart")
+            raise ValueError("networks trained together must share depth, widths and dropout (one setting); "
+                             "train the others apart")
         kinds = [(linears[0].in_features, wants) for linears, wants in zip(layers, input_grad)]
         ends = list(itertools.accumulate(len(list(run)) for _, run in itertools.groupby(kinds)))
         self.blocks = list(zip([0, *ends[:-1]], ends))  # [start, stop) of each run of equal kinds
@@ -87,7 +88,8 @@ class StackedMLP:
         return self._buffers[batch]
 
     @torch.no_grad()
-    def forward(self, inputs: Sequence[torch.Tensor], generator: torch.Generator | None = None) -> torch.Tensor:  # per block [G_b, B, in_b] -> [G, B]
+    def forward(self, inputs: Sequence[torch.Tensor], generator: torch.Generator | None = None) -> torch.Tensor:
+        # per block [G_b, B, in_b] -> [G, B]
         """The training forward pass: one dropout mask per layer, drawn from ``generator``, shared by the G networks."""
         buffers = self._buffers_for(inputs[0].shape[1])
         self._inputs = list(inputs)
@@ -167,13 +169,16 @@ def _check_stock_mlp(mlp: nn.Module) -> None:
     """Refuse networks other than :class:`MLP`'s layout, which the hand-written backward assumes."""
     kinds = [type(m) for m in mlp] if isinstance(mlp, nn.Sequential) else [type(mlp)]
     hidden = (len(kinds) - 1) // 3
-    if not isinstance(mlp, MLP) or kinds != [nn.Linear, nn.ReLU, nn.Dropout] * hidden + [nn.Linear] or mlp[-1].out_features != 1:
+    stock = [nn.Linear, nn.ReLU, nn.Dropout] * hidden + [nn.Linear]
+    if not isinstance(mlp, MLP) or kinds != stock or mlp[-1].out_features != 1:
         names = ", ".join(kind.__name__ for kind in kinds)
-        raise ValueError(f"the training loop trains this project's MLP (Linear, ReLU, Dropout per hidden layer, then Linear "
-                         f"to one output); got {type(mlp).__name__}({names}); train other networks with a loop of your own")
+        raise ValueError(f"the stacked engine trains this project's MLP (Linear, ReLU, Dropout per hidden layer, then "
+                         f"Linear to one output); got {type(mlp).__name__}({names}); train other networks with "
+                         "models.train_model")
 
 
-def _weight_grad(inputs: torch.Tensor, grad: torch.Tensor, out: torch.Tensor) -> None:  # [G, B, in], [G, B, out] -> [G, in, out]
+def _weight_grad(inputs: torch.Tensor, grad: torch.Tensor, out: torch.Tensor) -> None:
+    # [G, B, in], [G, B, out] -> [G, in, out]
     """Write ``inputs^T @ grad`` into ``out``.
 
     For one output (the H -> 1 output layer) as ``(grad^T @ inputs)^T``, whose product [G, 1, in] is
@@ -185,7 +190,8 @@ def _weight_grad(inputs: torch.Tensor, grad: torch.Tensor, out: torch.Tensor) ->
         torch.bmm(inputs.transpose(1, 2), grad, out=out)
 
 
-def _input_grad(grad: torch.Tensor, weight: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:  # [G, B, out], [G, in, out] -> [G, B, in]
+def _input_grad(grad: torch.Tensor, weight: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    # [G, B, out], [G, in, out] -> [G, B, in]
     """``grad @ weight^T``; for one output an outer product, a broadcast multiply (faster than a matmul of depth 1)."""
     if grad.shape[-1] == 1:
         return torch.mul(grad, weight.transpose(1, 2), out=out)
@@ -202,7 +208,8 @@ class _TrainingStep:
         self.optimizer, self.generator = optimizer, generator
 
     def __call__(self, rows: torch.Tensor, targets: torch.Tensor, fixed_inputs: Mapping[int, torch.Tensor],
-                 squared_error: torch.Tensor | None) -> None:  # rows [B, d], targets [B], per fixed block [G_b, B, in_b]
+                 squared_error: torch.Tensor | None) -> None:
+        # rows [B, d], targets [B], per fixed block [G_b, B, in_b]
         """Train on one batch; add each network's summed squared error to ``squared_error`` [G] unless None."""
         stacked = self.stacked
         inputs, quantizer_backwards = [], []  # per block [G_b, B, in_b]; per trainable block G_b functions
@@ -253,7 +260,8 @@ def train_models(models: Sequence[SplitModel], x: torch.Tensor, y: torch.Tensor,
     order = sorted(range(len(models)), key=lambda g: (models[g].mlp[0].in_features, not needs_grad[g]))
     graphed = cuda_graphs and x.is_cuda
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():  # streams and graphs on x's GPU
-        squared_error = _train_stack([models[g] for g in order], [needs_grad[g] for g in order], x, y, setting, seed, graphed)
+        stack = [models[g] for g in order]
+        squared_error = _train_stack(stack, [needs_grad[g] for g in order], x, y, setting, seed, graphed)
         if graphed:  # the graphs' memory pool, freed with the stack, goes back to the device (to other processes too)
             torch.cuda.empty_cache()
     losses = (squared_error / x.shape[0]).tolist()
@@ -267,13 +275,16 @@ def _check_trainable_together(models: Sequence[SplitModel]) -> None:
         _check_stock_mlp(model.mlp)
     parameters = [id(p) for model in models for p in model.parameters()]
     if len(set(parameters)) < len(parameters):
-        raise ValueError("networks trained together share parameters (the same network or quantizer twice); train each once")
+        raise ValueError("networks trained together share parameters (the same network or quantizer twice); "
+                         "train each once")
     dtypes = {model.mlp[0].weight.dtype for model in models}
     if len(dtypes) > 1:
-        raise ValueError(f"networks trained together must share one dtype, got {sorted(map(str, dtypes))}; convert them with .to(dtype)")
+        raise ValueError(f"networks trained together must share one dtype, got {sorted(map(str, dtypes))}; "
+                         "convert them with .to(dtype)")
     widths = {input_width(model) for model in models}
     if len(widths) > 1:
-        raise ValueError(f"networks trained together must read the same features, got {sorted(widths)} of them; train them apart")
+        raise ValueError(f"networks trained together must read the same features, got {sorted(widths)} of them; "
+                         "train them apart")
 
 
 def _train_stack(models: Sequence[SplitModel], needs_grad: Sequence[bool], x: torch.Tensor, y: torch.Tensor,

@@ -53,7 +53,8 @@ def run_methods(
     network of its setting, trained once and shared (with FP itself too). Networks of one
     setting train together (:func:`train_models`), in stacks of at most ``STACK_PARAMETERS``
     weights so that the paper's widest settings fit in memory; each network is charged an equal
-    share of its stack's training time. ``on_stack(names)`` is called with the space-separated methods of each stack before it trains.
+    share of its stack's training time. ``on_stack(names)`` is called with the space-separated
+    methods of each stack before it trains.
     """
     if isinstance(names, str):
         raise TypeError(f"names must be a list of method names, e.g. [{names!r}], not a string")

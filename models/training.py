@@ -26,7 +26,8 @@ EVAL_BATCH_SIZE = 65536
 LabeledRows = tuple[torch.Tensor, torch.Tensor]  # (x [n, d], y [n]), standardized, on the device
 
 
-def train_model(model: SplitModel, x: torch.Tensor, y: torch.Tensor, setting: Setting, seed: int | None = None) -> float:
+def train_model(model: SplitModel, x: torch.Tensor, y: torch.Tensor, setting: Setting,
+                seed: int | None = None) -> float:
     """Train ``model`` on rows x [n, d] and targets y [n]; return the last epoch's mean training loss.
 
     Adam(learning_rate, weight_decay) on the mean squared error of shuffled batches of 512 for
@@ -119,7 +120,8 @@ def rows_and_targets(model: SplitModel, x: torch.Tensor, y: torch.Tensor, what: 
     if x.dim() != 2 or x.shape[0] == 0 or x.shape[1] != (x.shape[1] if width is None else width) \
             or y.shape != x.shape[:1]:
         hint = "; flatten y with y.view(-1)" if y.dim() == 2 and y.shape[1] == 1 else ""
-        raise ValueError(f"expected {what} rows x [n, {'d' if width is None else width}] with n >= 1 and targets y [n], "
+        raise ValueError(f"expected {what} rows x [n, {'d' if width is None else width}] with n >= 1 "
+                         "and targets y [n], "
                          f"got {list(x.shape)} and {list(y.shape)}{hint}")
     return x.to(model.dtype), y.to(model.dtype)
 
@@ -129,5 +131,6 @@ def training_rows(model: SplitModel, x: torch.Tensor, y: torch.Tensor) -> Labele
     check_split_models([model])
     x, y = rows_and_targets(model, x, y, "training")
     if not (torch.isfinite(x).all() and torch.isfinite(y).all()):  # one check per run, not per batch
-        raise ValueError("the training rows or targets hold NaN or infinite values; drop or impute them before training")
+        raise ValueError("the training rows or targets hold NaN or infinite values; "
+                         "drop or impute them before training")
     return x, y

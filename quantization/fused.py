@@ -80,7 +80,7 @@ class SteppedSum(torch.autograd.Function):
 
 
 class Thermometer(torch.autograd.Function):
-    """``sigmoid((x[..., None] - t) / tau).flatten(1)``: x [n, d], thresholds [d, M] -> [n, d * M] (Bw-SQ's ``soft``)."""
+    """``sigmoid((x[..., None] - t) / tau).flatten(1)``: x [n, d], thresholds [d, M] -> [n, d * M] (Bw-SQ's soft)."""
 
     @staticmethod
     def forward(ctx, x, thresholds, tau):

@@ -422,7 +422,7 @@ class LLTQuantizer(Quantizer):
 
     @torch.no_grad()
     def _init_scale_once(self, x: torch.Tensor) -> None:
-        """In training, set ``s_f = 3 std(x_f)`` (never 0) from the first batch of rows x [n, d]; one row has spread 0."""
+        """In training, set ``s_f = 3 std(x_f)`` (never 0) from the first batch of rows x [n, d] (one row: spread 0)."""
         if not self.training or self.scale_initialized or x.shape[0] == 0:
             return
         spread = x.std(dim=0) if x.shape[0] > 1 else torch.zeros_like(x[0])

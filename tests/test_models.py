@@ -449,7 +449,8 @@ def test_cuda_graphs_train_as_eager_launches_do():
     x, y = x.cuda(), y.cuda()
     rows_info = QuantizerContext.from_training_rows(x, 3)
     names = ["FP", "Pr-QQ", "SQ", "SQplus", "Bw-MQ", "Bw-SQ", "LLT9", "LLT4", "LSQ"]
-    setting = replace(SETTING, num_epochs=3, hidden_neurons=16, weight_decay=1e-3)  # dropout 0.2: the graphs draw the eager masks
+    # dropout 0.2: the graphs draw the eager masks
+    setting = replace(SETTING, num_epochs=3, hidden_neurons=16, weight_decay=1e-3)
 
     def trained(cuda_graphs):
         models = []
@@ -479,7 +480,8 @@ def test_cuda_graph_memory_does_not_grow_with_epochs_and_is_returned():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         train_models(models, x, y, setting, seed=1)
-        pools = [s for s in torch.cuda.memory_snapshot() if tuple(s["segment_pool_id"]) != (0, 0)]  # (0, 0): the default pool
+        # (0, 0): the default pool
+        pools = [s for s in torch.cuda.memory_snapshot() if tuple(s["segment_pool_id"]) != (0, 0)]
         return torch.cuda.max_memory_reserved(), pools
 
     (peak_2, _), (peak_12, pools) = train(2), train(12)
@@ -576,7 +578,8 @@ def test_stack_companions_do_not_change_a_network() -> None:
     setting = replace(SETTING, hidden_neurons=64)
 
     def lsq_loss(names: list[str]) -> float:
-        return run_methods(names, {n: setting for n in names}, (x, y), {"val": (x, y)}, bits=3, seed=1)["LSQ"].losses["val"]
+        results = run_methods(names, {n: setting for n in names}, (x, y), {"val": (x, y)}, bits=3, seed=1)
+        return results["LSQ"].losses["val"]
 
     with_fp = lsq_loss(["LSQ", "FP"])
     assert lsq_loss(["LSQ", "SQ", "LLT4", "Pr-MQ", "Bw-QQ"]) == with_fp
@@ -590,10 +593,11 @@ def test_training_on_device(device):
     settings = {n: SETTING for n in ORDER}
     results = run_methods(ORDER, settings, (x, y), {"val": (x, y)}, bits=3, seed=0)
     again = run_methods(ORDER, settings, (x, y), {"val": (x, y)}, bits=3, seed=0)
-    alone = {name: run_methods([name], settings, (x, y), {"val": (x, y)}, bits=3, seed=0)[name] for name in ("Bw-SQ", "LLT4")}
+    alone = {name: run_methods([name], settings, (x, y), {"val": (x, y)}, bits=3, seed=0)[name]
+             for name in ("Bw-SQ", "LLT4")}
     for name in ORDER:
         assert (again[name].losses, again[name].train_loss) == (results[name].losses, results[name].train_loss), name
-    for name, result in alone.items():  # exact on the CPU at this tiny width (test below); cuBLAS may pick other kernels
+    for name, result in alone.items():  # exact on the CPU at this tiny width (test below); cuBLAS may pick others
         tolerance = 0 if device == "cpu" else 1e-4
         assert result.train_loss == pytest.approx(results[name].train_loss, rel=tolerance, abs=0), name
         assert result.losses["val"] == pytest.approx(results[name].losses["val"], rel=tolerance, abs=0), name
@@ -648,7 +652,8 @@ def test_save_load_round_trip(tiny_run, tmp_path, method):
     original.model.eval()
     original.model.set_hard(True)
     with torch.no_grad():
-        std = torch.tensor((raw.astype(np.float32).astype(np.float64) - original.x_mean) / original.x_scale, dtype=torch.float32)
+        std = (raw.astype(np.float32).astype(np.float64) - original.x_mean) / original.x_scale
+        std = torch.tensor(std, dtype=torch.float32)
         by_hand = original.model(std).double().numpy() * 0.25 + 1.5
     np.testing.assert_allclose(got, by_hand, rtol=1e-12)
     if original.model.quantizer is not None:
@@ -661,6 +666,23 @@ def test_save_load_round_trip(tiny_run, tmp_path, method):
         with torch.no_grad():
             assert torch.equal(loaded.model(std), original.model(std))  # the soft (``*_train``) evaluation reloads too
     assert not list(tmp_path.glob("sub/*.tmp"))
+
+
+def test_lsq_model_saved_with_the_old_parameter_name_loads(tiny_run, tmp_path):
+    """LSQ's step size was saved as ``quantizer.step`` before it was called ``step_size``."""
+    results, *_ = tiny_run
+    original = saved(results["LSQ"], "LSQ", 3)
+    path = tmp_path / "LSQ.pt"
+    save_model(original, path)
+    payload = torch.load(path, weights_only=True)
+    state = payload["state_dict"]
+    assert "quantizer.step_size" in state
+    payload["state_dict"] = {("quantizer.step" if k == "quantizer.step_size" else k): v for k, v in state.items()}
+    torch.save(payload, path)
+    loaded = load_model(path)
+    assert torch.equal(loaded.model.quantizer.step_size, original.model.quantizer.step_size.detach())
+    raw = np.random.default_rng(3).normal(size=(20, 3))
+    np.testing.assert_array_equal(loaded.predict(raw), original.predict(raw))
 
 
 def test_save_model_refuses_a_network_it_could_not_rebuild(tiny_run, tmp_path):
@@ -681,10 +703,12 @@ def test_load_model_refuses_weights_that_do_not_fit(tiny_run, tmp_path):
     torch.save(payload, path)
     with pytest.raises(ValueError, match="model.pt holds weights that do not fit"):
         load_model(path)
-    assert set(payload) == {*persistence.PAYLOAD_KEYS, "format", "tau"}  # what load_model requires is what save_model writes
+    # what load_model requires is what save_model writes
+    assert set(payload) == {*persistence.PAYLOAD_KEYS, "format", "tau"}
     del payload["setting"], payload["dataset"]  # a file edited by hand
     torch.save(payload, path)
-    with pytest.raises(ValueError, match="model.pt lacks setting, dataset; it is damaged or was not written by save_model"):
+    message = "model.pt lacks setting, dataset; it is damaged or was not written by save_model"
+    with pytest.raises(ValueError, match=message):
         load_model(path)
 
 
@@ -754,6 +778,47 @@ def test_readme_examples_run() -> None:
     quantizer = method.quantizer(rows_info)
     assert method.soft_eval and quantizer.trainable and type(quantizer) is BwSQQuantizer
     assert torch.equal(quantizer.thresholds, rows_info.minmax)
+
+
+# =========================================================================== the plain loop and the engine
+@pytest.mark.parametrize("method", ["FP", "SQplus", "Bw-SQ", "Bw-QQ", "LLT4", "LSQ"])
+def test_engine_trains_as_the_plain_loop_does(method):
+    """Without dropout, in float64, the stacked engine's training is the plain loop's (same batches from
+    the generator seeded with seed, the same Adam and temperatures), to rounding."""
+    x, y = tiny_data(1100, 3, seed=2)  # three batches per epoch, the last one short
+    x, y = x.double(), y.double()
+    setting = replace(SETTING, dropout_rate=0.0, num_epochs=3, learning_rate=0.01, weight_decay=0.1)
+    seed_everything(0)
+    plain = build_model(METHODS[method], setting, QuantizerContext.from_training_rows(x, 3)).double()
+    stacked = copy.deepcopy(plain)
+    plain_loss = train_model(plain, x, y, setting, seed=4)
+    (engine_loss,) = train_models([stacked], x, y, setting, seed=4)
+    assert engine_loss == pytest.approx(plain_loss, rel=1e-6)  # the engine sums its losses in float32
+    for (name, ours), theirs in zip(plain.named_parameters(), stacked.parameters()):
+        torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-12, msg=name)
+    assert evaluate(plain, x, y) == pytest.approx(evaluate(stacked, x, y), rel=1e-9)
+    if plain.quantizer is not None:
+        assert plain.quantizer.tau == stacked.quantizer.tau == pytest.approx(setting.decrease_factor)
+
+
+def test_plain_loop_trains_a_quantizer_in_front_of_a_network_of_your_own():
+    """Any network from the quantizer's output to one prediction per row trains, thresholds included."""
+    x, y = tiny_data(600, 3)
+    setting = replace(SETTING, num_epochs=10, learning_rate=1e-2, dropout_rate=0.0)
+    torch.manual_seed(0)
+    quantizer = BwSQQuantizer(QuantizerContext.from_training_rows(x, 3).quantile)
+    network = nn.Sequential(nn.Linear(quantizer.out_features, 16), nn.Tanh(), nn.Linear(16, 1), nn.Flatten(0))
+    model = SplitModel(quantizer, network)
+    initial = quantizer.thresholds.detach().clone()
+    before = evaluate(model, x, y)
+    train_loss = train_model(model, x, y, setting, seed=0)
+    assert math.isfinite(train_loss) and evaluate(model, x, y) < before
+    assert not torch.equal(quantizer.thresholds.detach(), initial)
+    assert quantizer.tau == pytest.approx(setting.decrease_factor)
+    with pytest.raises(ValueError, match=r"one prediction per row, \[512\], got \[512, 1\]"):
+        train_model(SplitModel(quantizer, network[:-1]), x, y, setting, seed=0)
+    with pytest.raises(ValueError, match="trains this project's MLP"):
+        train_models([model], x, y, setting, seed=0)
 
 
 # =========================================================================== training against a reference optimizer
@@ -832,7 +897,7 @@ def test_sq_sees_the_integer_index_and_sqplus_the_interval_values():
     index = (xs[:, :, None] > t[None]).sum(-1)
     soft_index = (1 / (1 + np.exp(-(xs[:, :, None] - t[None]) / 0.5))).sum(-1)  # at tau = 0.5
     q = np.concatenate([t[:, :1] - (t[:, 1:2] - t[:, :1]) / 2, (t[:, :-1] + t[:, 1:]) / 2,
-                        t[:, -1:] + (t[:, -1:] - t[:, -2:-1]) / 2], axis=1)  # midpoints q_0..q_M of the thresholds [d, M + 1]
+                        t[:, -1:] + (t[:, -1:] - t[:, -2:-1]) / 2], axis=1)  # midpoints q_0..q_M [d, M + 1]
     midpoint = np.take_along_axis(q, index.T, axis=1).T
     setting = replace(SETTING, dropout_rate=0.0)
     for name, hard_expected in (("SQ", index), ("SQplus", midpoint)):
@@ -850,7 +915,8 @@ def test_sq_sees_the_integer_index_and_sqplus_the_interval_values():
 def test_setting_values_are_checked_and_stored_as_plain_numbers():
     setting = replace(SETTING, hidden_layers=np.int64(2), hidden_neurons=4.0, weight_decay=np.float32(0.0))
     assert setting == SETTING and hash(setting) == hash(SETTING)
-    assert type(setting.hidden_layers) is int and type(setting.hidden_neurons) is int and type(setting.weight_decay) is float
+    assert type(setting.hidden_layers) is int and type(setting.hidden_neurons) is int
+    assert type(setting.weight_decay) is float
     for key, value, message in [
         ("num_epochs", 2.5, "num_epochs must be a whole number, got 2.5"),
         ("hidden_layers", True, "hidden_layers must be a finite number, got True"),
@@ -873,7 +939,8 @@ def test_float64_rows_train_as_their_float32_values_do():
         for name in ("FP", "Bw-SQ", "LLT4"):
             torch.manual_seed(0)
             model = build_model(METHODS[name], SETTING, rows_info)
-            losses[dtype, name] = (train_model(model, x.to(dtype), y.to(dtype), SETTING, seed=3), evaluate(model, x.to(dtype), y.to(dtype)))
+            rows, targets = x.to(dtype), y.to(dtype)
+            losses[dtype, name] = (train_model(model, rows, targets, SETTING, seed=3), evaluate(model, rows, targets))
     for name in ("FP", "Bw-SQ", "LLT4"):
         assert losses[torch.float64, name] == losses[torch.float32, name]
 
@@ -882,7 +949,8 @@ def test_training_refuses_rows_and_networks_it_cannot_train():
     x, y = tiny_data(100, 3)
     model = build_model(METHODS["Bw-SQ"], SETTING, QuantizerContext.from_training_rows(x, 3))
     for rows, targets, message in [
-        (x[:, :1], y, r"expected training rows x \[n, 3\] with n >= 1 and targets y \[n\], got \[100, 1\] and \[100\]$"),
+        (x[:, :1], y,
+         r"expected training rows x \[n, 3\] with n >= 1 and targets y \[n\], got \[100, 1\] and \[100\]$"),
         (x[:0], y[:0], r"got \[0, 3\] and \[0\]$"),
         (x, y[:, None], r"got \[100, 3\] and \[100, 1\]; flatten y with y.view\(-1\)"),
     ]:
@@ -911,7 +979,8 @@ def test_training_refuses_rows_and_networks_it_cannot_train():
 def test_evaluation_refuses_rows_it_cannot_evaluate():
     x, y = tiny_data(100, 3)
     model = build_model(METHODS["FP"], SETTING, QuantizerContext.from_training_rows(x, 3))
-    with pytest.raises(ValueError, match=r"expected evaluation rows x \[n, 3\] .* got \[100, 3\] and \[100, 1\]; flatten"):
+    message = r"expected evaluation rows x \[n, 3\] .* got \[100, 3\] and \[100, 1\]; flatten"
+    with pytest.raises(ValueError, match=message):
         evaluate(model, x, y[:, None])
     with pytest.raises(ValueError, match=r"expected test rows x \[n, 3\]"):
         training.evaluate_splits(model, {"val": (x, y), "test": (x[:0], y[:0])})

@@ -44,6 +44,12 @@ def hard(q):
     return q
 
 
+def soft_path(q, x, path):
+    """The soft output of q: the fused Function its forward runs, or its plain ``soft`` formula."""
+    return q(x) if path == "fused" else q.soft(x)
+
+
+PATHS = ["fused", "plain"]
 TRAINABLE = {"index": SQQuantizer, "values": SQplusQuantizer, "thermometer": BwSQQuantizer}  # by what the network sees
 
 
@@ -103,19 +109,20 @@ def test_sqplus_hard_output_is_value_of_interval():
     np.testing.assert_allclose(q(X).squeeze(1).detach().numpy(), [v[i] for i in INDEX], atol=1e-6)
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("tau", [1.0, 0.3])
-def test_soft_outputs_are_sigmoids(tau):
+def test_soft_outputs_are_sigmoids(tau, path):
     x = X.squeeze(1).numpy().astype(np.float64)
     t = np.array([-1.0, 0.0, 1.0])
     s = sigmoid((x[:, None] - t[None]) / tau)  # [7, 3]
 
     q = BwSQQuantizer(T3)
     q.tau = tau
-    np.testing.assert_allclose(q(X).detach().numpy(), s, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(soft_path(q, X, path).detach().numpy(), s, rtol=1e-5, atol=1e-6)
 
     q = SQQuantizer(T3)
     q.tau = tau
-    np.testing.assert_allclose(q(X).squeeze(1).detach().numpy(), s.sum(1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(soft_path(q, X, path).squeeze(1).detach().numpy(), s.sum(1), rtol=1e-5, atol=1e-6)
 
     q = SQplusQuantizer(T3)
     v = np.array([3.0, -7.0, 0.25, 11.0])
@@ -123,7 +130,7 @@ def test_soft_outputs_are_sigmoids(tau):
         q.interval_values.copy_(torch.tensor(v[None], dtype=torch.float32))
     q.tau = tau
     expected = v[0] + (s * np.diff(v)[None]).sum(1)
-    np.testing.assert_allclose(q(X).squeeze(1).detach().numpy(), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(soft_path(q, X, path).squeeze(1).detach().numpy(), expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("readout", ["index", "values", "thermometer"])
@@ -220,12 +227,13 @@ def test_gradients_reach_trainable_thresholds(readout):
     assert "thresholds" in names
 
 
-def test_threshold_gradient_value_hand_case():
+@pytest.mark.parametrize("path", PATHS)
+def test_threshold_gradient_value_hand_case(path):
     # SQ, one feature: d/dt_k sigma((x - t_k)/tau) = -sigma'(z_k)/tau with sigma' = s(1 - s)
     q = SQQuantizer(T3)
     q.tau = 0.5
     x = torch.tensor([[0.2]])
-    q(x).sum().backward()
+    soft_path(q, x, path).sum().backward()
     z = (0.2 - np.array([-1.0, 0.0, 1.0])) / 0.5
     expected = -sigmoid(z) * (1 - sigmoid(z)) / 0.5
     np.testing.assert_allclose(q.thresholds.grad.numpy()[0], expected, rtol=1e-5)
@@ -350,7 +358,8 @@ def test_full_precision_model_casts_float64_rows():
     assert torch.equal(SplitModel(None, mlp)(x64), mlp(x64.float()))
 
 
-def test_lsq_step_gradient_hand_case():
+@pytest.mark.parametrize("path", PATHS)
+def test_lsq_step_gradient_hand_case(path):
     # 3 bits: Qn = -4, Qp = 3, s = 0.5; one feature, batch of 4
     # x/s = 0.6, 3.4 (clamped to 3), -10 (clamped to -4), 1.48
     # d xhat / ds = round(z) - z inside, Qp / Qn when clamped: 0.4, 3, -4, -0.48
@@ -360,7 +369,7 @@ def test_lsq_step_gradient_hand_case():
         q.step_size.fill_(0.5)
     x = torch.tensor([[0.3], [1.7], [-5.0], [0.74]], requires_grad=True)
     w = torch.tensor([[1.0], [2.0], [3.0], [4.0]])
-    out = q(x)
+    out = soft_path(q, x, path)
     np.testing.assert_allclose(out.detach().squeeze(1).numpy(), [0.5, 1.5, -2.0, 0.5])
     (out * w).sum().backward()
     np.testing.assert_allclose(q.step_size.grad.numpy(), [-7.52 / math.sqrt(3 * 4)], rtol=1e-5)
@@ -368,7 +377,8 @@ def test_lsq_step_gradient_hand_case():
     np.testing.assert_allclose(x.grad.squeeze(1).numpy(), [1.0, 0.0, 0.0, 4.0], rtol=1e-6)
 
 
-def test_lsq_step_gradient_scale_uses_all_elements():
+@pytest.mark.parametrize("path", PATHS)
+def test_lsq_step_gradient_scale_uses_all_elements(path):
     # two features, batch of 3: g = 1 / sqrt(Qp * 3 * 2); 2 bits -> Qp = 1, Qn = -2, s = (1, 2)
     # f0: x/s = 0.3, -0.8, 5 (-> 1): grads 0 - 0.3, -1 + 0.8, Qp = 1 -> sum 0.5
     # f1: x/s = 0.7, -3 (-> -2), 0.45: grads 1 - 0.7, Qn = -2, 0 - 0.45 -> sum -2.15
@@ -376,7 +386,7 @@ def test_lsq_step_gradient_scale_uses_all_elements():
     with torch.no_grad():
         q.step_size.copy_(torch.tensor([1.0, 2.0]))
     x = torch.tensor([[0.3, 1.4], [-0.8, -6.0], [5.0, 0.9]])
-    q(x).sum().backward()
+    soft_path(q, x, path).sum().backward()
     g = 1 / math.sqrt(1 * 6)
     np.testing.assert_allclose(q.step_size.grad.numpy(), [0.5 * g, -2.15 * g], rtol=1e-5)
 
@@ -481,7 +491,8 @@ def test_llt_first_training_batch_of_one_row_gives_a_finite_scale():
 
 @pytest.mark.parametrize("granularity", [0, -1, 1.5, True, "4", None])
 def test_llt_granularity_must_be_a_positive_integer(granularity):
-    shown = granularity if isinstance(granularity, (int, float)) and not isinstance(granularity, bool) else repr(granularity)
+    number = isinstance(granularity, (int, float)) and not isinstance(granularity, bool)
+    shown = granularity if number else repr(granularity)
     with pytest.raises(ValueError, match=f"granularity must be a whole number >= 1, got {shown}"):
         LLTQuantizer(3, 2, granularity)
     assert LLTQuantizer(3, 2, 2.0).granularity == 2  # a whole number, as everywhere in the API
@@ -520,7 +531,8 @@ def test_llt_hard_lookup_matches_numpy(bits, g):
     np.testing.assert_array_equal(q.encode(torch.tensor(x)).numpy(), np.round(table[np.arange(d)[None], pos] * r) + r)
 
 
-def test_llt_table_gradient_is_rescaled_byhistogram():
+@pytest.mark.parametrize("path", PATHS)
+def test_llt_table_gradient_is_rescaled_by_histogram(path):
     """The gradient reaching table entry k is multiplied by N / (K (sqrt(h_k) + 1e-5))."""
     q = LLTQuantizer(2, 1, 4).double()  # R = 1, G = 4, K = 9
     q.train()
@@ -537,7 +549,7 @@ def test_llt_table_gradient_is_rescaled_byhistogram():
     table_values = np.linspace(-1.0, 1.0, 9) ** 3  # antisymmetric and rising: a soft table
     set_logits(q, np.log(np.diff(table_values[4:]))[None, None])  # p = rise steps, at tau = 1
     np.testing.assert_allclose(q.table(hard=False).detach().numpy()[0], table_values, atol=1e-12)
-    out = q(torch.tensor(u[:, None]))
+    out = soft_path(q, torch.tensor(u[:, None]), path)
     np.testing.assert_allclose(out.detach().numpy()[:, 0], table_values[pos], atol=1e-12)
     (out[:, 0] * torch.tensor(w)).sum().backward()
     raw = np.zeros(9)
@@ -616,7 +628,8 @@ def compare_fused_with_plain(q, x, x_grad, gen, device="cpu"):
         assert not by_hand.requires_grad
         torch.testing.assert_close(by_hand, expected.detach(), rtol=0, atol=1e-12)
         backward(w)
-        pairs += [(f"{name} by hand", p.grad, twin.grad) for name, p, twin in zip(names, q.parameters(), plain.parameters())]
+        pairs += [(f"{name} by hand", p.grad, twin.grad)
+                  for name, p, twin in zip(names, q.parameters(), plain.parameters())]
     for name, got, want in pairs:
         assert want is not None and got is not None, name
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9 * float(want.abs().max()), msg=name)
