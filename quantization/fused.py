@@ -154,6 +154,7 @@ def histogram(u: torch.Tensor, bins: int) -> torch.Tensor:
     so they count in the middle bin (a batch of one row, or a feature constant within the batch).
     """
     low, high = torch.aminmax(u, dim=0)  # [d]
+    # NOTE[DIFF]: a feature constant in the batch counts in the middle bin (the paper's code gives no rule)
     equal = (high == low).to(u.dtype)
     low = low - equal
     width = (high - low).add_(equal)  # 2 where equal

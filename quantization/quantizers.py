@@ -202,10 +202,6 @@ class ThresholdQuantizer(Quantizer):
         """Fixed thresholds: the hard mode itself."""
         return self._decode(self._encode(x))
 
-    def sigmoid_steps(self, x: torch.Tensor) -> torch.Tensor:
-        """``sigma((x_f - t_fk) / tau)`` for every threshold of every feature: x [n, d] -> [n, d, M]."""
-        return torch.sigmoid((x.unsqueeze(-1) - self.thresholds) / self.tau)
-
 
 class SQQuantizer(ThresholdQuantizer):
     """SQ: per feature one input, the (soft) number of thresholds exceeded.
@@ -220,7 +216,8 @@ class SQQuantizer(ThresholdQuantizer):
     def soft(self, x: torch.Tensor) -> torch.Tensor:
         if not self.trainable:
             return super().soft(x)
-        return self.sigmoid_steps(x).sum(dim=-1)
+        steps = torch.sigmoid((x.unsqueeze(-1) - self.thresholds) / self.tau)  # [n, d, M]
+        return steps.sum(dim=-1)
 
     def _decode(self, index: torch.Tensor) -> torch.Tensor:
         return index.to(self.thresholds.dtype)
@@ -244,8 +241,9 @@ class SQplusQuantizer(ThresholdQuantizer):
     def soft(self, x: torch.Tensor) -> torch.Tensor:
         if not self.trainable:
             return super().soft(x)
+        steps = torch.sigmoid((x.unsqueeze(-1) - self.thresholds) / self.tau)  # [n, d, M]
         values = self.interval_values
-        return values[:, 0] + (self.sigmoid_steps(x) * values.diff(dim=-1)).sum(dim=-1)
+        return values[:, 0] + (steps * values.diff(dim=-1)).sum(dim=-1)
 
     def _decode(self, index: torch.Tensor) -> torch.Tensor:
         values = self.interval_values
@@ -275,7 +273,8 @@ class BwSQQuantizer(ThresholdQuantizer):
     def soft(self, x: torch.Tensor) -> torch.Tensor:
         if not self.trainable:
             return super().soft(x)
-        return self.sigmoid_steps(x).flatten(1)
+        steps = torch.sigmoid((x.unsqueeze(-1) - self.thresholds) / self.tau)  # [n, d, M]
+        return steps.flatten(1)
 
     def _decode(self, index: torch.Tensor) -> torch.Tensor:
         return self.hard_steps(index).flatten(1)
@@ -319,6 +318,7 @@ class LSQQuantizer(Quantizer):
     def init_step_size(self, x: torch.Tensor) -> "LSQQuantizer":
         """Set ``s_f = 2 mean|x_f| / sqrt(Q_p)`` from the training rows x [n, d] (never 0)."""
         mean_abs = check_rows(x, self.n_features).abs().mean(dim=0)
+        # NOTE[DIFF]: mean|x_f| is floored at 1e-8, so that a feature of zeros gets a step size > 0
         self.step_size.copy_(2 * mean_abs.clamp_min(MIN_STATISTIC) / math.sqrt(self.q_max))
         return self
 
@@ -407,7 +407,8 @@ class LLTQuantizer(Quantizer):
     def _histogram(self, x: torch.Tensor) -> torch.Tensor:
         """Counts [d, K] of ``u = clamp(x / s, -1, 1)`` per feature in K bins over the batch's own min..max."""
         u = torch.clamp(x / self.log_scale.exp(), -1.0, 1.0)
-        # NOTE[DIFF]: a feature constant in the batch counts in the middle bin (torch.histc widens its range by 1)
+        # NOTE[DIFF]: a feature constant in the batch counts in the middle bin (torch.histc widens its range by 1),
+        # the paper's code gives no rule
         return torch.stack([torch.histc(f, self.table_size, f.min().item(), f.max().item()) for f in u.T])
 
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -426,6 +427,7 @@ class LLTQuantizer(Quantizer):
         if not self.training or self.scale_initialized or x.shape[0] == 0:
             return
         spread = x.std(dim=0) if x.shape[0] > 1 else torch.zeros_like(x[0])
+        # NOTE[DIFF]: std(x_f) is floored at 1e-8, so that a constant feature (or one row) gets a finite log scale
         self.log_scale.copy_(torch.log(3 * spread.clamp_min(MIN_STATISTIC)))
         self.scale_initialized = True
 
