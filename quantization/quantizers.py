@@ -104,6 +104,8 @@ class Quantizer(nn.Module):
         return self._decode(self.checked_index(index))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [n, d] -> [n, out_features], in self.dtype
+        """Hard mode: ``_decode(_encode(x))``; soft mode: the fused Function computing ``soft(x)`` (``soft``
+        itself where there is none), in training and in the soft evaluations alike."""
         x = self.checked_rows(x)
         if self.hard:
             return self._decode(self._encode(x))
