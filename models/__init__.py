@@ -1,11 +1,15 @@
-"""The MLP, the edge/cloud split model, the method registry and the training loop."""
+"""The MLP, the edge/cloud split model, the method registry, the training loops and persistence."""
 
-from .methods import METHOD_NAMES, METHODS, PAPER_METHODS, Method, QuantizerContext, get_method
+from .engine import StackedMLP, train_models
+from .methods import METHOD_NAMES, METHODS, PAPER_METHODS, Method, QuantizerContext, build_model, get_method
 from .mlp import MLP, SplitModel
 from .persistence import SavedModel, load_model, save_model
-from .training import SETTING_KEYS, MethodResult, Setting, StackedMLP, build_model, evaluate, evaluate_splits, run_methods, seed_everything, train_model, train_models
+from .runner import MethodResult, run_methods, seed_everything
+from .setting import SETTING_KEYS, Setting
+from .training import LabeledRows, evaluate, evaluate_splits, train_model
 
 __all__ = [
+    "LabeledRows",
     "METHODS",
     "METHOD_NAMES",
     "MLP",

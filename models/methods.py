@@ -1,4 +1,4 @@
-"""The methods as a registry of small definitions: the paper's thirteen (SPEC section 3) and yours.
+"""The methods as a registry of small definitions: the paper's thirteen and yours.
 
 A method is what the network sees (its quantizer, or none), whether it is trained at all
 (``post_training`` methods evaluate the full-precision network of the same setting), and
@@ -11,20 +11,26 @@ after the paper's (``protocol.schema``), and still read files written without it
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Callable
 
 import torch
 
 from core.schema import PAPER_METHODS, PAPER_POST_TRAINING, PAPER_SOFT_EVALUATED
 from quantization import (
+    BwSQQuantizer,
     LLTQuantizer,
     LSQQuantizer,
+    MidpointQuantizer,
     Quantizer,
-    ThresholdQuantizer,
+    SQplusQuantizer,
+    SQQuantizer,
     minmax_thresholds,
     n_thresholds,
     quantile_thresholds,
 )
+
+from .mlp import MLP, SplitModel
+from .setting import Setting
 
 
 @dataclass(frozen=True)
@@ -68,29 +74,25 @@ class Method:
         return "FP" if self.post_training else self.name
 
 
-def _threshold_quantizer(
-    thresholds: Literal["quantile", "minmax"], readout: str, trainable: bool = False
-) -> Callable[[QuantizerContext], Quantizer]:
-    """A ThresholdQuantizer factory starting from the context's quantile or min-max thresholds."""
-    return lambda ctx: ThresholdQuantizer(getattr(ctx, thresholds), readout, trainable)
-
-
 METHODS: dict[str, Method] = {
     method.name: method
     for method in [
         Method("FP", None),
-        Method("Po-MQ", _threshold_quantizer("minmax", "midpoint"), post_training=True),
-        Method("Po-QQ", _threshold_quantizer("quantile", "midpoint"), post_training=True),
-        Method("Pr-MQ", _threshold_quantizer("minmax", "midpoint")),
-        Method("Pr-QQ", _threshold_quantizer("quantile", "midpoint")),
-        Method("SQ", _threshold_quantizer("quantile", "index", trainable=True), soft_eval=True),
-        Method("SQplus", _threshold_quantizer("quantile", "values", trainable=True), soft_eval=True),
-        Method("Bw-MQ", _threshold_quantizer("minmax", "thermometer")),
-        Method("Bw-QQ", _threshold_quantizer("quantile", "thermometer")),
-        Method("Bw-SQ", _threshold_quantizer("quantile", "thermometer", trainable=True), soft_eval=True),
-        Method("LLT9", lambda ctx: LLTQuantizer(ctx.bits, ctx.n_features, granularity=9), soft_eval=True),
-        Method("LLT4", lambda ctx: LLTQuantizer(ctx.bits, ctx.n_features, granularity=4), soft_eval=True),
-        Method("LSQ", lambda ctx: LSQQuantizer(ctx.bits, ctx.n_features).init_step(ctx.train_x)),
+        Method("Po-MQ", lambda rows_info: MidpointQuantizer(rows_info.minmax), post_training=True),
+        Method("Po-QQ", lambda rows_info: MidpointQuantizer(rows_info.quantile), post_training=True),
+        Method("Pr-MQ", lambda rows_info: MidpointQuantizer(rows_info.minmax)),
+        Method("Pr-QQ", lambda rows_info: MidpointQuantizer(rows_info.quantile)),
+        Method("SQ", lambda rows_info: SQQuantizer(rows_info.quantile), soft_eval=True),
+        Method("SQplus", lambda rows_info: SQplusQuantizer(rows_info.quantile), soft_eval=True),
+        Method("Bw-MQ", lambda rows_info: BwSQQuantizer(rows_info.minmax, trainable=False)),
+        Method("Bw-QQ", lambda rows_info: BwSQQuantizer(rows_info.quantile, trainable=False)),
+        Method("Bw-SQ", lambda rows_info: BwSQQuantizer(rows_info.quantile), soft_eval=True),
+        Method("LLT9", lambda rows_info: LLTQuantizer(rows_info.bits, rows_info.n_features, granularity=9),
+               soft_eval=True),
+        Method("LLT4", lambda rows_info: LLTQuantizer(rows_info.bits, rows_info.n_features, granularity=4),
+               soft_eval=True),
+        Method("LSQ", lambda rows_info: LSQQuantizer(rows_info.bits, rows_info.n_features).init_step_size(
+            rows_info.train_x)),
     ]
 }
 METHOD_NAMES: tuple[str, ...] = tuple(METHODS)
@@ -107,3 +109,11 @@ def get_method(name: str) -> Method:
         return METHODS[name]
     except KeyError:
         raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHOD_NAMES)}") from None
+
+
+def build_model(method: Method, setting: Setting, rows_info: QuantizerContext) -> SplitModel:
+    """A fresh network for ``method``: its quantizer and the setting's MLP, on the device of the training rows."""
+    quantizer = None if method.quantizer is None else method.quantizer(rows_info)
+    in_features = rows_info.n_features if quantizer is None else quantizer.out_features
+    mlp = MLP(in_features, setting.hidden_neurons, setting.hidden_layers, setting.dropout_rate)
+    return SplitModel(quantizer, mlp).to(rows_info.train_x.device)

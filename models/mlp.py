@@ -1,4 +1,4 @@
-"""The multilayer perceptron of SPEC section 4 and the edge/cloud split model around it."""
+"""The paper's multilayer perceptron and the edge/cloud split model around any network."""
 
 from __future__ import annotations
 
@@ -25,22 +25,29 @@ class MLP(nn.Sequential):
 
 
 class SplitModel(nn.Module):
-    """An edge quantizer and a cloud MLP: ``forward(x) = mlp(quantizer(x))``.
+    """An edge quantizer and a cloud network: ``forward(x) = mlp(quantizer(x))``.
 
-    ``edge(x)`` gives the ``b``-bit index per feature that a device sends, ``cloud(index)`` the
+    ``mlp`` is this project's :class:`MLP` or any network mapping ``[n, out_features]`` to one
+    prediction per row ``[n]`` (the plain training loop trains either; the stacked engine only the
+    MLP). ``edge(x)`` gives the ``b``-bit index per feature that a device sends, ``cloud(index)`` the
     prediction the server computes from it; ``cloud(edge(x))`` equals the hard-mode forward.
-    Without a quantizer (full precision) the MLP sees the features themselves. Inputs are cast
-    to the model's dtype (float64 rows into a float32 model, say).
+    Without a quantizer (full precision) the network sees the features themselves. Inputs are
+    cast to the model's dtype (float64 rows into a float32 model, say).
     """
 
-    def __init__(self, quantizer: Quantizer | None, mlp: MLP) -> None:
+    def __init__(self, quantizer: Quantizer | None, mlp: nn.Module) -> None:
         super().__init__()
         self.quantizer = quantizer
         self.mlp = mlp
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The floating dtype of the network's parameters (torch's default without any)."""
+        return next((p.dtype for p in self.mlp.parameters() if p.is_floating_point()), torch.get_default_dtype())
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [n, d] -> [n]
         if self.quantizer is None:
-            return self.mlp(x.to(self.mlp[-1].weight.dtype))
+            return self.mlp(x.to(self.dtype))
         return self.mlp(self.quantizer(x))
 
     def _require_quantizer(self) -> Quantizer:
@@ -49,19 +56,12 @@ class SplitModel(nn.Module):
         return self.quantizer
 
     def edge(self, x: torch.Tensor) -> torch.Tensor:
-        """Standardized features [n, d] -> int64 indices [n, d] in 0..2**bits - 1."""
+        """Standardized features [n, d] -> int64 indices [n, d] in 0..n_levels - 1 of the quantizer."""
         return self._require_quantizer().encode(x)
 
     def cloud(self, index: torch.Tensor) -> torch.Tensor:
-        """Transmitted indices [n, d], integers in 0..2**bits - 1 (else a ValueError) -> predictions [n]."""
-        quantizer = self._require_quantizer()
-        index, top = quantizer.checked_index(index), 2**quantizer.bits - 1
-        if index.numel():
-            low, high = torch.aminmax(index)
-            if low < 0 or high > top:
-                raise ValueError(f"indices must lie in 0..{top} at {quantizer.bits} bits, got {low.item()}..{high.item()}: "
-                                 "the payload is damaged or was packed at another bit width")
-        return self.mlp(quantizer.decode(index))
+        """Transmitted indices [n, d] in 0..n_levels - 1 of the quantizer (else a ValueError) -> predictions [n]."""
+        return self.mlp(self._require_quantizer().decode(index))  # decode checks the indices from the wire
 
     def set_hard(self, hard: bool) -> None:
         """Hard quantization (what a deployment computes) or the soft training surrogate."""

@@ -12,9 +12,9 @@ import torch
 from core.atomic import atomic_write_bytes
 from data.splits import device_precision
 
-from .methods import QuantizerContext, get_method
+from .methods import QuantizerContext, build_model, get_method
 from .mlp import SplitModel
-from .training import Setting, build_model
+from .setting import Setting
 
 FORMAT = "bsq-model/1"
 PAYLOAD_KEYS = ("method", "bits", "setting", "n_features", "feature_names", "x_mean", "x_scale", "y_mean", "y_scale",
@@ -40,7 +40,8 @@ class SavedModel:
         """Raw feature rows [n, d] -> the standardized float32 tensor the model expects (as in training)."""
         raw = device_precision(raw_x)
         if raw.ndim != 2 or raw.shape[1] != len(self.feature_names):
-            raise ValueError(f"expected raw rows [n, {len(self.feature_names)}] (columns {', '.join(self.feature_names)}), "
+            raise ValueError(f"expected raw rows [n, {len(self.feature_names)}] "
+                             f"(columns {', '.join(self.feature_names)}), "
                              f"got shape {raw.shape}; make one row 2-D with [row]")
         return torch.as_tensor((raw - self.x_mean) / self.x_scale, dtype=torch.float32)
 
@@ -67,10 +68,12 @@ def save_model(saved: SavedModel, path: str | os.PathLike) -> None:
     with torch.device("meta"):  # shapes only: no second copy of a possibly wide network
         expected = _untrained_model(saved.method, saved.bits, len(saved.feature_names), saved.setting).state_dict()
     state = saved.model.state_dict()
-    mismatch = sorted(set(expected) ^ set(state)) or [k for k in expected if torch.is_tensor(expected[k]) and expected[k].shape != state[k].shape]
+    mismatch = sorted(set(expected) ^ set(state)) or [
+        k for k in expected if torch.is_tensor(expected[k]) and expected[k].shape != state[k].shape]
     if mismatch:
-        raise ValueError(f"the model is not the network {saved.method} builds at {saved.bits} bits for {len(saved.feature_names)} "
-                         f"features and its setting (first difference: {mismatch[0]}); save a model built by models.build_model")
+        raise ValueError(f"the model is not the network {saved.method} builds at {saved.bits} bits for "
+                         f"{len(saved.feature_names)} features and its setting (first difference: {mismatch[0]}); "
+                         "save a model built by models.build_model")
     quantizer = saved.model.quantizer
     payload = {
         "format": FORMAT,
@@ -112,7 +115,8 @@ def load_model(path: str | os.PathLike) -> SavedModel:
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError:
-        raise ValueError(f"{path} holds weights that do not fit the network of its method and setting; it is damaged or was not written by save_model") from None
+        raise ValueError(f"{path} holds weights that do not fit the network of its method and setting; "
+                         "it is damaged or was not written by save_model") from None
     if payload.get("tau") is not None:  # files written before the temperature was saved have none
         model.set_temperature(payload["tau"])
     model.eval()

@@ -1,6 +1,15 @@
 """Trainable input-feature quantizers: thresholds, quantizer modules and the temperature schedule."""
 
-from .quantizers import LLTQuantizer, LSQQuantizer, Quantizer, ThresholdQuantizer
+from .quantizers import (
+    BwSQQuantizer,
+    LLTQuantizer,
+    LSQQuantizer,
+    MidpointQuantizer,
+    Quantizer,
+    SQplusQuantizer,
+    SQQuantizer,
+    ThresholdQuantizer,
+)
 from .schedule import TemperatureSchedule
 from .thresholds import (
     check_bits,
@@ -16,9 +25,13 @@ from .thresholds import (
 from .wire import pack, payload_bytes, unpack, unpack_samples
 
 __all__ = [
+    "BwSQQuantizer",
     "LLTQuantizer",
     "LSQQuantizer",
+    "MidpointQuantizer",
     "Quantizer",
+    "SQQuantizer",
+    "SQplusQuantizer",
     "TemperatureSchedule",
     "ThresholdQuantizer",
     "check_bits",

@@ -1,26 +1,28 @@
-"""The input quantizers of the paper, one ``nn.Module`` each.
+"""The input quantizers of the paper, one ``nn.Module`` per method.
 
-Every quantizer splits into an edge half and a cloud half:
+Every quantizer has three faces:
 
-- ``encode(x)``: standardized features ``[n, d]`` -> int64 indices ``[n, d]`` in ``0..2**bits - 1``,
+- ``soft(x)``: the paper's differentiable surrogate, written as its formula in plain autograd;
+- ``encode(x)``: standardized features ``[n, d]`` -> int64 indices ``[n, d]`` in ``0..n_levels - 1``,
   what the device transmits (as on the device, NaN gives index 0 and +-inf the extreme indices);
 - ``decode(index)``: indices -> the network input ``[n, out_features]``, what the server feeds
-  to the MLP;
-- ``soft(x)``: the differentiable surrogate used while training (and for the soft-mode
-  evaluations of SPEC section 5); ``soft_with_backward(x)`` computes it together with a function
-  that writes the parameters' gradients, what the training loop calls.
+  to the network (indices a device cannot send are refused).
 
-In hard mode (``quantizer.hard = True``, used for every reported loss) ``forward(x)`` is
-literally ``decode(encode(x))``, so a split deployment reproduces the model exactly. The
-sigmoid temperature ``tau`` is a plain attribute set by the training loop; quantizers without a
+``encode`` and ``decode`` check what they are given and call the subclass's ``_encode`` and
+``_decode``, which trust their input. ``forward(x)`` checks its rows once; in hard mode
+(``quantizer.hard = True``, used for every reported loss) it is ``_decode(_encode(x))``, so a split
+deployment reproduces the model exactly; in soft mode it runs the fused autograd Function of
+quantization/fused.py that computes ``soft(x)`` (tested equal to it; faster, and what the
+protocol's numbers come from), or ``soft(x)`` itself where a quantizer has no fused Function.
+
+The temperature ``tau`` is a plain attribute set by the training loop; quantizers without a
 temperature ignore it. Modules hold no device of their own: they follow their parameters and
-inputs (``model.to(device)``), CPU or CUDA. ``forward`` casts its input to the quantizer's
-``dtype`` (float32 unless the module was converted), so float64 rows give float32 outputs.
+inputs (``model.to(device)``). ``forward`` casts its rows to the quantizer's ``dtype`` (float32
+unless the module was converted), so float64 rows give float32 outputs.
 """
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 from typing import Callable
@@ -30,6 +32,7 @@ from torch import nn
 
 from core.checks import whole_number
 
+from .fused import FusedCall, LLTLookup, LSQRound, SteppedSum, Thermometer, forward_by_hand
 from .schedule import check_temperature
 from .thresholds import (
     bits_of_thresholds,
@@ -42,21 +45,7 @@ from .thresholds import (
     threshold_ranks,
 )
 
-READOUTS = ("index", "thermometer", "values", "midpoint")
 MIN_STATISTIC = 1e-8  # floor of the LSQ / LLT scale statistics, for constant features
-DENSE_RISE_LIMIT = 2**16  # entries up to which the LLT table is one matmul with a cached matrix
-SIGMOID_LIMIT = 80.0  # |argument| at which sigmoid saturates (float32: 1, or 2e-35)
-SIGMOID_FLOOR = 1e-20  # sigmoid outputs below it are set to 0
-
-
-def _saturated_sigmoid_(arguments: torch.Tensor) -> torch.Tensor:
-    """``sigmoid`` in place, exactly 0 below ``SIGMOID_FLOOR``: sigmoid of large arguments yields
-    denormal numbers, and on x86 every operation that touches them (the sigmoid itself, the
-    first layer's matmuls) runs many times slower. Late in training, at small tau, most
-    arguments are large.
-    """
-    arguments.clamp_(-SIGMOID_LIMIT, SIGMOID_LIMIT).sigmoid_()
-    return nn.functional.threshold_(arguments, SIGMOID_FLOOR, 0.0)
 
 
 def clamp_inclusive(x: torch.Tensor, low: float, high: float) -> torch.Tensor:
@@ -69,223 +58,10 @@ def clamp_inclusive(x: torch.Tensor, low: float, high: float) -> torch.Tensor:
     return torch.where((x >= low) & (x <= high), x, x.detach().clamp(low, high))
 
 
-def _sigmoid_steps(x: torch.Tensor, thresholds: torch.Tensor, tau: float) -> torch.Tensor:
-    """``sigmoid(x / tau - t_k / tau)`` laid out feature-major: x [n, d], thresholds [d, M] -> [d, M, n].
-
-    Both terms are rounded alike (as in ``_Thermometer``), so ``x == t_k`` gives exactly 0.5.
-    """
-    x_t = (x.T * (1 / tau)).contiguous()  # [d, n]: long rows keep the broadcasting vectorized
-    steps = torch.sub(x_t.unsqueeze(1), (thresholds * (1 / tau)).unsqueeze(-1))
-    return _saturated_sigmoid_(steps)
-
-
-class _SteppedSum(torch.autograd.Function):
-    """``v_0 + sum_k s_k (v_k - v_{k-1})``, or ``sum_k s_k`` without values, ``s_k = sigmoid((x - t_k) / tau)``.
-
-    x [n, d], thresholds [d, M], values [d, M + 1] or None -> [n, d] (SQplus, SQ in training).
-    """
-
-    @staticmethod
-    def forward(ctx, x, thresholds, values, tau):
-        steps = _sigmoid_steps(x, thresholds, tau)  # [d, M, n]
-        if values is None:
-            diffs, out = None, steps.sum(dim=1)  # [d, n]
-        else:
-            diffs = values[:, 1:] - values[:, :-1]  # [d, M]
-            out = torch.baddbmm(values[:, :1, None], diffs.unsqueeze(1), steps).squeeze(1)  # [d, n]
-        ctx.save_for_backward(steps, diffs)
-        ctx.tau = tau
-        return out.T.contiguous()
-
-    @staticmethod
-    def backward(ctx, grad):  # grad [n, d]
-        steps, diffs = ctx.saved_tensors
-        grad_t = grad.T.contiguous().unsqueeze(1)  # [d, 1, n]
-        slope = torch.ops.aten.sigmoid_backward(grad_t, steps)  # g s (1 - s) [d, M, n]
-        grad_x = grad_thresholds = grad_values = None
-        if ctx.needs_input_grad[0]:
-            weighted = slope.sum(dim=1) if diffs is None else torch.bmm(diffs.unsqueeze(1), slope).squeeze(1)
-            grad_x = weighted.T / ctx.tau
-        if ctx.needs_input_grad[1]:
-            factor = -1 / ctx.tau if diffs is None else diffs * (-1 / ctx.tau)
-            grad_thresholds = slope.sum(dim=-1).mul_(factor)  # [d, M]
-        if ctx.needs_input_grad[2]:
-            grad_diffs = torch.bmm(grad_t, steps.transpose(1, 2)).squeeze(1)  # [d, M]
-            grad_values = torch.cat([grad_t.sum(dim=-1), grad_diffs], dim=1)  # [d, M + 1]
-            grad_values[:, :-1].sub_(grad_diffs)
-        return grad_x, grad_thresholds, grad_values, None
-
-
-class _Thermometer(torch.autograd.Function):
-    """``sigmoid((x[..., None] - t) / tau).flatten(1)``: x [n, d], thresholds [d, M] -> [n, d * M] (Bw-SQ)."""
-
-    @staticmethod
-    def forward(ctx, x, thresholds, tau):
-        steps = _saturated_sigmoid_(torch.sub((x * (1 / tau)).unsqueeze(-1), thresholds * (1 / tau)))  # [n, d, M]
-        ctx.save_for_backward(steps)
-        ctx.tau = tau
-        return steps.flatten(1)
-
-    @staticmethod
-    def backward(ctx, grad):  # grad [n, d * M]
-        (steps,) = ctx.saved_tensors
-        slope = torch.ops.aten.sigmoid_backward(grad.reshape(steps.shape), steps)  # g s (1 - s) [n, d, M]
-        grad_x = slope.sum(dim=-1) / ctx.tau if ctx.needs_input_grad[0] else None
-        grad_thresholds = slope.sum(dim=0).mul_(-1 / ctx.tau) if ctx.needs_input_grad[1] else None
-        return grad_x, grad_thresholds, None
-
-
-class _LSQRound(torch.autograd.Function):
-    """``round(u) s`` with ``u = clamp(x / s, Q_n, Q_p)``, straight through the rounding.
-
-    x [n, d], step [d] -> [n, d]. ``d/ds = (round(u) - [Q_n <= x / s <= Q_p] x / s) grad_scale`` (the
-    gradient scale of LSQ; the value uses s itself), ``d/dx = [Q_n <= x / s <= Q_p]``.
-    """
-
-    @staticmethod
-    def forward(ctx, x, step, q_min, q_max, grad_scale):
-        z = x / step  # [n, d]
-        u = z.clamp(q_min, q_max)
-        level = u.round()
-        ctx.save_for_backward(z, u, level)
-        ctx.grad_scale = grad_scale
-        return level * step
-
-    @staticmethod
-    def backward(ctx, grad):  # grad [n, d]
-        z, u, level = ctx.saved_tensors
-        inside = u == z  # where the clamp passes the gradient
-        grad_x = grad * inside if ctx.needs_input_grad[0] else None
-        grad_step = None
-        if ctx.needs_input_grad[1]:
-            grad_step = (grad * torch.where(inside, level - z, level)).sum(dim=0).mul_(ctx.grad_scale)
-        return grad_x, grad_step, None, None, None
-
-
-def _rise_table(p: torch.Tensor) -> torch.Tensor:
-    """``[-rise reversed, 0, rise] / R`` with ``rise = cumsum(p)``: segment weights p [d, R, G] -> [d, K]."""
-    rise = p.flatten(1).cumsum(dim=-1)  # [d, R*G], rises to R
-    zero = rise.new_zeros(rise.shape[0], 1)
-    return torch.cat([rise.flip(-1).neg_(), zero, rise], dim=-1).div_(p.shape[1])
-
-
-@functools.lru_cache(maxsize=None)
-def _rise_matrix(segments: int, granularity: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
-    """``C`` [R*G, K] with ``_rise_table(p) == p.flatten(1) @ C``; None where C would be large."""
-    width = segments * granularity
-    if width * (2 * width + 1) > DENSE_RISE_LIMIT:
-        return None
-    return _rise_table(torch.eye(width, dtype=dtype, device=device).view(width, segments, granularity))
-
-
-@functools.lru_cache(maxsize=None)
-def _row_starts(rows: int, size: int, device: torch.device) -> torch.Tensor:
-    """``[0, size, 2 size, ...]`` [rows]: where each row of a [rows, size] tensor starts in its ``view(-1)``."""
-    return torch.arange(0, rows * size, size, device=device)
-
-
-def _clamped_position(x: torch.Tensor, scale: torch.Tensor, table_size: int) -> tuple[torch.Tensor, ...]:
-    """``z = x / s``, ``u = clamp(z, -1, 1)`` and the table entry ``round((K - 1) / 2 (u + 1))``, all [n, d].
-
-    NaN gets entry 0 (level -R, index 0), as on the device.
-    """
-    z = x / scale
-    u = torch.clamp(z, -1.0, 1.0)
-    position = (u + 1).mul_((table_size - 1) / 2).round_().nan_to_num_(0.0).long()
-    return z, u, position
-
-
-def _histogram(u: torch.Tensor, bins: int) -> torch.Tensor:
-    """Counts [d, bins] of u [n, d] in equal bins from each feature's min to its max.
-
-    As ``torch.histc``: a feature whose values are all equal spans min - 1 .. max + 1, so they
-    count in the middle bin (a batch of one row, or a feature constant within the batch).
-    """
-    low, high = torch.aminmax(u, dim=0)  # [d]
-    equal = (high == low).to(u.dtype)
-    low = low - equal
-    width = (high - low).add_(equal)  # 2 where equal
-    index = (u - low).div_(width).mul_(bins).long().clamp_(0, bins - 1)  # [n, d]
-    counts = u.new_zeros(u.shape[1], bins)
-    counts.T.scatter_add_(0, index, torch.ones_like(u))
-    return counts
-
-
-class _LLTLookup(torch.autograd.Function):
-    """``(T[f, round((K - 1) / 2 (u + 1))] + u - sg(u)) s`` with ``T = _rise_table(softmax(logits / tau))``.
-
-    logits [d, R, G], log_scale [d] (``s = exp(log_scale)``), x [n, d] -> [n, d]; ``u = clamp(x / s, -1, 1)``,
-    sg stops the gradient. With ``reweight`` the gradient reaching ``T[f, k]`` is multiplied by
-    ``N / (K (sqrt(h_fk) + 1e-5))``, h the K-bin histogram of u per feature.
-    """
-
-    @staticmethod
-    def forward(ctx, logits, log_scale, x, tau, reweight):
-        p = torch.softmax(logits / tau, dim=-1)  # [d, R, G]
-        rise = _rise_matrix(*logits.shape[1:], logits.dtype, logits.device)  # [R*G, K] or None
-        table = _rise_table(p) if rise is None else p.flatten(1) @ rise  # [d, K]
-        scale = log_scale.exp()  # [d]
-        z, u, position = _clamped_position(x, scale, table.shape[1])
-        entry = position.add_(_row_starts(*table.shape, x.device))  # in T.view(-1)
-        out = table.take(entry).mul_(scale)  # [n, d]
-        reweighted = reweight and ctx.needs_input_grad[0] and x.shape[0] > 0  # no rows: nothing to count
-        counts = _histogram(u, table.shape[1]) if reweighted else None  # [d, K]
-        inside = u == z if ctx.needs_input_grad[1] or ctx.needs_input_grad[2] else None  # the clamp's gradient
-        scale_slope = torch.addcmul(out, x, inside, value=-1) if ctx.needs_input_grad[1] else None  # d out / d log_scale
-        ctx.save_for_backward(p, scale, entry, counts, scale_slope, inside)
-        ctx.tau = tau
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):  # grad [n, d]
-        p, scale, entry, counts, scale_slope, inside = ctx.saved_tensors
-        grad_logits = grad_log_scale = grad_x = None
-        if ctx.needs_input_grad[0]:
-            d, segments, granularity = p.shape
-            width = segments * granularity
-            grad_table = grad.new_zeros(d, 2 * width + 1)  # [d, K]
-            # index_put_ accumulates deterministically on CUDA too
-            grad_table.view(-1).index_put_((entry.view(-1),), (grad * scale).view(-1), accumulate=True)
-            factor = 1 / ctx.tau  # collects the constant factors
-            if counts is not None:
-                grad_table.div_(counts.sqrt().add_(1e-5))
-                factor *= grad.shape[0] / (2 * width + 1)
-            rise = _rise_matrix(segments, granularity, p.dtype, p.device)
-            if rise is None:
-                # rise_j sits at T[R G + 1 + j] and, negated, at T[R G - 1 - j]; p_i adds to every rise_j, j >= i
-                grad_rise = grad_table[:, width + 1 :].flip(-1) - grad_table[:, :width]  # [d, R*G], reversed
-                grad_p = grad_rise.cumsum(dim=-1).flip(-1).view(p.shape)
-                factor /= segments
-            else:
-                grad_p = (grad_table @ rise.T).view(p.shape)
-            grad_logits = torch.ops.aten._softmax_backward_data(grad_p, p, -1, p.dtype).mul_(factor)
-        if ctx.needs_input_grad[1]:
-            grad_log_scale = torch.linalg.vecdot(grad, scale_slope, dim=0)
-        if ctx.needs_input_grad[2]:
-            grad_x = grad * inside
-        return grad_logits, grad_log_scale, grad_x, None, None
-
-
-class _HandContext:
-    """Stands in for autograd's ``ctx`` when a Function's forward and backward are called by hand."""
-
-    def __init__(self, needs_input_grad: tuple[bool, ...]) -> None:
-        self.needs_input_grad = needs_input_grad
-        self.saved_tensors: tuple[torch.Tensor | None, ...] = ()
-
-    def save_for_backward(self, *tensors: torch.Tensor | None) -> None:
-        self.saved_tensors = tensors
-
-
-SoftFunction = tuple[type[torch.autograd.Function], tuple]  # a fused Function and its arguments
-
-
 class Quantizer(nn.Module):
-    """Base class: hard ``decode(encode(x))`` in hard mode, ``soft(x)`` otherwise.
-
-    A subclass implements ``encode`` (starting from ``self.checked_rows(x)``, as ``forward`` does)
-    and ``decode`` (starting from ``self.checked_index(index)``), and for training either ``soft`` (plain autograd) or ``soft_function`` (a
-    fused autograd Function, whose backward the training loop also calls by hand).
+    """Base class: the checked entries ``encode``, ``decode`` and ``forward`` around a subclass's
+    trusting ``_encode`` (rows [n, d] -> int64 [n, d]), ``_decode`` (int64 [n, d] -> [n, out_features])
+    and ``soft`` (plain autograd), plus optionally ``soft_function``, the fused Function computing ``soft``.
     """
 
     def __init__(self, bits: int, n_features: int) -> None:
@@ -309,61 +85,62 @@ class Quantizer(nn.Module):
         """Width of the network input this quantizer produces."""
         return self.n_features
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Standardized features [n, d] -> int64 indices [n, d] in ``0..2**bits - 1``."""
-        raise NotImplementedError(f"{type(self).__name__} must implement encode")
-
-    def decode(self, index: torch.Tensor) -> torch.Tensor:
-        """Indices [n, d] -> the network input [n, out_features]."""
-        raise NotImplementedError(f"{type(self).__name__} must implement decode")
-
-    def soft_function(self, x: torch.Tensor) -> SoftFunction | None:
-        """The fused autograd Function computing ``soft(x)`` and its arguments, or None."""
-        return None
-
-    def soft(self, x: torch.Tensor) -> torch.Tensor:
-        """The differentiable training surrogate [n, d] -> [n, out_features]."""
-        call = self.soft_function(x)
-        if call is None:
-            raise NotImplementedError(f"{type(self).__name__} must implement soft or soft_function")
-        function, arguments = call
-        return function.apply(*arguments)
-
-    def soft_with_backward(self, x: torch.Tensor) -> tuple[torch.Tensor, Callable[[torch.Tensor], None]]:
-        """``soft(x)`` [n, d] -> [n, out_features] and a function that takes d loss / d output and sets
-        the parameters' ``.grad`` (x gets no gradient).
-
-        With a fused Function both halves run by hand, without an autograd graph, which spares
-        the training loop autograd's bookkeeping on every batch; otherwise through autograd.
-        """
-        x = x.detach()
-        call = self.soft_function(x)
-        if call is None:
-            with torch.enable_grad():
-                out = self.soft(x)
-            return out.detach(), lambda grad: torch.autograd.backward(out, grad) if out.requires_grad else None
-        function, arguments = call
-        ctx = _HandContext(tuple(isinstance(a, nn.Parameter) and a.requires_grad for a in arguments))
-        with torch.no_grad():
-            out = function.forward(ctx, *arguments)
-
-        def backward(grad: torch.Tensor) -> None:
-            with torch.no_grad():
-                for argument, argument_grad in zip(arguments, function.backward(ctx, grad)):
-                    if argument_grad is None:
-                        continue
-                    if argument.grad is None:
-                        argument.grad = argument_grad
-                    else:
-                        argument.grad += argument_grad
-
-        return out, backward
+    @property
+    def n_levels(self) -> int:
+        """How many indices a device can send per feature, ``0..n_levels - 1`` (``2**bits``)."""
+        return 2**self.bits
 
     @property
     def dtype(self) -> torch.dtype:
         """The floating dtype of the quantizer's parameters and buffers (torch's default without any)."""
         tensors = itertools.chain(self.parameters(), self.buffers())
         return next((t.dtype for t in tensors if t.is_floating_point()), torch.get_default_dtype())
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Standardized features [n, d] -> int64 indices [n, d] in ``0..n_levels - 1`` (the device's half)."""
+        return self._encode(self.checked_rows(x))
+
+    def decode(self, index: torch.Tensor) -> torch.Tensor:
+        """Integer indices [n, d] in ``0..n_levels - 1`` -> the network input [n, out_features] (the server's half)."""
+        return self._decode(self.checked_index(index))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [n, d] -> [n, out_features], in self.dtype
+        """Hard mode: ``_decode(_encode(x))``; soft mode: the fused Function computing ``soft(x)`` (``soft``
+        itself where there is none), in training and in the soft evaluations alike."""
+        x = self.checked_rows(x)
+        if self.hard:
+            return self._decode(self._encode(x))
+        call = self.soft_function(x)
+        return self.soft(x) if call is None else call[0].apply(*call[1])
+
+    def _encode(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must implement _encode")
+
+    def _decode(self, index: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must implement _decode")
+
+    def soft(self, x: torch.Tensor) -> torch.Tensor:
+        """The differentiable training surrogate [n, d] -> [n, out_features], in plain autograd."""
+        raise NotImplementedError(f"{type(self).__name__} must implement soft")
+
+    def soft_function(self, x: torch.Tensor) -> FusedCall | None:
+        """The fused autograd Function computing ``soft(x)`` and its arguments, or None (then ``soft`` runs)."""
+        return None
+
+    def soft_with_backward(self, x: torch.Tensor) -> tuple[torch.Tensor, Callable[[torch.Tensor], None]]:
+        """``soft(x)`` [n, d] -> [n, out_features] and a function that takes d loss / d output and adds
+        the parameters' gradients to their ``.grad`` (x gets no gradient): the stacked engine's call.
+
+        With a fused Function both halves run by hand (:func:`quantization.fused.forward_by_hand`);
+        otherwise through autograd.
+        """
+        x = x.detach()
+        call = self.soft_function(x)
+        if call is not None:
+            return forward_by_hand(call)
+        with torch.enable_grad():
+            out = self.soft(x)
+        return out.detach(), lambda grad: torch.autograd.backward(out, grad) if out.requires_grad else None
 
     def checked_rows(self, x: torch.Tensor) -> torch.Tensor:
         """Check that x is rows [n, n_features] and cast them to ``self.dtype`` (float64 rows, numpy's
@@ -375,37 +152,37 @@ class Quantizer(nn.Module):
         return x.to(self.dtype)
 
     def checked_index(self, index: torch.Tensor) -> torch.Tensor:
-        """Check that ``index`` is integer indices [n, n_features] and return them as int64, so that
-        ``decode``'s arithmetic cannot wrap around (uint8 payloads, say)."""
+        """Check that ``index`` is integer indices [n, n_features] in ``0..n_levels - 1`` and return them as
+        int64, so that ``_decode``'s arithmetic cannot wrap around (uint8 payloads, say)."""
         if not isinstance(index, torch.Tensor) or index.is_floating_point() or index.is_complex() \
                 or index.dtype == torch.bool or index.ndim != 2 or index.shape[1] != self.n_features:
             shape = f"{index.dtype} {tuple(index.shape)}" if isinstance(index, torch.Tensor) else type(index).__name__
             raise ValueError(f"expected integer indices [n, {self.n_features}], got {shape}")
-        return index.long()
+        index = index.long()
+        if index.numel():
+            low, high = torch.aminmax(index)
+            if low < 0 or high >= self.n_levels:
+                raise ValueError(f"indices must lie in 0..{self.n_levels - 1} at {self.bits} bits, got "
+                                 f"{low.item()}..{high.item()}: the payload is damaged or was packed at another bit "
+                                 "width or for another method")
+        return index
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [n, d] -> [n, out_features], in self.dtype
-        return self.decode(self.encode(x)) if self.hard else self.soft(self.checked_rows(x))  # encode checks its rows
 
-
+# =========================================================================== threshold methods
 class ThresholdQuantizer(Quantizer):
-    """Per-feature thresholds with a step (``[x > t]``, or ``sigmoid((x - t) / tau)`` in training).
+    """Base of the threshold methods: per feature ``M = 2**bits - 1`` thresholds ``t_1..t_M`` [d, M].
 
-    ``readout`` says what the network sees of the ``M`` step outputs of a feature:
-    ``"index"`` their sum (SQ), ``"thermometer"`` all of them (Bw-*), ``"values"`` a learnable
-    value per interval, ``v_0 + sum_k step_k (v_k - v_{k-1})`` (SQplus), ``"midpoint"`` the
-    midpoint of the interval (Pr-*, Po-*; fixed thresholds only). With ``trainable=False`` the
-    thresholds are buffers and the steps are hard from the start.
+    Hard encode (the device's rule): ``index(x) = #{k : x > t_k}`` in ``0..M``, strict ``>``, NaN
+    exceeds nothing. With ``trainable=False`` the thresholds are buffers and the quantizer is hard
+    from the start (its ``soft`` is the hard mode); with ``trainable=True`` they are a parameter
+    trained through the sigmoid steps ``sigma((x - t_k) / tau)``, which round to ``[x > t_k]``
+    (0.5 rounds to 0), what the hard mode computes even where training leaves them out of order.
     """
 
-    def __init__(self, thresholds: torch.Tensor, readout: str, trainable: bool = False) -> None:
+    def __init__(self, thresholds: torch.Tensor, trainable: bool = False) -> None:
         super().__init__(bits_of_thresholds(thresholds), thresholds.shape[0])
-        if readout not in READOUTS:
-            raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
-        if readout == "midpoint" and trainable:
-            raise ValueError("the midpoint readout needs fixed (sorted) thresholds")
         if not thresholds.is_meta and not torch.isfinite(thresholds).all():  # meta: shapes only (save_model's check)
             raise ValueError("thresholds must be finite; compute them from rows without NaN or infinite values")
-        self.readout = readout
         self.trainable = trainable
         thresholds = thresholds.detach().clone()
         if not thresholds.is_floating_point():  # whole-number thresholds, say
@@ -415,79 +192,173 @@ class ThresholdQuantizer(Quantizer):
         else:
             self.register_buffer("thresholds", thresholds)  # [d, M]
             self.register_buffer("fixed_ranks", threshold_ranks(thresholds))  # [d, M]
-        if readout == "values":
-            self.interval_values = nn.Parameter(midpoints(thresholds))  # [d, M + 1]
-        elif readout == "midpoint":
-            self.register_buffer("interval_values", midpoints(thresholds))  # [d, M + 1]
+
+    def _encode(self, x: torch.Tensor) -> torch.Tensor:  # [n, d] -> int64 [n, d]
+        return hard_index(x, self.thresholds.detach())
+
+    def hard_steps(self, index: torch.Tensor) -> torch.Tensor:
+        """The 0/1 steps ``[x > t_k]`` rebuilt from indices [n, d] -> [n, d, M], also for unsorted thresholds."""
+        ranks = threshold_ranks(self.thresholds.detach()) if self.trainable else self.fixed_ranks
+        return steps_from_index(index, ranks, self.thresholds.dtype)
+
+    def soft(self, x: torch.Tensor) -> torch.Tensor:
+        """Fixed thresholds: the hard mode itself."""
+        return self._decode(self._encode(x))
+
+
+class SQQuantizer(ThresholdQuantizer):
+    """SQ: per feature one input, the (soft) number of thresholds exceeded.
+
+    soft: ``sum_k sigma((x - t_k) / tau)``, a soft index in ``(0, M)``, x [n, d] -> [n, d];
+    hard: the index ``#{k : x > t_k}`` itself (encode: :class:`ThresholdQuantizer`).
+    """
+
+    def __init__(self, thresholds: torch.Tensor, trainable: bool = True) -> None:
+        super().__init__(thresholds, trainable)
+
+    def soft(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.trainable:
+            return super().soft(x)
+        steps = torch.sigmoid((x.unsqueeze(-1) - self.thresholds) / self.tau)  # [n, d, M]
+        return steps.sum(dim=-1)
+
+    def _decode(self, index: torch.Tensor) -> torch.Tensor:
+        return index.to(self.thresholds.dtype)
+
+    def soft_function(self, x: torch.Tensor) -> FusedCall | None:
+        return (SteppedSum, (x, self.thresholds, None, self.tau)) if self.trainable else None
+
+
+class SQplusQuantizer(ThresholdQuantizer):
+    """SQplus: SQ with a learnable output value per interval, ``v`` [d, M + 1] started at the midpoints.
+
+    soft: ``v_0 + sum_k sigma((x - t_k) / tau) (v_k - v_{k-1})``, x [n, d] -> [n, d];
+    hard: ``v_{index(x)}`` (with unsorted thresholds: ``v_0 + sum_k [x > t_k] (v_k - v_{k-1})``).
+    """
+
+    def __init__(self, thresholds: torch.Tensor, trainable: bool = True) -> None:
+        super().__init__(thresholds, trainable)
+        # NOTE[DIFF]: the values are used and learned; the paper's code creates them but computes SQplus as SQ
+        self.interval_values = nn.Parameter(midpoints(self.thresholds.detach()))  # [d, M + 1]
+
+    def soft(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.trainable:
+            return super().soft(x)
+        steps = torch.sigmoid((x.unsqueeze(-1) - self.thresholds) / self.tau)  # [n, d, M]
+        values = self.interval_values
+        return values[:, 0] + (steps * values.diff(dim=-1)).sum(dim=-1)
+
+    def _decode(self, index: torch.Tensor) -> torch.Tensor:
+        values = self.interval_values
+        return values[:, 0] + (self.hard_steps(index) * values.diff(dim=-1)).sum(dim=-1)
+
+    def soft_function(self, x: torch.Tensor) -> FusedCall | None:
+        return (SteppedSum, (x, self.thresholds, self.interval_values, self.tau)) if self.trainable else None
+
+
+class BwSQQuantizer(ThresholdQuantizer):
+    """Bw-SQ (the paper's method): the network sees every step of every feature (a thermometer code).
+
+    soft: ``sigma((x_f - t_fk) / tau)`` for each threshold ``t_fk`` of feature f, the M of a feature
+    side by side: x [n, d] -> [n, d * M]; hard: ``[x_f > t_fk]``, decoded from the index
+    ``#{k : x_f > t_fk}`` (encode: :class:`ThresholdQuantizer`). ``trainable=False`` gives Bw-MQ and
+    Bw-QQ: fixed min-max or quantile thresholds, hard 0/1 steps from the start.
+    """
+
+    def __init__(self, thresholds: torch.Tensor, trainable: bool = True) -> None:
+        super().__init__(thresholds, trainable)
 
     @property
     def out_features(self) -> int:
-        """Width of the network input: ``d * M`` for the thermometer, else ``d``."""
-        m = self.thresholds.shape[1]
-        return self.n_features * m if self.readout == "thermometer" else self.n_features
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return hard_index(self.checked_rows(x), self.thresholds.detach())
-
-    def decode(self, index: torch.Tensor) -> torch.Tensor:
-        index, dtype = self.checked_index(index), self.thresholds.dtype
-        if self.readout == "index":
-            return index.to(dtype)
-        if self.readout == "midpoint":
-            return decode_midpoints(index, self.interval_values)
-        ranks = threshold_ranks(self.thresholds.detach()) if self.trainable else self.fixed_ranks
-        return self._read(steps_from_index(index, ranks, dtype))
+        """Width of the network input: ``d * M``."""
+        return self.n_features * self.thresholds.shape[1]
 
     def soft(self, x: torch.Tensor) -> torch.Tensor:
-        return super().soft(x) if self.trainable else self.decode(self.encode(x))
-
-    def soft_function(self, x: torch.Tensor) -> SoftFunction | None:
         if not self.trainable:
-            return None
-        if self.readout == "thermometer":
-            return _Thermometer, (x, self.thresholds, self.tau)
-        values = self.interval_values if self.readout == "values" else None
-        return _SteppedSum, (x, self.thresholds, values, self.tau)
+            return super().soft(x)
+        steps = torch.sigmoid((x.unsqueeze(-1) - self.thresholds) / self.tau)  # [n, d, M]
+        return steps.flatten(1)
 
-    def _read(self, steps: torch.Tensor) -> torch.Tensor:  # hard steps [n, d, M] -> [n, out_features]
-        if self.readout == "thermometer":
-            return steps.flatten(1)
-        values = self.interval_values  # "values"; "index" and "midpoint" decode without steps
-        return values[:, 0] + (steps * values.diff(dim=-1)).sum(dim=-1)
+    def _decode(self, index: torch.Tensor) -> torch.Tensor:
+        return self.hard_steps(index).flatten(1)
+
+    def soft_function(self, x: torch.Tensor) -> FusedCall | None:
+        return (Thermometer, (x, self.thresholds, self.tau)) if self.trainable else None
 
 
+class MidpointQuantizer(ThresholdQuantizer):
+    """Pr-MQ, Pr-QQ, Po-MQ, Po-QQ: fixed sorted thresholds, the network sees the midpoint of the interval.
+
+    hard (and soft): ``q_{index(x)}`` with ``q_0 = t_1 - (t_2 - t_1) / 2``, ``q_k = (t_k + t_{k+1}) / 2``,
+    ``q_M = t_M + (t_M - t_{M-1}) / 2``: x [n, d] -> [n, d].
+    """
+
+    def __init__(self, thresholds: torch.Tensor) -> None:
+        super().__init__(thresholds, trainable=False)
+        self.register_buffer("interval_values", midpoints(self.thresholds))  # [d, M + 1]
+
+    def _decode(self, index: torch.Tensor) -> torch.Tensor:
+        return decode_midpoints(index, self.interval_values)
+
+
+# =========================================================================== external baselines
 class LSQQuantizer(Quantizer):
-    """Learned step size quantization (Esser et al. 2020), one step per feature, signed levels."""
+    """Learned step size quantization (Esser et al. 2020), one step size ``s_f`` per feature, signed levels.
+
+    soft: ``round_ste(clamp(x / s', Q_n, Q_p)) s'`` with ``s' = s g + sg(s - s g)`` (value s, gradient
+    scaled by ``g = 1 / sqrt(Q_p numel(x))``) and ``round_ste(z) = z + sg(round(z) - z)``, x [n, d] -> [n, d];
+    hard: index ``round(clamp(x / s, Q_n, Q_p)) - Q_n``, decoded to ``(index + Q_n) s``.
+    ``Q_n = -2**(bits-1)``, ``Q_p = 2**(bits-1) - 1``. The step size is ``step_size``; models saved
+    when it was called ``step`` load too.
+    """
 
     def __init__(self, bits: int, n_features: int) -> None:
         super().__init__(bits, n_features)
         self.q_min, self.q_max = -(2 ** (self.bits - 1)), 2 ** (self.bits - 1) - 1
-        self.step = nn.Parameter(torch.ones(self.n_features))  # [d]
+        self.step_size = nn.Parameter(torch.ones(self.n_features))  # [d]
 
     @torch.no_grad()
-    def init_step(self, x: torch.Tensor) -> "LSQQuantizer":
+    def init_step_size(self, x: torch.Tensor) -> "LSQQuantizer":
         """Set ``s_f = 2 mean|x_f| / sqrt(Q_p)`` from the training rows x [n, d] (never 0)."""
         mean_abs = check_rows(x, self.n_features).abs().mean(dim=0)
-        self.step.copy_(2 * mean_abs.clamp_min(MIN_STATISTIC) / math.sqrt(self.q_max))
+        # NOTE[DIFF]: mean|x_f| is floored at 1e-8, so that a feature of zeros gets a step size > 0
+        self.step_size.copy_(2 * mean_abs.clamp_min(MIN_STATISTIC) / math.sqrt(self.q_max))
         return self
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        z = torch.clamp(self.checked_rows(x) / self.step.detach(), self.q_min, self.q_max).nan_to_num_(nan=self.q_min)  # NaN: index 0
+    def soft(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.step_size
+        g = 1.0 / math.sqrt(self.q_max * max(x.numel(), 1))  # no rows: no gradient to scale
+        s = s * g + (s - s * g).detach()
+        z = clamp_inclusive(x / s, self.q_min, self.q_max)
+        return (z + (z.round() - z).detach()) * s
+
+    def _encode(self, x: torch.Tensor) -> torch.Tensor:
+        z = torch.clamp(x / self.step_size.detach(), self.q_min, self.q_max)
+        z = z.nan_to_num_(nan=self.q_min)  # NOTE[DIFF]: NaN sends index 0, as on the device
         return torch.round(z).long() - self.q_min
 
-    def decode(self, index: torch.Tensor) -> torch.Tensor:
-        return (self.checked_index(index) + self.q_min).to(self.step.dtype) * self.step
+    def _decode(self, index: torch.Tensor) -> torch.Tensor:
+        return (index + self.q_min).to(self.step_size.dtype) * self.step_size
 
-    def soft_function(self, x: torch.Tensor) -> SoftFunction:
-        grad_scale = 1.0 / math.sqrt(self.q_max * max(x.numel(), 1))  # no rows: no gradient to scale
-        return _LSQRound, (x, self.step, self.q_min, self.q_max, grad_scale)
+    def soft_function(self, x: torch.Tensor) -> FusedCall:
+        grad_scale = 1.0 / math.sqrt(self.q_max * max(x.numel(), 1))
+        return LSQRound, (x, self.step_size, self.q_min, self.q_max, grad_scale)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *arguments) -> None:
+        if prefix + "step" in state_dict:  # a model saved before the parameter was called step_size
+            state_dict[prefix + "step_size"] = state_dict.pop(prefix + "step")
+        super()._load_from_state_dict(state_dict, prefix, *arguments)
 
 
 class LLTQuantizer(Quantizer):
     """Learnable lookup table quantization (Wang et al. 2022), signed table, per feature.
 
-    Table logits ``[d, R, G]`` with ``R = 2**(bits-1) - 1`` segments per sign and granularity
-    ``G``; the transmitted index is the table level ``0..2R`` (``2**bits - 1`` levels).
+    Table logits ``L`` [d, R, G] with ``R = 2**(bits-1) - 1`` segments per sign and granularity ``G``;
+    table ``T = [-c reversed, 0, c] / R`` of ``K = 2 R G + 1`` entries, ``c = cumsum(p)`` of ``p = softmax(L / tau)``
+    (soft) or of the one-hot arg-max of each segment (hard); scale ``s = exp(log_scale)``.
+    soft: ``(T[i] + u - sg(u)) s`` with ``u = clamp(x / s, -1, 1)`` and ``i = round(R G (u + 1))``; in training the
+    gradient reaching ``T[k]`` is multiplied by ``N / (K (sqrt(h_k) + 1e-5))``, h the K-bin histogram of u.
+    hard: the transmitted index is the hard table's level ``R T[i] + R`` in ``0..2R`` (``2**bits - 1`` levels).
     """
 
     def __init__(self, bits: int, n_features: int, granularity: int) -> None:
@@ -499,6 +370,11 @@ class LLTQuantizer(Quantizer):
         self.log_scale = nn.Parameter(torch.zeros(self.n_features))  # [d]
         self.scale_initialized = False  # a Python flag (saved as extra state): no device sync per batch
 
+    @property
+    def n_levels(self) -> int:
+        """How many indices a device can send per feature: the ``2R + 1 = 2**bits - 1`` table levels."""
+        return 2 * self.segments + 1
+
     def get_extra_state(self) -> dict[str, bool]:
         return {"scale_initialized": self.scale_initialized}
 
@@ -508,32 +384,57 @@ class LLTQuantizer(Quantizer):
     def table(self, hard: bool) -> torch.Tensor:
         """The lookup table ``[d, K]`` in ``[-1, 1]``: soft (softmax at tau) or hard (arg-max)."""
         if hard:
-            winners = self.logits.argmax(dim=-1)
-            p = nn.functional.one_hot(winners, self.granularity).to(self.logits.dtype)
+            p = nn.functional.one_hot(self.logits.argmax(dim=-1), self.granularity).to(self.logits.dtype)
         else:
             p = torch.softmax(self.logits / self.tau, dim=-1)  # [d, R, G]
-        return _rise_table(p)
+        c = p.flatten(1).cumsum(dim=-1)  # [d, R*G], rises to R
+        return torch.cat([-c.flip(-1), torch.zeros_like(c[:, :1]), c], dim=-1) / self.segments
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
+    def _look_up(self, table: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """``T[f, round(R G (u + 1))]`` for u [n, d] in [-1, 1] and a table [d, K] -> [n, d]."""
+        # NOTE[DIFF]: NaN takes entry 0 (level -R, index 0), as on the device; the paper's code has no NaN rule
+        position = ((u + 1) * ((self.table_size - 1) / 2)).round().nan_to_num(0.0).long()
+        return table[torch.arange(self.n_features, device=u.device), position]
+
+    def soft(self, x: torch.Tensor) -> torch.Tensor:
+        self._init_scale_once(x)
+        table = self.table(hard=False)  # [d, K]
+        if self.training and x.shape[0] > 0:
+            with torch.no_grad():
+                weight = x.shape[0] / (self.table_size * (self._histogram(x).sqrt() + 1e-5))  # [d, K]
+            table = table.detach() + (table - table.detach()) * weight
+        s = self.log_scale.exp()
+        u = clamp_inclusive(x / s, -1.0, 1.0)
+        return (self._look_up(table, u) + u - u.detach()) * s
+
+    def _histogram(self, x: torch.Tensor) -> torch.Tensor:
+        """Counts [d, K] of ``u = clamp(x / s, -1, 1)`` per feature in K bins over the batch's own min..max."""
+        u = torch.clamp(x / self.log_scale.exp(), -1.0, 1.0)
+        # NOTE[DIFF]: a feature constant in the batch counts in the middle bin (torch.histc widens its range by 1),
+        # the paper's code gives no rule
+        return torch.stack([torch.histc(f, self.table_size, f.min().item(), f.max().item()) for f in u.T])
+
+    def _encode(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            _, _, position = _clamped_position(self.checked_rows(x), self.log_scale.exp(), self.table_size)
-            features = torch.arange(self.n_features, device=position.device)
-            level = self.table(hard=True)[features, position] * self.segments  # [n, d]
+            u = torch.clamp(x / self.log_scale.exp(), -1.0, 1.0)
+            level = self._look_up(self.table(hard=True), u) * self.segments  # [n, d]
         return torch.round(level).long() + self.segments
 
-    def decode(self, index: torch.Tensor) -> torch.Tensor:
-        level = (self.checked_index(index) - self.segments).to(self.log_scale.dtype) / self.segments
+    def _decode(self, index: torch.Tensor) -> torch.Tensor:
+        level = (index - self.segments).to(self.log_scale.dtype) / self.segments
         return level * self.log_scale.exp()
 
     @torch.no_grad()
-    def _init_scale(self, x: torch.Tensor) -> None:
-        """Set ``s_f = 3 std(x_f)`` (never 0) from the first training batch x [n, d]; one row has spread 0."""
+    def _init_scale_once(self, x: torch.Tensor) -> None:
+        """In training, set ``s_f = 3 std(x_f)`` (never 0) from the first batch of rows x [n, d] (one row: spread 0)."""
+        if not self.training or self.scale_initialized or x.shape[0] == 0:
+            return
         spread = x.std(dim=0) if x.shape[0] > 1 else torch.zeros_like(x[0])
+        # NOTE[DIFF]: std(x_f) is floored at 1e-8, so that a constant feature (or one row) gets a finite log scale
         self.log_scale.copy_(torch.log(3 * spread.clamp_min(MIN_STATISTIC)))
         self.scale_initialized = True
 
-    def soft_function(self, x: torch.Tensor) -> SoftFunction:
-        if self.training and not self.scale_initialized and x.shape[0] > 0:
-            self._init_scale(x)
+    def soft_function(self, x: torch.Tensor) -> FusedCall:
+        self._init_scale_once(x)
         # in training the gradient reaching the table is reweighted by the histogram of u
-        return _LLTLookup, (self.logits, self.log_scale, x, self.tau, self.training)
+        return LLTLookup, (self.logits, self.log_scale, x, self.tau, self.training)

@@ -8,12 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from core.checks import MAX_BITS, MIN_BITS, check_bits, value_text  # noqa: F401  (value_text: see below)
-from core.checks import _is_finite as is_finite_number  # noqa: F401
-from core.checks import _is_whole as is_whole_number  # noqa: F401
-
-# models.training's Setting imports is_finite_number, is_whole_number and value_text from here
-# until it calls core.checks.finite_number and whole_number
+from core.checks import MAX_BITS, MIN_BITS, check_bits
 
 
 def n_thresholds(bits: int) -> int:

@@ -55,7 +55,7 @@ def _perturbed_model(name: str, bits: int, seed: int) -> SavedModel:
     quantizer = model.quantizer
     with torch.no_grad():
         if isinstance(quantizer, LSQQuantizer):
-            quantizer.step.mul_(0.5 + torch.rand(D, generator=generator))
+            quantizer.step_size.mul_(0.5 + torch.rand(D, generator=generator))
         elif isinstance(quantizer, LLTQuantizer):
             quantizer.logits.copy_(torch.randn(quantizer.logits.shape, generator=generator))
             quantizer.log_scale.copy_(0.3 * torch.randn(D, generator=generator))
@@ -70,7 +70,7 @@ def _naive_boundaries(saved: SavedModel) -> np.ndarray:
     """Where the index changes in exact arithmetic, in raw units: [d, K] float64."""
     quantizer = saved.model.quantizer
     if isinstance(quantizer, LSQQuantizer):
-        z = (np.arange(quantizer.q_min, quantizer.q_max) + 0.5) * quantizer.step.detach().double().numpy()[:, None]
+        z = (np.arange(quantizer.q_min, quantizer.q_max) + 0.5) * quantizer.step_size.detach().double().numpy()[:, None]
     elif isinstance(quantizer, LLTQuantizer):
         steps = quantizer.table_size - 1
         u = (np.arange(steps) + 0.5) / (steps / 2) - 1
@@ -274,7 +274,7 @@ def test_unexportable_inputs(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
     assert len(error.splitlines()) == 1
     saved = _perturbed_model("LSQ", 3, seed=2)
     with torch.no_grad():
-        saved.model.quantizer.step[1] = -saved.model.quantizer.step[1]
+        saved.model.quantizer.step_size[1] = -saved.model.quantizer.step_size[1]
     with pytest.raises(ValueError, match="LSQ index of this model is not monotone"):
         export_encoder(saved, tmp_path / "out")
     saved.x_scale = np.array([1.0, 0.0, 1.0, 1.0, 1.0])

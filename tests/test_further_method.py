@@ -20,10 +20,10 @@ import pandas as pd
 
 import models
 import models.methods as registry
-from quantization import ThresholdQuantizer
+from quantization import BwSQQuantizer
 
 NEW = "Bw-SQ-MM"  # Bw-SQ started from the min-max thresholds
-registry.METHODS[NEW] = registry.Method(NEW, lambda ctx: ThresholdQuantizer(ctx.minmax, "thermometer", trainable=True), soft_eval=True)
+registry.METHODS[NEW] = registry.Method(NEW, lambda rows_info: BwSQQuantizer(rows_info.minmax), soft_eval=True)
 registry.METHOD_NAMES = models.METHOD_NAMES = tuple(registry.METHODS)
 
 import best_hyperparameter_testing_multiple as best_script

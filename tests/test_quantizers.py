@@ -1,11 +1,12 @@
-"""Tests of quantization/quantizers.py: ThresholdQuantizer (SQ, SQplus, Bw-*, Pr-/Po-*), LSQ and LLT.
+"""Tests of quantization/quantizers.py and fused.py: the threshold quantizers (SQ, SQplus, Bw-*, Pr-/Po-*), LSQ and LLT.
 
 Expected values are worked out by hand (comments) or with numpy, independently of the code
-under test (SPEC sections 2, 3 and Appendix A).
+under test (the paper's definitions and those of the LSQ and LLT papers).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 
@@ -15,8 +16,17 @@ import torch
 
 from deployment.export import build_encoder
 from models import MLP, SavedModel, Setting, SplitModel
-from quantization import LLTQuantizer, LSQQuantizer, ThresholdQuantizer
-from quantization.quantizers import clamp_inclusive, _histogram, _LLTLookup, _rise_matrix, _SteppedSum, _Thermometer
+from quantization import (
+    BwSQQuantizer,
+    LLTQuantizer,
+    LSQQuantizer,
+    MidpointQuantizer,
+    SQplusQuantizer,
+    SQQuantizer,
+    ThresholdQuantizer,
+)
+from quantization.fused import LLTLookup, SteppedSum, Thermometer, histogram, rise_matrix
+from quantization.quantizers import clamp_inclusive
 
 T3 = torch.tensor([[-1.0, 0.0, 1.0]])  # one feature, 2 bits
 X = torch.tensor([[-2.0], [-1.0], [-0.5], [0.0], [0.3], [1.0], [5.0]])
@@ -34,17 +44,26 @@ def hard(q):
     return q
 
 
+def soft_path(q, x, path):
+    """The soft output of q: the fused Function its forward runs, or its plain ``soft`` formula."""
+    return q(x) if path == "fused" else q.soft(x)
+
+
+PATHS = ["fused", "plain"]
+TRAINABLE = {"index": SQQuantizer, "values": SQplusQuantizer, "thermometer": BwSQQuantizer}  # by what the network sees
+
+
 # =========================================================================== ThresholdQuantizer
-@pytest.mark.parametrize("readout", ["index", "thermometer", "values", "midpoint"])
-def test_encode_hand_case(readout):
-    q = ThresholdQuantizer(T3, readout, trainable=readout != "midpoint")
+@pytest.mark.parametrize("make", [SQQuantizer, BwSQQuantizer, SQplusQuantizer, MidpointQuantizer])
+def test_encode_hand_case(make):
+    q = make(T3)
     assert q.bits == 2
     assert q.encode(X).squeeze(1).tolist() == INDEX
     assert q.encode(X).dtype == torch.int64
 
 
 def test_midpoint_readout_hand_case():
-    q = hard(ThresholdQuantizer(T3, "midpoint"))
+    q = hard(MidpointQuantizer(T3))
     assert q.out_features == 1
     assert q(X).squeeze(1).tolist() == MID
     assert q.decode(torch.tensor([[0], [1], [2], [3]])).squeeze(1).tolist() == [-1.5, -0.5, 0.5, 1.5]
@@ -55,7 +74,7 @@ def test_midpoint_readout_hand_case():
 
 @pytest.mark.parametrize("trainable", [False, True])
 def test_thermometer_hard_hand_case(trainable):
-    q = hard(ThresholdQuantizer(T3, "thermometer", trainable=trainable))
+    q = hard(BwSQQuantizer(T3, trainable=trainable))
     assert q.out_features == 3
     out = q(X)
     assert out.shape == (7, 3)
@@ -65,14 +84,14 @@ def test_thermometer_hard_hand_case(trainable):
 def test_thermometer_two_features_layout():
     # feature-major: [f0 bits..., f1 bits...]
     t = torch.tensor([[-1.0, 0.0, 1.0], [10.0, 20.0, 30.0]])
-    q = hard(ThresholdQuantizer(t, "thermometer", trainable=True))
+    q = hard(BwSQQuantizer(t))
     assert q.out_features == 6
     out = q(torch.tensor([[0.5, 25.0], [-3.0, 31.0]]))
     assert out.tolist() == [[1, 1, 0, 1, 1, 0], [0, 0, 0, 1, 1, 1]]
 
 
 def test_sq_index_readout_hard_hand_case():
-    q = hard(ThresholdQuantizer(T3, "index", trainable=True))
+    q = hard(SQQuantizer(T3))
     assert q.out_features == 1
     out = q(X)
     assert out.dtype == torch.float32
@@ -80,7 +99,7 @@ def test_sq_index_readout_hard_hand_case():
 
 
 def test_sqplus_hard_output_is_value_of_interval():
-    q = hard(ThresholdQuantizer(T3, "values", trainable=True))
+    q = hard(SQplusQuantizer(T3))
     # initial values are the midpoints
     np.testing.assert_allclose(q.interval_values.detach().numpy(), [[-1.5, -0.5, 0.5, 1.5]])
     assert q(X).squeeze(1).tolist() == MID
@@ -90,27 +109,28 @@ def test_sqplus_hard_output_is_value_of_interval():
     np.testing.assert_allclose(q(X).squeeze(1).detach().numpy(), [v[i] for i in INDEX], atol=1e-6)
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("tau", [1.0, 0.3])
-def test_soft_outputs_are_sigmoids(tau):
+def test_soft_outputs_are_sigmoids(tau, path):
     x = X.squeeze(1).numpy().astype(np.float64)
     t = np.array([-1.0, 0.0, 1.0])
     s = sigmoid((x[:, None] - t[None]) / tau)  # [7, 3]
 
-    q = ThresholdQuantizer(T3, "thermometer", trainable=True)
+    q = BwSQQuantizer(T3)
     q.tau = tau
-    np.testing.assert_allclose(q(X).detach().numpy(), s, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(soft_path(q, X, path).detach().numpy(), s, rtol=1e-5, atol=1e-6)
 
-    q = ThresholdQuantizer(T3, "index", trainable=True)
+    q = SQQuantizer(T3)
     q.tau = tau
-    np.testing.assert_allclose(q(X).squeeze(1).detach().numpy(), s.sum(1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(soft_path(q, X, path).squeeze(1).detach().numpy(), s.sum(1), rtol=1e-5, atol=1e-6)
 
-    q = ThresholdQuantizer(T3, "values", trainable=True)
+    q = SQplusQuantizer(T3)
     v = np.array([3.0, -7.0, 0.25, 11.0])
     with torch.no_grad():
         q.interval_values.copy_(torch.tensor(v[None], dtype=torch.float32))
     q.tau = tau
     expected = v[0] + (s * np.diff(v)[None]).sum(1)
-    np.testing.assert_allclose(q(X).squeeze(1).detach().numpy(), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(soft_path(q, X, path).squeeze(1).detach().numpy(), expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("readout", ["index", "values", "thermometer"])
@@ -118,7 +138,7 @@ def test_soft_outputs_are_sigmoids(tau):
 def test_soft_step_at_its_threshold_is_one_half(readout, value):
     # sigmoid(0) = 0.5 exactly, at any tau: x - t must not pick up rounding (x / tau - t / tau
     # rounds both terms alike; -t / tau + x * (1 / tau) in one fused step does not)
-    q = ThresholdQuantizer(torch.tensor([[value, value + 10, value + 20]]), readout, trainable=True)
+    q = TRAINABLE[readout](torch.tensor([[value, value + 10, value + 20]]))
     if readout == "values":
         with torch.no_grad():
             q.interval_values.copy_(torch.tensor([[0.0, 1.0, 1.0, 1.0]]))  # output = the first step
@@ -139,10 +159,10 @@ def test_hard_mode_with_unsorted_thresholds_matches_steps():
     xt = torch.tensor(x, dtype=torch.float32)
     tt = torch.tensor(t, dtype=torch.float32)
 
-    q = hard(ThresholdQuantizer(tt, "thermometer", trainable=True))
+    q = hard(BwSQQuantizer(tt))
     np.testing.assert_array_equal(q(xt).numpy(), steps.reshape(400, 21))
 
-    q = hard(ThresholdQuantizer(tt, "values", trainable=True))
+    q = hard(SQplusQuantizer(tt))
     v = rng.normal(size=(3, 8))
     with torch.no_grad():
         q.interval_values.copy_(torch.tensor(v, dtype=torch.float32))
@@ -150,23 +170,22 @@ def test_hard_mode_with_unsorted_thresholds_matches_steps():
     np.testing.assert_allclose(q(xt).detach().numpy(), expected, rtol=1e-5, atol=1e-5)
 
     # hard equals the rounding of the soft sigmoids at a tiny temperature (0.5 rounds to 0)
-    q = ThresholdQuantizer(tt, "thermometer", trainable=True)
+    q = BwSQQuantizer(tt)
     q.tau = 1e-4
     away = np.abs(x[:, :, None] - t[None]).min(-1).min(-1) > 1e-2
     rounded = torch.round(q(xt)).detach().numpy()
     np.testing.assert_array_equal(rounded[away], steps.reshape(400, 21)[away])
 
 
-def test_threshold_quantizer_rejects_bad_arguments():
-    with pytest.raises(ValueError):
-        ThresholdQuantizer(T3, "bogus")
-    with pytest.raises(ValueError):
-        ThresholdQuantizer(T3, "midpoint", trainable=True)
+def test_threshold_quantizers_are_one_class_per_method():
+    assert all(issubclass(make, ThresholdQuantizer) for make in (*TRAINABLE.values(), MidpointQuantizer))
+    with pytest.raises(TypeError):  # the midpoint readout needs fixed (sorted) thresholds
+        MidpointQuantizer(T3, trainable=True)
 
 
 @pytest.mark.parametrize("bits", range(2, 9))
 def test_threshold_quantizer_bits_follow_from_the_width(bits):
-    q = ThresholdQuantizer(torch.zeros(2, 2**bits - 1), "index")
+    q = SQQuantizer(torch.zeros(2, 2**bits - 1), trainable=False)
     assert q.bits == bits and type(q.bits) is int and q.n_features == 2
 
 
@@ -174,18 +193,18 @@ def test_threshold_quantizer_bits_follow_from_the_width(bits):
 def test_threshold_quantizer_names_the_allowed_widths(width):
     message = r"expected 2\*\*bits - 1 thresholds per feature \(3, 7, 15, 31, 63, 127 or 255 for 2 to 8 bits\)"
     with pytest.raises(ValueError, match=message + f", got {width}$"):
-        ThresholdQuantizer(torch.zeros(3, width), "index")
+        SQQuantizer(torch.zeros(3, width), trainable=False)
 
 
 @pytest.mark.parametrize("shape", [(3,), (2, 3, 3), ()])
 def test_threshold_quantizer_needs_a_row_per_feature(shape):
     with pytest.raises(ValueError, match=r"thresholds must have shape \[d, 2\*\*bits - 1\]"):
-        ThresholdQuantizer(torch.zeros(shape), "index")
+        SQQuantizer(torch.zeros(shape), trainable=False)
 
 
 def test_threshold_quantizer_copies_its_thresholds():
     t = T3.clone()
-    q = ThresholdQuantizer(t, "index", trainable=True)
+    q = SQQuantizer(t)
     t.fill_(100.0)
     assert q.thresholds.detach().tolist() == [[-1.0, 0.0, 1.0]]
 
@@ -195,7 +214,7 @@ def test_threshold_quantizer_copies_its_thresholds():
 def test_gradients_reach_trainable_thresholds(readout):
     rng = np.random.default_rng(1)
     t = torch.tensor(np.sort(rng.normal(size=(2, 7)), axis=1), dtype=torch.float32)
-    q = ThresholdQuantizer(t, readout, trainable=True)
+    q = TRAINABLE[readout](t)
     q.tau = 0.5
     x = torch.tensor(rng.normal(size=(64, 2)), dtype=torch.float32)
     w = torch.tensor(rng.normal(size=(64, q.out_features)), dtype=torch.float32)
@@ -208,12 +227,13 @@ def test_gradients_reach_trainable_thresholds(readout):
     assert "thresholds" in names
 
 
-def test_threshold_gradient_value_hand_case():
+@pytest.mark.parametrize("path", PATHS)
+def test_threshold_gradient_value_hand_case(path):
     # SQ, one feature: d/dt_k sigma((x - t_k)/tau) = -sigma'(z_k)/tau with sigma' = s(1 - s)
-    q = ThresholdQuantizer(T3, "index", trainable=True)
+    q = SQQuantizer(T3)
     q.tau = 0.5
     x = torch.tensor([[0.2]])
-    q(x).sum().backward()
+    soft_path(q, x, path).sum().backward()
     z = (0.2 - np.array([-1.0, 0.0, 1.0])) / 0.5
     expected = -sigmoid(z) * (1 - sigmoid(z)) / 0.5
     np.testing.assert_allclose(q.thresholds.grad.numpy()[0], expected, rtol=1e-5)
@@ -221,7 +241,7 @@ def test_threshold_gradient_value_hand_case():
 
 @pytest.mark.parametrize("readout", ["index", "thermometer", "midpoint"])
 def test_fixed_thresholds_are_buffers(readout):
-    q = ThresholdQuantizer(T3, readout, trainable=False)
+    q = MidpointQuantizer(T3) if readout == "midpoint" else TRAINABLE[readout](T3, trainable=False)
     assert "thresholds" in dict(q.named_buffers())
     assert not q.thresholds.requires_grad
     assert list(q.parameters()) == []
@@ -236,7 +256,7 @@ def test_fixed_thresholds_are_buffers(readout):
 def test_lsq_levels_two_bits():
     q = hard(LSQQuantizer(2, 1))
     with torch.no_grad():
-        q.step.fill_(1.0)
+        q.step_size.fill_(1.0)
     # levels -2, -1, 0, 1; x/s rounded and clamped to -2..1
     x = torch.tensor([[-9.0], [-1.6], [-0.7], [0.2], [0.6], [1.4], [7.0]])
     assert q.encode(x).squeeze(1).tolist() == [0, 0, 1, 2, 3, 3, 3]
@@ -246,7 +266,7 @@ def test_lsq_levels_two_bits():
 def test_lsq_levels_three_bits():
     q = hard(LSQQuantizer(3, 1))
     with torch.no_grad():
-        q.step.fill_(0.5)
+        q.step_size.fill_(0.5)
     assert (q.q_min, q.q_max) == (-4, 3)
     # x/s: -20, -2.4, -0.52, 0, 0.48, 1.52, 2.98, 20 -> clamp/round -4, -2, -1, 0, 0, 2, 3, 3
     x = torch.tensor([[-10.0], [-1.2], [-0.26], [0.0], [0.24], [0.76], [1.49], [10.0]])
@@ -259,7 +279,7 @@ def test_lsq_levels_three_bits():
 def test_lsq_per_feature_steps():
     q = hard(LSQQuantizer(2, 2))
     with torch.no_grad():
-        q.step.copy_(torch.tensor([1.0, 0.25]))
+        q.step_size.copy_(torch.tensor([1.0, 0.25]))
     x = torch.tensor([[0.6, 0.6], [-0.6, -0.6]])
     # feature 0: 0.6 -> 1 -> 1.0, -0.6 -> -1 -> -1.0; feature 1: 2.4 -> clamp 1 -> 0.25; -2.4 -> -2 -> -0.5
     assert q(x).tolist() == [[1.0, 0.25], [-1.0, -0.5]]
@@ -272,23 +292,23 @@ def test_lsq_step_initialisation(bits):
     qp = 2 ** (bits - 1) - 1
     expected = 2 * np.abs(x).mean(0) / math.sqrt(qp)
     q = LSQQuantizer(bits, 3)
-    assert q.init_step(torch.tensor(x, dtype=torch.float32)) is q
-    np.testing.assert_allclose(q.step.detach().numpy(), expected, rtol=1e-5)
+    assert q.init_step_size(torch.tensor(x, dtype=torch.float32)) is q
+    np.testing.assert_allclose(q.step_size.detach().numpy(), expected, rtol=1e-5)
 
 
 def test_lsq_step_initialisation_from_one_row():
     # 3 bits: Q_p = 3; s = 2 |x| / sqrt(3), the zero column floored at 1e-8
-    q = LSQQuantizer(3, 3).double().init_step(torch.tensor([[0.5, -2.0, 0.0]], dtype=torch.float64))
+    q = LSQQuantizer(3, 3).double().init_step_size(torch.tensor([[0.5, -2.0, 0.0]], dtype=torch.float64))
     expected = np.array([1.0, 4.0, 2e-8]) / math.sqrt(3)
-    np.testing.assert_allclose(q.step.detach().numpy(), expected, rtol=1e-12)
+    np.testing.assert_allclose(q.step_size.detach().numpy(), expected, rtol=1e-12)
 
 
 @pytest.mark.parametrize("shape", [(5,), (0, 2), (5, 3), (5, 1), (2, 5, 2)])
 def test_lsq_step_initialisation_needs_rows_of_its_features(shape):
     q = LSQQuantizer(3, 2)
     with pytest.raises(ValueError, match=r"x must be training rows of shape \[n, 2\] with n >= 1"):
-        q.init_step(torch.ones(shape))
-    assert q.step.detach().tolist() == [1.0, 1.0]
+        q.init_step_size(torch.ones(shape))
+    assert q.step_size.detach().tolist() == [1.0, 1.0]
 
 
 @pytest.mark.parametrize("bits", [np.int64(3), np.int32(3), np.uint8(3)])
@@ -303,11 +323,11 @@ def test_quantizers_accept_numpy_integer_bits(bits):
 
 FLOAT32_TENTH = 0.10000000149011612  # float32(0.1), the threshold below
 QUANTIZER_KINDS = {
-    "SQ": lambda t: ThresholdQuantizer(t, "index", trainable=True),
-    "SQplus": lambda t: ThresholdQuantizer(t, "values", trainable=True),
-    "Bw-SQ": lambda t: ThresholdQuantizer(t, "thermometer", trainable=True),
-    "Bw-QQ": lambda t: ThresholdQuantizer(t, "thermometer"),
-    "Pr-QQ": lambda t: ThresholdQuantizer(t, "midpoint"),
+    "SQ": lambda t: SQQuantizer(t),
+    "SQplus": lambda t: SQplusQuantizer(t),
+    "Bw-SQ": lambda t: BwSQQuantizer(t),
+    "Bw-QQ": lambda t: BwSQQuantizer(t, trainable=False),
+    "Pr-QQ": lambda t: MidpointQuantizer(t),
     "LSQ": lambda t: LSQQuantizer(2, 1),
     "LLT": lambda t: LLTQuantizer(2, 1, 4),
 }
@@ -338,41 +358,43 @@ def test_full_precision_model_casts_float64_rows():
     assert torch.equal(SplitModel(None, mlp)(x64), mlp(x64.float()))
 
 
-def test_lsq_step_gradient_hand_case():
+@pytest.mark.parametrize("path", PATHS)
+def test_lsq_step_gradient_hand_case(path):
     # 3 bits: Qn = -4, Qp = 3, s = 0.5; one feature, batch of 4
     # x/s = 0.6, 3.4 (clamped to 3), -10 (clamped to -4), 1.48
     # d xhat / ds = round(z) - z inside, Qp / Qn when clamped: 0.4, 3, -4, -0.48
     # loss = sum(w * xhat), w = 1, 2, 3, 4 -> 0.4 + 6 - 12 - 1.92 = -7.52, times 1/sqrt(Qp * numel)
     q = LSQQuantizer(3, 1)
     with torch.no_grad():
-        q.step.fill_(0.5)
+        q.step_size.fill_(0.5)
     x = torch.tensor([[0.3], [1.7], [-5.0], [0.74]], requires_grad=True)
     w = torch.tensor([[1.0], [2.0], [3.0], [4.0]])
-    out = q(x)
+    out = soft_path(q, x, path)
     np.testing.assert_allclose(out.detach().squeeze(1).numpy(), [0.5, 1.5, -2.0, 0.5])
     (out * w).sum().backward()
-    np.testing.assert_allclose(q.step.grad.numpy(), [-7.52 / math.sqrt(3 * 4)], rtol=1e-5)
+    np.testing.assert_allclose(q.step_size.grad.numpy(), [-7.52 / math.sqrt(3 * 4)], rtol=1e-5)
     # straight-through estimator: gradient 1 inside the range, 0 where clamped
     np.testing.assert_allclose(x.grad.squeeze(1).numpy(), [1.0, 0.0, 0.0, 4.0], rtol=1e-6)
 
 
-def test_lsq_step_gradient_scale_uses_all_elements():
+@pytest.mark.parametrize("path", PATHS)
+def test_lsq_step_gradient_scale_uses_all_elements(path):
     # two features, batch of 3: g = 1 / sqrt(Qp * 3 * 2); 2 bits -> Qp = 1, Qn = -2, s = (1, 2)
     # f0: x/s = 0.3, -0.8, 5 (-> 1): grads 0 - 0.3, -1 + 0.8, Qp = 1 -> sum 0.5
     # f1: x/s = 0.7, -3 (-> -2), 0.45: grads 1 - 0.7, Qn = -2, 0 - 0.45 -> sum -2.15
     q = LSQQuantizer(2, 2)
     with torch.no_grad():
-        q.step.copy_(torch.tensor([1.0, 2.0]))
+        q.step_size.copy_(torch.tensor([1.0, 2.0]))
     x = torch.tensor([[0.3, 1.4], [-0.8, -6.0], [5.0, 0.9]])
-    q(x).sum().backward()
+    soft_path(q, x, path).sum().backward()
     g = 1 / math.sqrt(1 * 6)
-    np.testing.assert_allclose(q.step.grad.numpy(), [0.5 * g, -2.15 * g], rtol=1e-5)
+    np.testing.assert_allclose(q.step_size.grad.numpy(), [0.5 * g, -2.15 * g], rtol=1e-5)
 
 
 def test_lsq_soft_value_equals_hard_value():
     q = LSQQuantizer(4, 3)
     x = torch.randn(200, 3, generator=torch.Generator().manual_seed(0))
-    q.init_step(x)
+    q.init_step_size(x)
     soft = q(x).detach()
     q.hard = True
     np.testing.assert_allclose(soft.numpy(), q(x).detach().numpy(), atol=1e-6)
@@ -469,7 +491,8 @@ def test_llt_first_training_batch_of_one_row_gives_a_finite_scale():
 
 @pytest.mark.parametrize("granularity", [0, -1, 1.5, True, "4", None])
 def test_llt_granularity_must_be_a_positive_integer(granularity):
-    shown = granularity if isinstance(granularity, (int, float)) and not isinstance(granularity, bool) else repr(granularity)
+    number = isinstance(granularity, (int, float)) and not isinstance(granularity, bool)
+    shown = granularity if number else repr(granularity)
     with pytest.raises(ValueError, match=f"granularity must be a whole number >= 1, got {shown}"):
         LLTQuantizer(3, 2, granularity)
     assert LLTQuantizer(3, 2, 2.0).granularity == 2  # a whole number, as everywhere in the API
@@ -508,7 +531,8 @@ def test_llt_hard_lookup_matches_numpy(bits, g):
     np.testing.assert_array_equal(q.encode(torch.tensor(x)).numpy(), np.round(table[np.arange(d)[None], pos] * r) + r)
 
 
-def test_llt_table_gradient_is_rescaled_by_histogram():
+@pytest.mark.parametrize("path", PATHS)
+def test_llt_table_gradient_is_rescaled_by_histogram(path):
     """The gradient reaching table entry k is multiplied by N / (K (sqrt(h_k) + 1e-5))."""
     q = LLTQuantizer(2, 1, 4).double()  # R = 1, G = 4, K = 9
     q.train()
@@ -525,7 +549,7 @@ def test_llt_table_gradient_is_rescaled_by_histogram():
     table_values = np.linspace(-1.0, 1.0, 9) ** 3  # antisymmetric and rising: a soft table
     set_logits(q, np.log(np.diff(table_values[4:]))[None, None])  # p = rise steps, at tau = 1
     np.testing.assert_allclose(q.table(hard=False).detach().numpy()[0], table_values, atol=1e-12)
-    out = q(torch.tensor(u[:, None]))
+    out = soft_path(q, torch.tensor(u[:, None]), path)
     np.testing.assert_allclose(out.detach().numpy()[:, 0], table_values[pos], atol=1e-12)
     (out[:, 0] * torch.tensor(w)).sum().backward()
     raw = np.zeros(9)
@@ -568,48 +592,11 @@ def test_llt_eval_soft_has_no_gradient_reweighting():
     np.testing.assert_allclose(got, table[pos], atol=1e-12)
 
 
-# =========================================================================== training Functions
-# The training-time soft paths run as autograd Functions with hand-written backward passes. The
-# references below are the plain autograd formulas they replace; in float64 the values agree to
-# 1e-12 and every gradient to 1e-9 (relative to the largest entry of that gradient).
-def reference_threshold_soft(x, thresholds, values, readout, tau):
-    steps = torch.sigmoid((x[..., None] - thresholds) / tau)  # [n, d, M]
-    if readout == "thermometer":
-        return steps.flatten(1)
-    if readout == "index":
-        return steps.sum(dim=-1)
-    return values[:, 0] + (steps * values.diff(dim=-1)).sum(dim=-1)
-
-
-def reference_lsq_soft(x, step, q_min, q_max):
-    grad_scale = 1.0 / math.sqrt(q_max * x.numel())
-    step = step * grad_scale + (step - step * grad_scale).detach()
-    z = clamp_inclusive(x / step, q_min, q_max)
-    z = z + (torch.round(z) - z).detach()  # straight-through rounding
-    return z * step
-
-
-def reference_llt_soft(x, logits, log_scale, tau, training):
-    d, r, g = logits.shape
-    k = 2 * r * g + 1
-    p = torch.softmax(logits / tau, dim=-1)
-    rise = p.flatten(1).cumsum(dim=-1)
-    table = torch.cat([-rise.flip(-1), torch.zeros_like(rise[:, :1]), rise], dim=-1) / r
-    scale = log_scale.exp()
-    u = clamp_inclusive(x / scale, -1.0, 1.0)
-    position = torch.round((k - 1) / 2 * (u + 1)).long()
-    if training:
-        with torch.no_grad():
-            low, high = u.min(dim=0).values, u.max(dim=0).values
-            width = (high - low).clamp_min(torch.finfo(u.dtype).tiny)
-            bins = ((u - low) / width * k).long().clamp_(0, k - 1)
-            counts = torch.zeros(d, k, dtype=u.dtype, device=u.device)
-            counts.scatter_add_(1, bins.T, torch.ones_like(bins.T, dtype=u.dtype))
-            weights = u.shape[0] / (k * (counts.sqrt() + 1e-5))
-        table.register_hook(lambda grad: grad * weights)
-    return (table[torch.arange(d, device=x.device), position] + u - u.detach()) * scale
-
-
+# =========================================================================== fused Functions
+# The soft paths the models run (forward in soft mode, and the stacked engine's call by hand) are
+# the fused autograd Functions of quantization/fused.py, with hand-written backward passes. They
+# compute each quantizer's plain ``soft`` formula: in float64 the values agree to 1e-12 and every
+# gradient to 1e-9 (relative to the largest entry of that gradient).
 def test_clamp_inclusive_passes_the_gradient_at_its_bounds():
     """The project's convention, whatever torch's clamp does: 1 on [low, high] (bounds included), 0 outside."""
     x = torch.tensor([-3.0, -1.0, -0.25, 1.0, 2.0], dtype=torch.float64, requires_grad=True)
@@ -619,28 +606,30 @@ def test_clamp_inclusive_passes_the_gradient_at_its_bounds():
     assert x.grad.tolist() == [0.0, 2.0, 3.0, 4.0, 0.0]
 
 
-def compare_with_reference(q, reference, x, x_grad, gen, device="cpu"):
-    """q(x) and the gradients of (q(x) * w).sum() against ``reference(x, *parameters)``, all on ``device``."""
+def compare_fused_with_plain(q, x, x_grad, gen, device="cpu"):
+    """q(x) (the fused Function) and the gradients of (q(x) * w).sum() against q's own plain ``soft``, on ``device``."""
     q, x = q.to(device), x.to(device)
+    assert q.soft_function(x) is not None, "the quantizer has a fused Function"
+    plain = copy.deepcopy(q)
     names = [name for name, _ in q.named_parameters()]
-    leaves = [p.detach().clone().requires_grad_() for p in q.parameters()]
-    x_ref = x.clone().requires_grad_(x_grad)
+    x_plain = x.clone().requires_grad_(x_grad)
     x = x.clone().requires_grad_(x_grad)
-    out, expected = q(x), reference(x_ref, *leaves)
+    out, expected = q(x), plain.soft(x_plain)
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
     w = torch.randn(out.shape, generator=gen, dtype=out.dtype).to(device)
     (out * w).sum().backward()
     (expected * w).sum().backward()
-    pairs = [(name, p.grad, leaf.grad) for name, p, leaf in zip(names, q.parameters(), leaves)]
+    pairs = [(name, p.grad, twin.grad) for name, p, twin in zip(names, q.parameters(), plain.parameters())]
     if x_grad:
-        pairs.append(("x", x.grad, x_ref.grad))
-    if not x_grad:  # the training loop's path: the same Function called by hand, without autograd
+        pairs.append(("x", x.grad, x_plain.grad))
+    if not x_grad:  # the stacked engine's path: the same Function called by hand, without autograd
         q.zero_grad(set_to_none=True)
         by_hand, backward = q.soft_with_backward(x)
         assert not by_hand.requires_grad
         torch.testing.assert_close(by_hand, expected.detach(), rtol=0, atol=1e-12)
         backward(w)
-        pairs += [(f"{name} by hand", p.grad, leaf.grad) for name, p, leaf in zip(names, q.parameters(), leaves)]
+        pairs += [(f"{name} by hand", p.grad, twin.grad)
+                  for name, p, twin in zip(names, q.parameters(), plain.parameters())]
     for name, got, want in pairs:
         assert want is not None and got is not None, name
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9 * float(want.abs().max()), msg=name)
@@ -648,7 +637,7 @@ def compare_with_reference(q, reference, x, x_grad, gen, device="cpu"):
 
 def test_soft_with_backward_accumulates_and_falls_back_to_autograd():
     """A second backward adds to .grad as autograd does; a quantizer without a fused Function uses autograd."""
-    q = ThresholdQuantizer(torch.tensor([[-1.0, 0.0, 1.0]], dtype=torch.float64), "index", trainable=True)
+    q = SQQuantizer(torch.tensor([[-1.0, 0.0, 1.0]], dtype=torch.float64))
     x = torch.tensor([[0.0], [0.5]], dtype=torch.float64)
     out, backward = q.soft_with_backward(x)
     backward(torch.ones_like(out))
@@ -664,44 +653,42 @@ def test_soft_with_backward_accumulates_and_falls_back_to_autograd():
             return None
 
         def soft(self, x):
-            return 2 * x * self.step
+            return 2 * x * self.step_size
 
     q = Doubling(2, 1)
     out, backward = q.soft_with_backward(torch.tensor([[3.0], [4.0]]))
     assert out.tolist() == [[6.0], [8.0]] and not out.requires_grad
     backward(torch.ones_like(out))
-    assert q.step.grad.tolist() == [14.0]  # d/ds sum 2 x s = 2 (3 + 4)
+    assert q.step_size.grad.tolist() == [14.0]  # d/ds sum 2 x s = 2 (3 + 4)
+    assert Doubling(2, 1)(torch.tensor([[3.0]])).tolist() == [[6.0]]  # forward runs soft() where no Function is
 
 
 @pytest.mark.parametrize("readout", ["index", "values", "thermometer"])
 @pytest.mark.parametrize("bits,tau", [(2, 1.0), (3, 0.3), (4, 0.05), (5, 2.0)])
 @pytest.mark.parametrize("x_grad", [False, True])
-def test_threshold_soft_matches_autograd_reference(readout, bits, tau, x_grad, device):
+def test_threshold_fused_function_computes_the_plain_soft(readout, bits, tau, x_grad, device):
     gen = torch.Generator().manual_seed(bits * 7 + int(x_grad))
     d, m = 3, 2**bits - 1
-    q = ThresholdQuantizer(torch.randn(d, m, generator=gen), readout, trainable=True).double()  # unsorted
+    q = TRAINABLE[readout](torch.randn(d, m, generator=gen)).double()  # unsorted
     q.tau = tau
     if readout == "values":
         with torch.no_grad():
             q.interval_values.copy_(torch.randn(d, m + 1, generator=gen, dtype=torch.float64))
     x = torch.randn(200, d, generator=gen, dtype=torch.float64) * 1.5
-
-    def reference(x, thresholds, *values):
-        return reference_threshold_soft(x, thresholds, values[0] if values else None, readout, tau)
-
-    compare_with_reference(q, reference, x, x_grad, gen, device)
+    compare_fused_with_plain(q, x, x_grad, gen, device)
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 @pytest.mark.parametrize("x_grad", [False, True])
-def test_lsq_soft_matches_autograd_reference(bits, x_grad, device):
+def test_lsq_fused_function_computes_the_plain_soft(bits, x_grad, device):
     gen = torch.Generator().manual_seed(bits)
     d = 4
     q = LSQQuantizer(bits, d).double()
     with torch.no_grad():
-        q.step.copy_(torch.rand(d, generator=gen, dtype=torch.float64) * 0.5 + 0.05)
+        q.step_size.copy_(torch.rand(d, generator=gen, dtype=torch.float64) * 0.5 + 0.05)
     x = torch.randn(300, d, generator=gen, dtype=torch.float64) * 2  # many values beyond the levels
-    compare_with_reference(q, lambda x, step: reference_lsq_soft(x, step, q.q_min, q.q_max), x, x_grad, gen, device)
+    x[:2, 0] = q.step_size.detach()[0] * torch.tensor([q.q_min, q.q_max], dtype=torch.float64)  # exactly at the bounds
+    compare_fused_with_plain(q, x, x_grad, gen, device)
 
 
 # 6 bits at G = 9 builds the table with cumsum, the smaller ones with the cached matrix
@@ -711,7 +698,7 @@ LLT_CASES = [(2, 4, 1.0), (3, 9, 0.5), (4, 4, 0.1), (4, 1, 1.0), (5, 9, 2.0), (6
 @pytest.mark.parametrize("bits,granularity,tau", LLT_CASES)
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("x_grad", [False, True])
-def test_llt_soft_matches_autograd_reference(bits, granularity, tau, training, x_grad, device):
+def test_llt_fused_function_computes_the_plain_soft(bits, granularity, tau, training, x_grad, device):
     gen = torch.Generator().manual_seed(bits * 10 + granularity)
     d = 3
     q = LLTQuantizer(bits, d, granularity).double()
@@ -723,17 +710,15 @@ def test_llt_soft_matches_autograd_reference(bits, granularity, tau, training, x
         q.log_scale.copy_(torch.randn(d, generator=gen, dtype=torch.float64) * 0.3)
     x = torch.randn(400, d, generator=gen, dtype=torch.float64) * 1.5  # some beyond +-s
     x[:4] = torch.exp(q.log_scale.detach()) * torch.tensor([[-1.0], [1.0], [0.5], [0.0]], dtype=torch.float64)
-
-    def reference(x, logits, log_scale):
-        return reference_llt_soft(x, logits, log_scale, tau, training)
-
-    compare_with_reference(q, reference, x, x_grad, gen, device)
+    if training:
+        x[:, 1] = 0.25  # a feature constant in the batch: its histogram's middle bin
+    compare_fused_with_plain(q, x, x_grad, gen, device)
 
 
 @pytest.mark.parametrize("readout", ["index", "values", "thermometer"])
 def test_soft_steps_saturate_to_exact_zero_and_one(readout, device):
     """At a small temperature the sigmoids give exact 0 and 1, never a denormal number."""
-    q = ThresholdQuantizer(torch.tensor([[-1.0, 0.0, 1.0]]), readout, trainable=True).to(device)
+    q = TRAINABLE[readout](torch.tensor([[-1.0, 0.0, 1.0]])).to(device)
     q.tau = 1e-3  # arguments up to +-5000
     x = torch.tensor([[-4.0], [-0.0999], [-0.0899], [0.03], [0.0899], [3.0]], device=device)
     out, backward = q.soft_with_backward(x)
@@ -756,29 +741,29 @@ def test_training_functions_gradcheck(device):
         return torch.randn(*shape, generator=gen, dtype=torch.float64).to(device).requires_grad_()
 
     x, t, v = randn(6, 2), randn(2, 3), randn(2, 4)
-    assert torch.autograd.gradcheck(lambda x, t: _Thermometer.apply(x, t, 0.7), (x, t))
-    assert torch.autograd.gradcheck(lambda x, t: _SteppedSum.apply(x, t, None, 0.7), (x, t))
-    assert torch.autograd.gradcheck(lambda x, t, v: _SteppedSum.apply(x, t, v, 0.7), (x, t, v))
+    assert torch.autograd.gradcheck(lambda x, t: Thermometer.apply(x, t, 0.7), (x, t))
+    assert torch.autograd.gradcheck(lambda x, t: SteppedSum.apply(x, t, None, 0.7), (x, t))
+    assert torch.autograd.gradcheck(lambda x, t, v: SteppedSum.apply(x, t, v, 0.7), (x, t, v))
     # LLT: the table lookup is differentiable in the logits (without the histogram reweighting),
     # through the cached matrix (small tables) and through cumsum (large ones)
     x = torch.randn(40, 2, generator=gen, dtype=torch.float64).to(device)
     log_scale = torch.zeros(2, dtype=torch.float64, device=device)
     for shape in [(2, 3, 4), (2, 31, 6)]:
-        assert (_rise_matrix(*shape[1:], torch.float64, x.device) is None) == (shape[1] == 31)
+        assert (rise_matrix(*shape[1:], torch.float64, x.device) is None) == (shape[1] == 31)
         logits = randn(*shape)
-        assert torch.autograd.gradcheck(lambda w: _LLTLookup.apply(w, log_scale, x, 0.7, False), (logits,))
+        assert torch.autograd.gradcheck(lambda w: LLTLookup.apply(w, log_scale, x, 0.7, False), (logits,))
 
 
-def test_llt_rise_matrix_is_the_table_map():
+def test_lltrise_matrix_is_the_table_map():
     p = torch.softmax(torch.randn(4, 7, 3, dtype=torch.float64), dim=-1)  # R = 7, G = 3
     rise = p.flatten(1).cumsum(dim=1)
     expected = torch.cat([-rise.flip(-1), torch.zeros(4, 1, dtype=torch.float64), rise], dim=1) / 7
-    got = p.flatten(1) @ _rise_matrix(7, 3, torch.float64, p.device)
+    got = p.flatten(1) @ rise_matrix(7, 3, torch.float64, p.device)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-14)
 
 
 def test_llt_cached_matrix_built_in_inference_mode_trains():
-    _rise_matrix.cache_clear()
+    rise_matrix.cache_clear()
     q = LLTQuantizer(3, 2, 5)
     q.eval()
     with torch.inference_mode():  # a soft evaluation builds the cache first
@@ -811,17 +796,17 @@ def all_quantizers(bits: int, d: int, gen: torch.Generator):
     t = torch.randn(d, m, generator=gen)  # unsorted
     sorted_t = torch.sort(t, dim=1).values
     out = {
-        "index": ThresholdQuantizer(t, "index", trainable=True),
-        "values": ThresholdQuantizer(t, "values", trainable=True),
-        "thermometer": ThresholdQuantizer(t, "thermometer", trainable=True),
-        "thermometer-fixed": ThresholdQuantizer(sorted_t, "thermometer"),
-        "midpoint": ThresholdQuantizer(sorted_t, "midpoint"),
+        "index": SQQuantizer(t),
+        "values": SQplusQuantizer(t),
+        "thermometer": BwSQQuantizer(t),
+        "thermometer-fixed": BwSQQuantizer(sorted_t, trainable=False),
+        "midpoint": MidpointQuantizer(sorted_t),
         "lsq": LSQQuantizer(bits, d),
         "llt4": LLTQuantizer(bits, d, 4),
         "llt9": LLTQuantizer(bits, d, 9),
     }
     with torch.no_grad():
-        out["lsq"].step.copy_(torch.rand(d, generator=gen) * 0.5 + 0.05)
+        out["lsq"].step_size.copy_(torch.rand(d, generator=gen) * 0.5 + 0.05)
         for key in ("llt4", "llt9"):
             out[key].logits.copy_(torch.randn(out[key].logits.shape, generator=gen))
             out[key].log_scale.copy_(torch.randn(d, generator=gen) * 0.3 + 0.7)
@@ -847,7 +832,7 @@ def test_encode_range_and_level_counts(bits):
                 assert out[:, f].unique().numel() <= 2**bits
             # inputs on every level use all 2**b indices
             grid = torch.arange(-(2 ** (bits - 1)), 2 ** (bits - 1), dtype=torch.float32)[:, None]
-            on_levels = grid * q.step.detach()[None]
+            on_levels = grid * q.step_size.detach()[None]
             assert q.encode(on_levels).T.tolist() == [list(range(2**bits))] * d
         if name.startswith("llt"):
             for f in range(d):
@@ -865,7 +850,7 @@ NON_FINITE = torch.tensor([[NAN, 0.3], [INF, NAN], [-INF, INF], [0.3, -INF]])
 def _lsq_half_step():
     q = LSQQuantizer(3, 2)
     with torch.no_grad():
-        q.step.fill_(0.5)
+        q.step_size.fill_(0.5)
     return q
 
 
@@ -877,7 +862,7 @@ NON_FINITE_CASES = {
     # T[16] = 1/3 (index 4); +inf -> T[24] = 1 (index 6), -inf -> T[0] = -1 (index 0); value (index - 3) / 3
     "llt": (lambda: LLTQuantizer(3, 2, 4), [[0, 4], [6, 0], [0, 6], [4, 0]], lambda i: (i - 3) / 3),
     # T3: 0.3 exceeds -1 and 0; the index readout is the index
-    "threshold": (lambda: ThresholdQuantizer(T3.repeat(2, 1), "index"), [[0, 2], [3, 0], [0, 3], [2, 0]], lambda i: i),
+    "threshold": (lambda: SQQuantizer(T3.repeat(2, 1), trainable=False), [[0, 2], [3, 0], [0, 3], [2, 0]], lambda i: i),
 }
 
 
@@ -901,7 +886,7 @@ def test_non_finite_encode_matches_the_exported_encoder(name, bits):
     if name == "LSQ":
         q = LSQQuantizer(bits, d)
         with torch.no_grad():
-            q.step.copy_(torch.rand(d, generator=gen) + 0.1)
+            q.step_size.copy_(torch.rand(d, generator=gen) + 0.1)
     else:
         q = LLTQuantizer(bits, d, int(name[3:]))
         with torch.no_grad():
@@ -928,7 +913,7 @@ def test_bitwise_soft_quantizer_hard_outputs_are_binary():
     """Hard: exactly ``[x > t_k]`` per feature and (unsorted) threshold; soft at a small tau: the same, away from t."""
     gen = torch.Generator().manual_seed(9)
     thresholds = torch.randn(4, 15, generator=gen)
-    q = ThresholdQuantizer(thresholds, "thermometer", trainable=True)
+    q = BwSQQuantizer(thresholds)
     q.tau = 1e-3
     x = torch.randn(500, 4, generator=gen)
     steps = (x.numpy()[:, :, None] > thresholds.numpy()[None]).reshape(500, -1).astype(np.float32)  # numpy, [n, d*M]
@@ -983,24 +968,24 @@ def test_llt_histogram_counts_as_torch_histc():
     u[:, 2] = 0.25  # constant in the batch: histc widens the range to -0.75 .. 1.25, the middle bin
     u[:150, 3] = -1.0  # clamped values at both ends
     u[150:, 3] = 1.0
-    counts = _histogram(u, 9)
+    counts = histogram(u, 9)
     for f in range(4):
         column = u[:, f]
         expected = torch.histc(column, bins=9, min=column.min().item(), max=column.max().item())
         torch.testing.assert_close(counts[f], expected, rtol=0, atol=0)
     assert counts[2].tolist() == [0, 0, 0, 0, 300, 0, 0, 0, 0]
     assert counts[3].tolist() == [150, 0, 0, 0, 0, 0, 0, 0, 150]
-    assert _histogram(u[:1], 9).argmax(dim=1).tolist() == [4] * 4  # a batch of one row
+    assert histogram(u[:1], 9).argmax(dim=1).tolist() == [4] * 4  # a batch of one row
 
 
 # =========================================================================== misuse from outside
 def _every_quantizer(n_features: int = 2):
     thresholds = torch.tensor([[-1.0, 0.0, 1.0], [-0.5, 0.5, 1.5]])[:n_features]
     return [
-        ThresholdQuantizer(thresholds, "index", trainable=True),
-        ThresholdQuantizer(thresholds, "thermometer", trainable=True),
-        ThresholdQuantizer(thresholds, "values", trainable=True),
-        ThresholdQuantizer(thresholds, "midpoint"),
+        SQQuantizer(thresholds),
+        BwSQQuantizer(thresholds),
+        SQplusQuantizer(thresholds),
+        MidpointQuantizer(thresholds),
         LSQQuantizer(2, n_features),
         LLTQuantizer(2, n_features, 3),
     ]
@@ -1031,7 +1016,7 @@ def test_rows_of_another_width_are_refused_not_broadcast(hard_mode):
 
 def test_encode_casts_float64_rows_as_forward_does():
     # 1e-12 above a float32 threshold: float64 exceeds it, the float32 rows the model computes with do not
-    q = ThresholdQuantizer(torch.tensor([[-1.0, 0.0, 1.0]]), "index")
+    q = SQQuantizer(torch.tensor([[-1.0, 0.0, 1.0]]), trainable=False)
     rows = torch.tensor([[1.0 + 1e-12]], dtype=torch.float64)
     assert q.encode(rows).item() == 2  # not 3
     assert q.encode(rows).item() == q.encode(rows.float()).item() == hard(q)(rows).item()
@@ -1069,18 +1054,34 @@ def test_quantizers_need_a_whole_positive_feature_count(n_features):
 
 
 def test_threshold_quantizer_takes_whole_number_thresholds_as_floats_and_refuses_nan():
-    q = ThresholdQuantizer(torch.tensor([[-1, 0, 1]]), "midpoint")
+    q = MidpointQuantizer(torch.tensor([[-1, 0, 1]]))
     assert q.thresholds.dtype == torch.get_default_dtype()
     assert hard(q)(torch.tensor([[0.5]])).item() == 0.5  # the midpoint of (0, 1)
     with pytest.raises(ValueError, match="thresholds must be finite"):
-        ThresholdQuantizer(torch.tensor([[-1.0, float("nan"), 1.0]]), "index", trainable=True)
+        SQQuantizer(torch.tensor([[-1.0, float("nan"), 1.0]]))
 
 
 def test_decode_reads_narrow_integer_indices_as_their_values():
-    index = torch.tensor([[0, 7], [3, 4]])
-    for q in (LSQQuantizer(3, 2), LLTQuantizer(3, 2, 4), ThresholdQuantizer(torch.sort(torch.randn(2, 7)).values, "midpoint")):
+    index = torch.tensor([[0, 6], [3, 4]])  # 6: the top index of LLT at 3 bits
+    for q in (LSQQuantizer(3, 2), LLTQuantizer(3, 2, 4), MidpointQuantizer(torch.sort(torch.randn(2, 7)).values)):
         for dtype in (torch.uint8, torch.int16, torch.int32):
             assert torch.equal(q.decode(index.to(dtype)), q.decode(index))  # uint8: 0 - 4 would wrap to 252
         for bad in (index.float(), index.to(torch.complex64), index.bool(), index[:, :1], index[0]):
             with pytest.raises(ValueError, match=r"expected integer indices \[n, 2\]"):
                 q.decode(bad)
+
+
+def test_every_quantizer_sends_and_decodes_only_its_own_indices():
+    """LLT at 3 bits has 2 R + 1 = 7 levels (indices 0..6), the threshold quantizers and LSQ have 2**3 = 8."""
+    thresholds = torch.sort(torch.randn(2, 7)).values
+    quantizers = [SQQuantizer(thresholds, trainable=False), BwSQQuantizer(thresholds, trainable=False),
+                  MidpointQuantizer(thresholds), SQplusQuantizer(thresholds), LSQQuantizer(3, 2), LLTQuantizer(3, 2, 4)]
+    for q in quantizers:
+        top = 6 if isinstance(q, LLTQuantizer) else 7
+        assert q.n_levels == top + 1
+        extremes = torch.tensor([[-1e30, 1e30], [1e30, -1e30]])
+        assert torch.aminmax(q.encode(extremes)) == (0, top)
+        q.decode(torch.tensor([[0, top]]))
+        for bad, shown in ((top + 1, f"0..{top + 1}"), (50, "0..50"), (-1, "-1..0")):
+            with pytest.raises(ValueError, match=rf"indices must lie in 0..{top} at 3 bits, got {shown}: the payload"):
+                q.decode(torch.tensor([[0, bad]]))
