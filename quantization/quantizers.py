@@ -2,10 +2,10 @@
 
 Every quantizer splits into an edge half and a cloud half:
 
-- ``encode(x)``: standardized features ``[n, d]`` -> int64 indices ``[n, d]`` in ``0..2**bits - 1``,
+- ``encode(x)``: standardized features ``[n, d]`` -> int64 indices ``[n, d]`` in ``0..n_levels - 1``,
   what the device transmits (as on the device, NaN gives index 0 and +-inf the extreme indices);
 - ``decode(index)``: indices -> the network input ``[n, out_features]``, what the server feeds
-  to the MLP;
+  to the MLP (indices a device cannot send are refused);
 - ``soft(x)``: the differentiable surrogate used while training (and for the soft-mode
   evaluations of SPEC section 5); ``soft_with_backward(x)`` computes it together with a function
   that writes the parameters' gradients, what the training loop calls.
@@ -308,8 +308,13 @@ class Quantizer(nn.Module):
         """Width of the network input this quantizer produces."""
         return self.n_features
 
+    @property
+    def n_levels(self) -> int:
+        """How many indices a device can send per feature, ``0..n_levels - 1`` (``2**bits``)."""
+        return 2**self.bits
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Standardized features [n, d] -> int64 indices [n, d] in ``0..2**bits - 1``."""
+        """Standardized features [n, d] -> int64 indices [n, d] in ``0..n_levels - 1``."""
         raise NotImplementedError(f"{type(self).__name__} must implement encode")
 
     def decode(self, index: torch.Tensor) -> torch.Tensor:
@@ -374,13 +379,20 @@ class Quantizer(nn.Module):
         return x.to(self.dtype)
 
     def checked_index(self, index: torch.Tensor) -> torch.Tensor:
-        """Check that ``index`` is integer indices [n, n_features] and return them as int64, so that
-        ``decode``'s arithmetic cannot wrap around (uint8 payloads, say)."""
+        """Check that ``index`` is integer indices [n, n_features] in ``0..n_levels - 1`` and return them as
+        int64, so that ``decode``'s arithmetic cannot wrap around (uint8 payloads, say)."""
         if not isinstance(index, torch.Tensor) or index.is_floating_point() or index.is_complex() \
                 or index.dtype == torch.bool or index.ndim != 2 or index.shape[1] != self.n_features:
             shape = f"{index.dtype} {tuple(index.shape)}" if isinstance(index, torch.Tensor) else type(index).__name__
             raise ValueError(f"expected integer indices [n, {self.n_features}], got {shape}")
-        return index.long()
+        index = index.long()
+        if index.numel():
+            low, high = torch.aminmax(index)
+            if low < 0 or high >= self.n_levels:
+                raise ValueError(f"indices must lie in 0..{self.n_levels - 1} at {self.bits} bits, got "
+                                 f"{low.item()}..{high.item()}: the payload is damaged or was packed at another bit "
+                                 "width or for another method")
+        return index
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [n, d] -> [n, out_features], in self.dtype
         return self.decode(self.encode(x)) if self.hard else self.soft(self.checked_rows(x))  # encode checks its rows
@@ -519,6 +531,11 @@ class LLTQuantizer(Quantizer):
             features = torch.arange(self.n_features, device=position.device)
             level = self.table(hard=True)[features, position] * self.segments  # [n, d]
         return torch.round(level).long() + self.segments
+
+    @property
+    def n_levels(self) -> int:
+        """How many indices a device can send per feature: the ``2R + 1 = 2**bits - 1`` table levels."""
+        return 2 * self.segments + 1
 
     def decode(self, index: torch.Tensor) -> torch.Tensor:
         level = (self.checked_index(index) - self.segments).to(self.log_scale.dtype) / self.segments

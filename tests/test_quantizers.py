@@ -1077,10 +1077,26 @@ def test_threshold_quantizer_takes_whole_number_thresholds_as_floats_and_refuses
 
 
 def test_decode_reads_narrow_integer_indices_as_their_values():
-    index = torch.tensor([[0, 7], [3, 4]])
+    index = torch.tensor([[0, 6], [3, 4]])  # 6: the top index of LLT at 3 bits
     for q in (LSQQuantizer(3, 2), LLTQuantizer(3, 2, 4), ThresholdQuantizer(torch.sort(torch.randn(2, 7)).values, "midpoint")):
         for dtype in (torch.uint8, torch.int16, torch.int32):
             assert torch.equal(q.decode(index.to(dtype)), q.decode(index))  # uint8: 0 - 4 would wrap to 252
         for bad in (index.float(), index.to(torch.complex64), index.bool(), index[:, :1], index[0]):
             with pytest.raises(ValueError, match=r"expected integer indices \[n, 2\]"):
                 q.decode(bad)
+
+
+def test_every_quantizer_sends_and_decodes_only_its_own_indices():
+    """LLT at 3 bits has 2 R + 1 = 7 levels (indices 0..6), the threshold quantizers and LSQ have 2**3 = 8."""
+    thresholds = torch.sort(torch.randn(2, 7)).values
+    quantizers = [ThresholdQuantizer(thresholds, readout) for readout in ("index", "thermometer", "midpoint")]
+    quantizers += [ThresholdQuantizer(thresholds, "values", trainable=True), LSQQuantizer(3, 2), LLTQuantizer(3, 2, 4)]
+    for q in quantizers:
+        top = 6 if isinstance(q, LLTQuantizer) else 7
+        assert q.n_levels == top + 1
+        extremes = torch.tensor([[-1e30, 1e30], [1e30, -1e30]])
+        assert torch.aminmax(q.encode(extremes)) == (0, top)
+        q.decode(torch.tensor([[0, top]]))
+        for bad, shown in ((top + 1, f"0..{top + 1}"), (50, "0..50"), (-1, "-1..0")):
+            with pytest.raises(ValueError, match=rf"indices must lie in 0..{top} at 3 bits, got {shown}: the payload"):
+                q.decode(torch.tensor([[0, bad]]))
