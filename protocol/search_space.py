@@ -13,7 +13,7 @@ import pandas as pd
 from models import SETTING_KEYS, Setting
 from models.training import INTEGER_SETTING_KEYS
 
-from .common import ProtocolError
+from .common import MAX_STEPS, ProtocolError
 
 PAPER_SEARCH_SPACE: dict[str, list] = {
     "weight_decay": [0],
@@ -37,9 +37,12 @@ def paper_search_space(debug: bool = False) -> dict[str, list]:
 def load_search_space(path: str | os.PathLike) -> dict[str, list]:
     """Read a JSON object of lists; keys it leaves out keep the paper's values."""
     try:
-        user = json.loads(Path(path).read_text())
+        user = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as error:
         raise ProtocolError(f"cannot read the search space {path}: {error}") from None
+    except UnicodeDecodeError as error:
+        raise ProtocolError(f"the search space {path} is not UTF-8 text (byte {error.object[error.start]:#x} at "
+                            f"position {error.start}); save it as UTF-8 JSON") from None
     if not isinstance(user, dict):
         raise ProtocolError(f"{path} must hold a JSON object mapping hyperparameter names to lists")
     unknown = sorted(set(user) - set(PAPER_SEARCH_SPACE))
@@ -69,8 +72,8 @@ def draw_settings(space: dict[str, list], n_steps: int) -> pd.DataFrame:
 
     Returns a frame indexed by ``hyperparameter_setting_id`` with the seven keys as columns.
     """
-    if n_steps < 1:
-        raise ProtocolError(f"--n_steps must be at least 1, got {n_steps}")
+    if not 1 <= n_steps <= MAX_STEPS:
+        raise ProtocolError(f"--n_steps must be from 1 to {MAX_STEPS}, got {n_steps}")
     np.random.seed(SEARCH_SEED)
     draws = {key: np.random.choice(space[key], size=n_steps, replace=True) for key in SETTING_KEYS}
     return pd.DataFrame(draws, index=pd.RangeIndex(n_steps, name="hyperparameter_setting_id"))

@@ -24,7 +24,7 @@ import hyperparameter_tuning as tuning_script
 from models import METHOD_NAMES, METHODS, SETTING_KEYS, MethodResult, Setting
 from protocol import best_settings, tuning
 from protocol.best_settings import Choice, load_choices, planned_folds, run_best_settings, select_best
-from protocol.common import ProtocolError, parse_positive
+from protocol.common import ProtocolError, parse_positive, parse_steps
 from protocol.schema import BEST, BEST_COLUMNS, SOFT_EVALUATED, TRAINED, TUNING, read_results, write_results
 from protocol.search_space import draw_settings, load_search_space, paper_search_space
 from protocol.tuning import export_tuning, open_tuning, plan_tuning, run_tuning
@@ -403,6 +403,10 @@ def run_script(*args: str) -> subprocess.CompletedProcess:
         (["hyperparameter_tuning.py", "--dataset", "fried", "--n_bits", "1"], "bits must be an integer from 2 to 8"),
         (["hyperparameter_tuning.py", "--dataset", "nope", "--n_bits", "3"], "invalid choice"),
         (["hyperparameter_tuning.py", "--dataset", "fried", "--n_bits", "3", "--n_steps", "0"], "at least 1"),
+        (["hyperparameter_tuning.py", "--dataset", "fried", "--n_bits", "3", "--n_steps", str(10**20)],
+         f"--n_steps: expected an integer from 1 to 1000000, got '{10**20}'"),
+        (["best_hyperparameter_testing_multiple.py", "--dataset", "fried", "--n_steps", "1000001"],
+         "--n_steps: expected an integer from 1 to 1000000, got '1000001'"),
         (["best_hyperparameter_testing_multiple.py", "--dataset", "fried", "--methods", "XQ"], "invalid choice"),
     ],
 )
@@ -467,6 +471,15 @@ def test_bad_search_space_is_refused(tmp_path: Path, space: dict, message: str) 
     path.write_text(json.dumps(space))
     result = run_script("hyperparameter_tuning.py", "--dataset", "fried", "--n_bits", "3", "--search_space", str(path), "--list_settings")
     assert result.returncode == 2 and message in result.stderr
+
+
+def test_a_search_space_that_is_not_utf8_is_one_sentence(tmp_path: Path) -> None:
+    path = tmp_path / "space.json"
+    path.write_bytes('{"hidden_neurons": [5], "num_epochs": [3], "caf\xe9": [1]}'.encode("latin-1"))  # Latin-1 bytes
+    result = run_script("hyperparameter_tuning.py", "--dataset", "fried", "--n_bits", "3", "--search_space", str(path))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    expected = f"the search space {path} is not UTF-8 text (byte 0xe9 at position 47); save it as UTF-8 JSON"
+    assert result.stderr == f"error: {expected}\n"
 
 
 def test_custom_search_space_is_used(tmp_path: Path, capsys) -> None:
@@ -695,3 +708,12 @@ def test_counts_on_the_command_line_are_at_least_one(text: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError, match=f"expected an integer of at least 1, got '{text}'"):
         parse_positive(text)
     assert parse_positive("1") == 1 and parse_positive("60") == 60
+
+
+def test_step_counts_are_capped_before_anything_is_drawn() -> None:
+    assert parse_steps("1000000") == 1000000
+    for text in ("1000001", str(10**20)):
+        with pytest.raises(argparse.ArgumentTypeError, match=f"expected an integer from 1 to 1000000, got '{text}'"):
+            parse_steps(text)
+    with pytest.raises(ProtocolError, match="--n_steps must be from 1 to 1000000, got 1000000000"):
+        draw_settings(paper_search_space(), 10**9)  # 7.45 GiB of draws, refused before any
