@@ -7,7 +7,11 @@ import hashlib
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -410,3 +414,32 @@ def test_a_signal_during_a_write_takes_effect_after_it(tmp_path, monkeypatch):
     assert path.read_text() == "new\n"
     assert [p.name for p in tmp_path.iterdir()] == ["result.csv"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handlers of before are back
+
+
+def test_a_later_write_removes_the_temporary_files_of_dead_writers_only(tmp_path):
+    path = tmp_path / "result.csv"
+    killed = (  # a writer killed outright (SIGKILL) in the middle of its write
+        "import os, signal, sys; from data import atomic\n"
+        "atomic.os.fsync = lambda fd: os.kill(os.getpid(), signal.SIGKILL)\n"
+        "atomic.atomic_write_text(sys.argv[1], 'half\\n')\n"
+    )
+    repo = Path(__file__).resolve().parents[1]
+    assert subprocess.run([sys.executable, "-c", killed, str(path)], cwd=repo).returncode == -signal.SIGKILL
+    [left] = tmp_path.iterdir()
+    assert left.name.startswith(f".result.csv.{atomic.MACHINE_TAG}-") and left.name.endswith(".tmp")
+    old = time.time() - atomic.STALE_TEMPORARY_SECONDS - 60
+    kept = {  # a live writer here (this process), a writer elsewhere, another file's temporary files
+        f".result.csv.{atomic.MACHINE_TAG}-{os.getpid()}.abcd1234.tmp": None,
+        ".result.csv.0123abcd-1.abcd1234.tmp": None,
+        ".result.csv.abcd1234.tmp": None,  # from before writers were named: unknown
+        f".result.csv.gz.{atomic.MACHINE_TAG}-{left.name.split('-')[1].split('.')[0]}.abcd1234.tmp": old,
+        ".result.csv.x.abcd1234.tmp": old,
+    }
+    gone = {".result.csv.0123abcd-1.efgh5678.tmp": old, ".result.csv.efgh5678.tmp": old}  # untouched for 11 minutes
+    for name, mtime in {**kept, **gone}.items():
+        (tmp_path / name).write_text("half\n")
+        if mtime is not None:
+            os.utime(tmp_path / name, (mtime, mtime))
+    atomic.atomic_write_text(path, "new\n")
+    assert path.read_text() == "new\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*kept, "result.csv"])
