@@ -270,6 +270,34 @@ def test_superconduct_placed_by_hand_is_read(tmp_path, monkeypatch):
         load_dataset("superconduct", tmp_path)
 
 
+@pytest.mark.parametrize("cell, shown", [("abc", "'abc'"), ("", "an empty cell (NaN)"), ("NaN", "an empty cell (NaN)"),
+                                         ("inf", "inf"), ("-1e400", "-inf")])
+def test_a_cell_that_is_no_finite_number_is_named(tmp_path, monkeypatch, cell, shown):
+    """A file placed by hand (superconduct has no checksum) with one bad cell: its file, column and line are named."""
+    monkeypatch.setattr(datasets_module, "fetch_openml_frame", unreachable)
+    info = DATASETS["superconduct"]
+    columns = [*map(str, range(info.n_features)), info.target]
+    frame = pd.DataFrame(np.ones((info.n_rows, info.n_features + 1)), columns=columns).astype(object)
+    frame.iat[100, 5] = cell
+    frame.to_csv(tmp_path / info.file_name, index=False)
+    message = (f"{tmp_path / info.file_name} has {shown} in column '5' on line 102, where every cell must be a finite "
+               "number: repair that cell, or delete the file to download it again")
+    with pytest.raises(DatasetError) as error:
+        load_dataset("superconduct", tmp_path)
+    assert str(error.value) == message
+
+
+def test_a_download_with_missing_values_is_refused(tmp_path, monkeypatch):
+    """OpenML marks a missing value as NaN; the file written from the download is refused like one placed by hand."""
+    info = DATASETS["cpu_act"]
+    columns = [*map(str, range(info.n_features)), info.target]
+    frame = pd.DataFrame(np.ones((info.n_rows, info.n_features + 1)), columns=columns)
+    frame.iat[0, info.n_features] = np.nan  # the target of the first row
+    monkeypatch.setattr(datasets_module, "fetch_openml_frame", lambda requested: frame)
+    with pytest.raises(DatasetError, match=f"has an empty cell \\(NaN\\) in column 'usr' on line 2, where every cell"):
+        load_dataset("cpu_act", tmp_path)
+
+
 def test_download_writes_the_cache_file(tmp_path, monkeypatch):
     """A successful fetch is written atomically (with its checksum) and read back."""
     info = DATASETS["wine_quality"]
