@@ -25,7 +25,10 @@ from models import METHOD_NAMES, SETTING_KEYS, MethodResult, Setting, run_method
 from quantization import check_bits
 
 from .common import BASE_SEED, ProtocolError
-from .schema import EXTRA_METHODS, SOFT_EVALUATED, TRAINED, TUNING, TUNING_COLUMNS, UNTIMED_IN_TUNING, has_method, read_results, tuning_path, write_results
+from .schema import (
+    EXTRA_METHODS, SOFT_EVALUATED, TRAINED, TUNING, TUNING_COLUMNS, TUNING_KEYS, UNTIMED_IN_TUNING, has_method,
+    read_results, tuning_path, write_results,
+)
 from .search_space import draw_settings, paper_search_space
 from .study import (
     HEARTBEAT_SECONDS,
@@ -261,7 +264,8 @@ def _check_csv_matches_storage(plan: TuningPlan, tuning: TuningStudy, imported: 
     """Refuse to rewrite a CSV that holds rows the storage lacks or holds with other results.
 
     The CSV is rewritten from the storage; only the rows of settings the study has not started
-    are imported (paper sampler). Any other row of the CSV that the storage does not hold as it
+    are imported (paper sampler), and only where they hold every result of their methods (see
+    :func:`_check_importable`). Any other row of the CSV that the storage does not hold as it
     is (a file copied or merged in by hand, or one written with another storage) would be lost.
     """
     if not plan.path.exists():
@@ -271,9 +275,10 @@ def _check_csv_matches_storage(plan: TuningPlan, tuning: TuningStudy, imported: 
     csv_rows = read_results(plan.path, TUNING).to_dict("records")
     importable = set(imported) - started_settings(tuning)
     stored = {(row["hyperparameter_setting_id"], row["kFold_id"]): row for row in stored_rows(tuning)}
-    for row in csv_rows:
+    for line, row in enumerate(csv_rows, start=2):
         key = (int(row["hyperparameter_setting_id"]), int(row["kFold_id"]))
         if key[0] in importable:
+            _check_importable(plan, row, line)
             continue
         if key not in stored:
             problem = f"setting {key[0]} fold {key[1]}, which {tuning.storage.label} lacks"
@@ -283,6 +288,23 @@ def _check_csv_matches_storage(plan: TuningPlan, tuning: TuningStudy, imported: 
             continue
         raise ProtocolError(f"{plan.path} holds {problem}, and the CSV is rewritten from there; "
                             "move the CSV away to keep it, or pass the --storage it was made with")
+
+
+def _check_importable(plan: TuningPlan, row: Row, line: int) -> None:
+    """Refuse a row to import whose results are not all finite numbers.
+
+    Every tuning row holds all results of the methods its file lists (losses, times), so a
+    blank, NaN or infinite cell is damage: a line cut short, a cell cleared by hand. A number
+    edited into another plausible number cannot be told from the file alone, only from the
+    storage the rows were stored in; a network that truly diverged is computed again.
+    """
+    for column, value in row.items():
+        if column not in TUNING_KEYS and not np.isfinite(value):
+            key = f"setting {row['hyperparameter_setting_id']} fold {row['kFold_id']}"
+            raise ProtocolError(
+                f"{plan.path} has no finite number in {column} on line {line} ({key}), and a tuning row holds every "
+                "result of its methods; repair that line, or delete it to have the row computed again"
+            )
 
 
 def _same_results(csv_row: Row, stored_row: Row) -> bool:

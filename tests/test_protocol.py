@@ -6,6 +6,7 @@ import argparse
 import csv
 import io
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -13,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Callable
 
 import numpy as np
 import optuna
@@ -639,6 +641,43 @@ def test_a_csv_that_its_storage_does_not_hold_is_refused_and_kept(debug_results:
     with pytest.raises(ProtocolError, match="holds setting 0 fold 0, which .* lacks, and the CSV is rewritten from there"):
         run_tuning(random_plan, shared_dir / "datasets", progress=False)
     assert random_plan.path.read_bytes() == written
+
+
+def _cut_last_line(path: Path) -> None:
+    """The last line keeps its first 30 cells and its newline: the 31st column, test_loss_Bw-MQ, is missing first."""
+    *lines, last = path.read_text().splitlines()
+    path.write_text("\n".join([*lines, ",".join(last.split(",")[:30])]) + "\n")
+
+
+def _clear(line: int, column: str, value: float) -> Callable[[Path], None]:
+    def damage(path: Path) -> None:
+        frame = pd.read_csv(path)
+        frame.loc[line - 2, column] = value
+        frame.to_csv(path, index=False)
+    return damage
+
+
+@pytest.mark.parametrize("damage, where", [
+    (_cut_last_line, "test_loss_Bw-MQ on line 5 (setting 1 fold 1)"),
+    (_clear(4, "test_loss_LLT4", np.nan), "test_loss_LLT4 on line 4 (setting 1 fold 0)"),  # a blank cell
+    (_clear(2, "time_LSQ", np.inf), "time_LSQ on line 2 (setting 0 fold 0)"),
+])
+def test_a_damaged_row_is_refused_with_or_without_its_journal(
+    debug_results: Path, shared_dir: Path, tmp_path: Path, damage: Callable[[Path], None], where: str,
+) -> None:
+    """Without the journal the CSV's rows are imported: a row lacking a result of its methods is damage, not data."""
+    shutil.copytree(debug_results / "wine_quality", tmp_path / "wine_quality")
+    plan = plan_tuning("wine_quality", 3, 2, tmp_path, debug=True)
+    damage(plan.path)
+    damaged = plan.path.read_bytes()
+    with pytest.raises(ProtocolError, match="holds other results for setting . fold . than journal"):
+        run_tuning(plan, shared_dir / "datasets", progress=False)
+    plan.path.with_suffix(".journal").unlink()
+    with pytest.raises(ProtocolError, match=re.escape(
+            f"{plan.path} has no finite number in {where}, and a tuning row holds every result of its methods; "
+            "repair that line, or delete it to have the row computed again")):
+        run_tuning(plan, shared_dir / "datasets", progress=False)
+    assert plan.path.read_bytes() == damaged
 
 
 def test_folds_of_one_setting_with_other_hyperparameters_are_refused(shared_dir: Path, tmp_path: Path) -> None:
