@@ -291,19 +291,21 @@ def _check_csv_matches_storage(plan: TuningPlan, tuning: TuningStudy, imported: 
 
 
 def _check_importable(plan: TuningPlan, row: Row, line: int) -> None:
-    """Refuse a row to import whose results are not all finite numbers.
+    """Refuse a row to import whose results are not all finite numbers >= 0.
 
-    Every tuning row holds all results of the methods its file lists (losses, times), so a
-    blank, NaN or infinite cell is damage: a line cut short, a cell cleared by hand. A number
-    edited into another plausible number cannot be told from the file alone, only from the
-    storage the rows were stored in; a network that truly diverged is computed again.
+    Every tuning row holds all results of the methods its file lists (mean squared errors and
+    seconds), so a blank, NaN, infinite or negative cell is damage: a line cut short, a cell
+    cleared or mistyped by hand. A result edited into another plausible number cannot be told
+    from the file alone, only by the storage the rows were stored in; a network that truly
+    diverged is computed again.
     """
     for column, value in row.items():
-        if column not in TUNING_KEYS and not np.isfinite(value):
+        if column not in TUNING_KEYS and not (np.isfinite(value) and value >= 0):
             key = f"setting {row['hyperparameter_setting_id']} fold {row['kFold_id']}"
+            shown = "a blank cell" if np.isnan(value) else value
             raise ProtocolError(
-                f"{plan.path} has no finite number in {column} on line {line} ({key}), and a tuning row holds every "
-                "result of its methods; repair that line, or delete it to have the row computed again"
+                f"{plan.path} has {shown} in {column} on line {line} ({key}), where a tuning row holds a finite "
+                "loss or time >= 0; repair that line, or delete it to have the row computed again"
             )
 
 

@@ -658,9 +658,10 @@ def _clear(line: int, column: str, value: float) -> Callable[[Path], None]:
 
 
 @pytest.mark.parametrize("damage, where", [
-    (_cut_last_line, "test_loss_Bw-MQ on line 5 (setting 1 fold 1)"),
-    (_clear(4, "test_loss_LLT4", np.nan), "test_loss_LLT4 on line 4 (setting 1 fold 0)"),  # a blank cell
-    (_clear(2, "time_LSQ", np.inf), "time_LSQ on line 2 (setting 0 fold 0)"),
+    (_cut_last_line, "a blank cell in test_loss_Bw-MQ on line 5 (setting 1 fold 1)"),
+    (_clear(4, "test_loss_LLT4", np.nan), "a blank cell in test_loss_LLT4 on line 4 (setting 1 fold 0)"),
+    (_clear(2, "time_LSQ", np.inf), "inf in time_LSQ on line 2 (setting 0 fold 0)"),
+    (_clear(3, "val_loss_SQ_train", -0.25), "-0.25 in val_loss_SQ_train on line 3 (setting 0 fold 1)"),
 ])
 def test_a_damaged_row_is_refused_with_or_without_its_journal(
     debug_results: Path, shared_dir: Path, tmp_path: Path, damage: Callable[[Path], None], where: str,
@@ -674,7 +675,7 @@ def test_a_damaged_row_is_refused_with_or_without_its_journal(
         run_tuning(plan, shared_dir / "datasets", progress=False)
     plan.path.with_suffix(".journal").unlink()
     with pytest.raises(ProtocolError, match=re.escape(
-            f"{plan.path} has no finite number in {where}, and a tuning row holds every result of its methods; "
+            f"{plan.path} has {where}, where a tuning row holds a finite loss or time >= 0; "
             "repair that line, or delete it to have the row computed again")):
         run_tuning(plan, shared_dir / "datasets", progress=False)
     assert plan.path.read_bytes() == damaged
