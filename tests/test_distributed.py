@@ -263,6 +263,20 @@ def test_journal_damaged_before_the_run_is_reported_as_such_and_kept(tmp_path: P
     assert not plan.path.exists()
 
 
+def test_a_worker_writes_nothing_more_into_a_journal_it_found_unreadable(tmp_path: Path) -> None:
+    """An error of the worker's own fails its trial (a line in the journal); an unreadable journal gets no line."""
+    plan = debug_plan(tmp_path)
+    tuning = open_tuning(plan, heartbeat=3600)
+    journal = plan.path.with_suffix(".journal")
+    for error, fails in ((json.JSONDecodeError("Expecting value", "x", 0), False), (RuntimeError("a bug"), True)):
+        claim = claim_setting(tuning, {})
+        before = journal.read_bytes()
+        with pytest.raises(type(error)), study.working(claim):
+            raise error
+        assert (journal.read_bytes() != before) == fails
+        assert (tuning.study.get_trials()[claim.trial.number].state == TrialState.FAIL) == fails
+
+
 def test_two_tunings_writing_one_csv_are_refused(tmp_path: Path) -> None:
     # one setting x 4 folds and --debug's 2 settings x 2 folds both write ..._4iterations.csv
     space = {"weight_decay": [0.0], "learning_rate": [0.001], "hidden_layers": [1], "hidden_neurons": [5],
