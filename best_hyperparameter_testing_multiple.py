@@ -15,7 +15,7 @@ from typing import Sequence
 from data import DATASETS, default_scratch
 from models import METHOD_NAMES
 from protocol.best_settings import load_choices, print_source, run_best_settings, selection_frame
-from protocol.common import add_runtime_arguments, apply_runtime, parse_bits, parse_positive, run_cli
+from protocol.common import MAX_STEPS, add_runtime_arguments, apply_runtime, parse_bits, parse_steps, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", required=True, choices=list(DATASETS), help="dataset to test on")
     parser.add_argument("--scratch", default=None, help=f"folder with <dataset>.csv.gz files (default: {default_scratch()})")
-    parser.add_argument("--n_steps", dest="n_runs", type=parse_positive, default=10, help="runs per bit width and method (default: 10)")
+    parser.add_argument("--n_steps", dest="n_runs", type=parse_steps, default=10, help=(
+        f"runs per bit width and method, at most {MAX_STEPS} (default: 10)"))
     parser.add_argument("--result_folder", default="results", help="holds the tuning files; the output goes below it (default: results)")
     parser.add_argument("--bits", nargs="+", type=parse_bits, default=None, help="bit widths (default: every one with a tuning file)")
     parser.add_argument("--methods", nargs="+", choices=list(METHOD_NAMES), default=None, metavar="METHOD", help=f"methods to run, of {' '.join(METHOD_NAMES)} (default: every method of the tuning files)")

@@ -15,7 +15,9 @@ from typing import Sequence
 
 from data import DATASETS, default_scratch
 from models import METHOD_NAMES, SETTING_KEYS
-from protocol.common import ProtocolError, add_runtime_arguments, apply_runtime, parse_bits, parse_positive, run_cli
+from protocol.common import (
+    MAX_STEPS, ProtocolError, add_runtime_arguments, apply_runtime, parse_bits, parse_positive, parse_steps, run_cli,
+)
 from protocol.search_space import load_search_space
 from protocol.study import HEARTBEAT_SECONDS, STALE_BEATS
 from protocol.tuning import DEFAULT_OBJECTIVE, SAMPLERS, export_tuning, plan_tuning, run_tuning
@@ -26,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", required=True, choices=list(DATASETS), help="dataset to tune on")
     parser.add_argument("--n_bits", required=True, type=parse_bits, help="bits per feature, 2..8")
-    parser.add_argument("--n_steps", dest="n_settings", type=parse_positive, default=100, help="number of settings drawn (default: 100, the paper's)")
+    parser.add_argument("--n_steps", dest="n_settings", type=parse_steps, default=100, help=(
+        f"number of settings drawn, at most {MAX_STEPS} (default: 100, the paper's)"))
     parser.add_argument("--scratch", default=None, help=f"folder with <dataset>.csv.gz files, downloads go there (default: {default_scratch()})")
     parser.add_argument("--result_folder", default="results", help="where the CSV goes (default: results)")
     parser.add_argument("--debug", action="store_true", help="2 folds and a tiny network space, for a quick check")

@@ -109,7 +109,7 @@ def _sha256(path: Path) -> str:
 
 
 def _read_checked(info: DatasetInfo, path: Path) -> Dataset:
-    """Read a cached file and check checksum, shape and target column against the registry.
+    """Read a cached file and check checksum, shape, target column and that every cell is a finite number.
 
     The checksum is the reference copy's or the one written beside a download; a file placed by
     hand for a dataset without a reference copy (superconduct) is checked by shape and target only.
@@ -122,7 +122,7 @@ def _read_checked(info: DatasetInfo, path: Path) -> Dataset:
             "delete it to download it again, or replace it with the file from shared/datasets"
         )
     try:
-        frame = pd.read_csv(path)
+        frame = pd.read_csv(path, low_memory=False)  # one type per column (no DtypeWarning where a cell is text)
     except Exception as error:
         raise DatasetError(f"{path} is not a readable gzip CSV ({error}): delete it to download it again") from None
     expected = (info.n_rows, info.n_features + 1)
@@ -132,7 +132,16 @@ def _read_checked(info: DatasetInfo, path: Path) -> Dataset:
             f"but {info.name} has {expected[0]} rows x {expected[1]} columns ending in the target {info.target!r}: "
             "delete it to download it again"
         )
-    values = frame.to_numpy(dtype=np.float64)
+    values = frame.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+    wrong = np.argwhere(~np.isfinite(values))  # text, empty or NaN cells, +-inf: a file edited or fetched so
+    if wrong.size:
+        row, column = wrong[0]
+        cell = frame.iat[row, column]
+        shown = repr(cell) if isinstance(cell, str) else "an empty cell (NaN)" if pd.isna(cell) else str(cell)
+        raise DatasetError(
+            f"{path} has {shown} in column {frame.columns[column]!r} on line {row + 2}, where every cell must be a "
+            "finite number: repair that cell, or delete the file to download it again"
+        )
     return Dataset(info.name, values[:, :-1], values[:, -1], list(frame.columns[:-1]))
 
 

@@ -18,6 +18,7 @@ from data import DatasetError
 
 
 BASE_SEED = 42  # the protocol's seeds are offsets from it (SPEC sections 5 and 6)
+MAX_STEPS = 10**6  # --n_steps: far beyond any run (the paper: 100 settings, 10 runs), small enough to draw at once
 
 
 class ProtocolError(ValueError):
@@ -62,6 +63,14 @@ def parse_positive(text: str) -> int:
         return whole_number("value", int(text), minimum=1)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer of at least 1, got {text!r}") from None
+
+
+def parse_steps(text: str) -> int:
+    """argparse type for ``--n_steps``: an integer from 1 to ``MAX_STEPS``."""
+    value = parse_positive(text)
+    if value > MAX_STEPS:
+        raise argparse.ArgumentTypeError(f"expected an integer from 1 to {MAX_STEPS}, got {text!r}")
+    return value
 
 
 def _stop_on_sigterm(signum: int, frame: object) -> None:

@@ -13,7 +13,7 @@ import pandas as pd
 
 from models import SETTING_KEYS, Setting
 
-from .common import ProtocolError
+from .common import MAX_STEPS, ProtocolError
 
 PAPER_SEARCH_SPACE: dict[str, list] = {
     "weight_decay": [0],
@@ -38,9 +38,12 @@ def paper_search_space(debug: bool = False) -> dict[str, list]:
 def load_search_space(path: str | os.PathLike) -> dict[str, list]:
     """Read a JSON object of lists; keys it leaves out keep the paper's values."""
     try:
-        user = json.loads(Path(path).read_text())
+        user = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as error:
         raise ProtocolError(f"cannot read the search space {path}: {error}") from None
+    except UnicodeDecodeError as error:
+        raise ProtocolError(f"the search space {path} is not UTF-8 text (byte {error.object[error.start]:#x} at "
+                            f"position {error.start}); save it as UTF-8 JSON") from None
     if not isinstance(user, dict):
         raise ProtocolError(f"{path} must hold a JSON object mapping hyperparameter names to lists")
     unknown = sorted(set(user) - set(PAPER_SEARCH_SPACE))
@@ -70,8 +73,8 @@ def draw_settings(space: dict[str, list], n_settings: int) -> pd.DataFrame:
 
     Returns a frame indexed by ``hyperparameter_setting_id`` with the seven keys as columns.
     """
-    if n_settings < 1:
-        raise ProtocolError(f"--n_steps (the number of settings) must be at least 1, got {n_settings}")
+    if not 1 <= n_settings <= MAX_STEPS:
+        raise ProtocolError(f"--n_steps (the number of settings) must be from 1 to {MAX_STEPS}, got {n_settings}")
     np.random.seed(SEARCH_SEED)
     draws = {key: np.random.choice(space[key], size=n_settings, replace=True) for key in SETTING_KEYS}
     return pd.DataFrame(draws, index=pd.RangeIndex(n_settings, name="hyperparameter_setting_id"))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import math
 import os
 import socket
@@ -103,12 +104,16 @@ def open_storage(url: str, create: bool = True) -> Storage:
 
 
 def _journal(path: Path, create: bool) -> Storage:
+    """Open a journal file, refused before anything is written to it where any of its lines cannot be read."""
     _check_file(path, create)
     damaged = "" if _ends_in_complete_line(path) else "its last line is incomplete, a write cut short"
+    line = _undecodable_line(path)
+    if line is not None:  # optuna's replay skips a bad last line, then fails once a line follows it
+        damaged = f"line {line} is no JSON record"
     try:
         backend = JournalStorage(JournalFileBackend(str(path)))  # replays the whole journal
     except (ValueError, LookupError, TypeError) as error:  # undecodable bytes, broken JSON, missing fields
-        damaged = type(error).__name__
+        damaged = damaged or type(error).__name__
     if damaged:  # optuna would append after a cut-off line and so break the journal for good
         raise ProtocolError(
             f"the storage {path} is not a readable optuna journal ({damaged}); "
@@ -133,6 +138,22 @@ def _ends_in_complete_line(path: Path, attempts: int = 3) -> bool:
         if attempt < attempts - 1:
             time.sleep(0.5)
     return False
+
+
+def _undecodable_line(path: Path) -> int | None:
+    """The number of the first complete line of a journal that is no JSON object (None: all are)."""
+    try:
+        content = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    for number, line in enumerate(content.split(b"\n")[:-1], start=1):  # the last piece: a line being appended
+        try:
+            if isinstance(json.loads(line), dict):
+                continue
+        except ValueError:  # broken JSON or undecodable bytes
+            pass
+        return number
+    return None
 
 
 def _sqlite(url: str, database: str | None, create: bool) -> Storage:
@@ -359,8 +380,9 @@ def working(claim: Claim) -> Iterator[None]:
     thread.start()
     try:
         yield
-    except BaseException:
-        _tell(claim.tuning.study, claim.trial, TrialState.FAIL)
+    except BaseException as error:
+        if not isinstance(error, json.JSONDecodeError):  # nothing more goes into a journal that cannot be read
+            _tell(claim.tuning.study, claim.trial, TrialState.FAIL)
         raise
     finally:
         stop.set()
@@ -371,7 +393,7 @@ def _beat(claim: Claim, stop: threading.Event) -> None:
     while not stop.wait(claim.tuning.heartbeat):
         try:
             claim.trial.set_user_attr(BEAT_ATTR, time.time())
-        except UpdateFinishedTrialError:
+        except (UpdateFinishedTrialError, json.JSONDecodeError):  # an unreadable journal stops the worker itself
             return
         except TRANSIENT:
             continue

@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from core.checks import check_bits
-from core.schema import UNTIMED_IN_TUNING, tuning_path
+from core.schema import TUNING_KEYS, UNTIMED_IN_TUNING, tuning_path
 from data import load_dataset, tuning_folds
 from models import METHOD_NAMES, SETTING_KEYS, MethodResult, Setting, run_methods
 
@@ -263,7 +263,8 @@ def _check_csv_matches_storage(plan: TuningPlan, tuning: TuningStudy, imported: 
     """Refuse to rewrite a CSV that holds rows the storage lacks or holds with other results.
 
     The CSV is rewritten from the storage; only the rows of settings the study has not started
-    are imported (paper sampler). Any other row of the CSV that the storage does not hold as it
+    are imported (paper sampler), and only where they hold every result of their methods (see
+    :func:`_check_importable`). Any other row of the CSV that the storage does not hold as it
     is (a file copied or merged in by hand, or one written with another storage) would be lost.
     """
     if not plan.path.exists():
@@ -273,9 +274,10 @@ def _check_csv_matches_storage(plan: TuningPlan, tuning: TuningStudy, imported: 
     csv_rows = read_results(plan.path, TUNING).to_dict("records")
     importable = set(imported) - started_settings(tuning)
     stored = {(row["hyperparameter_setting_id"], row["kFold_id"]): row for row in stored_rows(tuning)}
-    for row in csv_rows:
+    for line, row in enumerate(csv_rows, start=2):
         key = (int(row["hyperparameter_setting_id"]), int(row["kFold_id"]))
         if key[0] in importable:
+            _check_importable(plan, row, line)
             continue
         if key not in stored:
             problem = f"setting {key[0]} fold {key[1]}, which {tuning.storage.label} lacks"
@@ -285,6 +287,25 @@ def _check_csv_matches_storage(plan: TuningPlan, tuning: TuningStudy, imported: 
             continue
         raise ProtocolError(f"{plan.path} holds {problem}, and the CSV is rewritten from there; "
                             "move the CSV away to keep it, or pass the --storage it was made with")
+
+
+def _check_importable(plan: TuningPlan, row: Row, line: int) -> None:
+    """Refuse a row to import whose results are not all finite numbers >= 0.
+
+    Every tuning row holds all results of the methods its file lists (mean squared errors and
+    seconds), so a blank, NaN, infinite or negative cell is damage: a line cut short, a cell
+    cleared or mistyped by hand. A result edited into another plausible number cannot be told
+    from the file alone, only by the storage the rows were stored in; a network that truly
+    diverged is computed again.
+    """
+    for column, value in row.items():
+        if column not in TUNING_KEYS and not (np.isfinite(value) and value >= 0):
+            key = f"setting {row['hyperparameter_setting_id']} fold {row['kFold_id']}"
+            shown = "a blank cell" if np.isnan(value) else value
+            raise ProtocolError(
+                f"{plan.path} has {shown} in {column} on line {line} ({key}), where a tuning row holds a finite "
+                "loss or time >= 0; repair that line, or delete it to have the row computed again"
+            )
 
 
 def _same_results(csv_row: Row, stored_row: Row) -> bool:

@@ -161,7 +161,7 @@ class Quantizer(nn.Module):
         index = index.long()
         if index.numel():
             low, high = torch.aminmax(index)
-            if low < 0 or high >= self.n_levels:
+            if (low < 0) | (high >= self.n_levels):  # one device sync
                 raise ValueError(f"indices must lie in 0..{self.n_levels - 1} at {self.bits} bits, got "
                                  f"{low.item()}..{high.item()}: the payload is damaged or was packed at another bit "
                                  "width or for another method")

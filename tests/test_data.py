@@ -7,7 +7,11 @@ import hashlib
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -266,6 +270,34 @@ def test_superconduct_placed_by_hand_is_read(tmp_path, monkeypatch):
         load_dataset("superconduct", tmp_path)
 
 
+@pytest.mark.parametrize("cell, shown", [("abc", "'abc'"), ("", "an empty cell (NaN)"), ("NaN", "an empty cell (NaN)"),
+                                         ("inf", "inf"), ("-1e400", "-inf")])
+def test_a_cell_that_is_no_finite_number_is_named(tmp_path, monkeypatch, cell, shown):
+    """A file placed by hand (superconduct has no checksum) with one bad cell: its file, column and line are named."""
+    monkeypatch.setattr(datasets_module, "fetch_openml_frame", unreachable)
+    info = DATASETS["superconduct"]
+    columns = [*map(str, range(info.n_features)), info.target]
+    frame = pd.DataFrame(np.ones((info.n_rows, info.n_features + 1)), columns=columns).astype(object)
+    frame.iat[100, 5] = cell
+    frame.to_csv(tmp_path / info.file_name, index=False)
+    message = (f"{tmp_path / info.file_name} has {shown} in column '5' on line 102, where every cell must be a finite "
+               "number: repair that cell, or delete the file to download it again")
+    with pytest.raises(DatasetError) as error:
+        load_dataset("superconduct", tmp_path)
+    assert str(error.value) == message
+
+
+def test_a_download_with_missing_values_is_refused(tmp_path, monkeypatch):
+    """OpenML marks a missing value as NaN; the file written from the download is refused like one placed by hand."""
+    info = DATASETS["cpu_act"]
+    columns = [*map(str, range(info.n_features)), info.target]
+    frame = pd.DataFrame(np.ones((info.n_rows, info.n_features + 1)), columns=columns)
+    frame.iat[0, info.n_features] = np.nan  # the target of the first row
+    monkeypatch.setattr(datasets_module, "fetch_openml_frame", lambda requested: frame)
+    with pytest.raises(DatasetError, match=f"has an empty cell \\(NaN\\) in column 'usr' on line 2, where every cell"):
+        load_dataset("cpu_act", tmp_path)
+
+
 def test_download_writes_the_cache_file(tmp_path, monkeypatch):
     """A successful fetch is written atomically (with its checksum) and read back."""
     info = DATASETS["wine_quality"]
@@ -410,3 +442,32 @@ def test_a_signal_during_a_write_takes_effect_after_it(tmp_path, monkeypatch):
     assert path.read_text() == "new\n"
     assert [p.name for p in tmp_path.iterdir()] == ["result.csv"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handlers of before are back
+
+
+def test_a_later_write_removes_the_temporary_files_of_dead_writers_only(tmp_path):
+    path = tmp_path / "result.csv"
+    killed = (  # a writer killed outright (SIGKILL) in the middle of its write
+        "import os, signal, sys; from core import atomic\n"
+        "atomic.os.fsync = lambda fd: os.kill(os.getpid(), signal.SIGKILL)\n"
+        "atomic.atomic_write_text(sys.argv[1], 'half\\n')\n"
+    )
+    repo = Path(__file__).resolve().parents[1]
+    assert subprocess.run([sys.executable, "-c", killed, str(path)], cwd=repo).returncode == -signal.SIGKILL
+    [left] = tmp_path.iterdir()
+    assert left.name.startswith(f".result.csv.{atomic.MACHINE_TAG}-") and left.name.endswith(".tmp")
+    old = time.time() - atomic.STALE_TEMPORARY_SECONDS - 60
+    kept = {  # a live writer here (this process), a writer elsewhere, another file's temporary files
+        f".result.csv.{atomic.MACHINE_TAG}-{os.getpid()}.abcd1234.tmp": None,
+        ".result.csv.0123abcd-1.abcd1234.tmp": None,
+        ".result.csv.abcd1234.tmp": None,  # from before writers were named: unknown
+        f".result.csv.gz.{atomic.MACHINE_TAG}-{left.name.split('-')[1].split('.')[0]}.abcd1234.tmp": old,
+        ".result.csv.x.abcd1234.tmp": old,
+    }
+    gone = {".result.csv.0123abcd-1.efgh5678.tmp": old, ".result.csv.efgh5678.tmp": old}  # untouched for 11 minutes
+    for name, mtime in {**kept, **gone}.items():
+        (tmp_path / name).write_text("half\n")
+        if mtime is not None:
+            os.utime(tmp_path / name, (mtime, mtime))
+    atomic.atomic_write_text(path, "new\n")
+    assert path.read_text() == "new\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*kept, "result.csv"])

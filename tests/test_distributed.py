@@ -247,6 +247,36 @@ def test_journal_with_a_cut_off_last_line_is_refused_before_any_write(tmp_path: 
     assert journal.read_bytes() == cut
 
 
+def test_journal_damaged_before_the_run_is_reported_as_such_and_kept(tmp_path: Path, capsys) -> None:
+    """optuna's replay passes over a bad last line (a write in progress), and fails only once a line follows it."""
+    plan = plan_tuning("friedman1", 3, 1, tmp_path, debug=True)
+    journal = plan.path.with_suffix(".journal")
+    open_tuning(plan)  # the study, one line per operation
+    damaged = journal.read_bytes() + b"edited by hand\n"
+    journal.write_bytes(damaged)
+    args = ["--dataset", "friedman1", "--n_bits", "3", "--n_steps", "1", "--debug", "--quiet"]
+    assert tuning_script.main([*args, "--result_folder", str(tmp_path)]) == 2
+    reason = f"line {len(damaged.splitlines())} is no JSON record"
+    assert capsys.readouterr().err == (f"error: the storage {journal} is not a readable optuna journal ({reason}); "
+                                       "move it away to start again from the rows in the CSV, or restore it\n")
+    assert journal.read_bytes() == damaged  # nothing appended to a journal that cannot be read
+    assert not plan.path.exists()
+
+
+def test_a_worker_writes_nothing_more_into_a_journal_it_found_unreadable(tmp_path: Path) -> None:
+    """An error of the worker's own fails its trial (a line in the journal); an unreadable journal gets no line."""
+    plan = debug_plan(tmp_path)
+    tuning = open_tuning(plan, heartbeat=3600)
+    journal = plan.path.with_suffix(".journal")
+    for error, fails in ((json.JSONDecodeError("Expecting value", "x", 0), False), (RuntimeError("a bug"), True)):
+        claim = claim_setting(tuning, {})
+        before = journal.read_bytes()
+        with pytest.raises(type(error)), study.working(claim):
+            raise error
+        assert (journal.read_bytes() != before) == fails
+        assert (tuning.study.get_trials()[claim.trial.number].state == TrialState.FAIL) == fails
+
+
 def test_two_tunings_writing_one_csv_are_refused(tmp_path: Path) -> None:
     # one setting x 4 folds and --debug's 2 settings x 2 folds both write ..._4iterations.csv
     space = {"weight_decay": [0.0], "learning_rate": [0.001], "hidden_layers": [1], "hidden_neurons": [5],

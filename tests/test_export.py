@@ -335,3 +335,12 @@ def test_a_payload_must_be_bytes_not_an_array_of_byte_values() -> None:
         cloud_predict(saved, payload, n_samples=4, per_sample=True)
     with pytest.raises(ValueError, match="n_samples must be a whole number >= 0, got 4.5"):
         unpack(payload, 3, D, n_samples=4.5)
+
+
+def test_cloud_predict_refuses_an_index_llt_cannot_send() -> None:
+    """3 bits carry 0..7, but LLT at 3 bits sends 0..6: 7 would decode to 1.33 times the scale."""
+    saved = _perturbed_model("LLT4", 3, seed=6)
+    index = np.random.default_rng(1).integers(0, 7, (4, D))
+    index[2, 1] = 7
+    with pytest.raises(ValueError, match=r"indices must lie in 0..6 at 3 bits, got 0..7: the payload is damaged"):
+        cloud_predict(saved, pack(index, 3))

@@ -6,6 +6,7 @@ import argparse
 import csv
 import io
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -13,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Callable
 
 import numpy as np
 import optuna
@@ -24,7 +26,7 @@ import hyperparameter_tuning as tuning_script
 from models import METHOD_NAMES, METHODS, SETTING_KEYS, MethodResult, Setting
 from protocol import best_settings, tuning
 from protocol.best_settings import Choice, load_choices, planned_folds, run_best_settings, select_best
-from protocol.common import ProtocolError, parse_positive
+from protocol.common import ProtocolError, parse_positive, parse_steps
 from protocol.schema import BEST, BEST_COLUMNS, SOFT_EVALUATED, TRAINED, TUNING, read_results, write_results
 from protocol.search_space import draw_settings, load_search_space, paper_search_space
 from protocol.tuning import export_tuning, open_tuning, plan_tuning, run_tuning
@@ -372,6 +374,10 @@ def run_script(*args: str) -> subprocess.CompletedProcess:
         (["hyperparameter_tuning.py", "--dataset", "fried", "--n_bits", "1"], "bits must be an integer from 2 to 8"),
         (["hyperparameter_tuning.py", "--dataset", "nope", "--n_bits", "3"], "invalid choice"),
         (["hyperparameter_tuning.py", "--dataset", "fried", "--n_bits", "3", "--n_steps", "0"], "at least 1"),
+        (["hyperparameter_tuning.py", "--dataset", "fried", "--n_bits", "3", "--n_steps", str(10**20)],
+         f"--n_steps: expected an integer from 1 to 1000000, got '{10**20}'"),
+        (["best_hyperparameter_testing_multiple.py", "--dataset", "fried", "--n_steps", "1000001"],
+         "--n_steps: expected an integer from 1 to 1000000, got '1000001'"),
         (["best_hyperparameter_testing_multiple.py", "--dataset", "fried", "--methods", "XQ"], "invalid choice"),
     ],
 )
@@ -436,6 +442,15 @@ def test_bad_search_space_is_refused(tmp_path: Path, space: dict, message: str) 
     path.write_text(json.dumps(space))
     result = run_script("hyperparameter_tuning.py", "--dataset", "fried", "--n_bits", "3", "--search_space", str(path), "--list_settings")
     assert result.returncode == 2 and message in result.stderr
+
+
+def test_a_search_space_that_is_not_utf8_is_one_sentence(tmp_path: Path) -> None:
+    path = tmp_path / "space.json"
+    path.write_bytes('{"hidden_neurons": [5], "num_epochs": [3], "caf\xe9": [1]}'.encode("latin-1"))  # Latin-1 bytes
+    result = run_script("hyperparameter_tuning.py", "--dataset", "fried", "--n_bits", "3", "--search_space", str(path))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    expected = f"the search space {path} is not UTF-8 text (byte 0xe9 at position 47); save it as UTF-8 JSON"
+    assert result.stderr == f"error: {expected}\n"
 
 
 def test_custom_search_space_is_used(tmp_path: Path, capsys) -> None:
@@ -597,6 +612,44 @@ def test_a_csv_that_its_storage_does_not_hold_is_refused_and_kept(debug_results:
     assert random_plan.path.read_bytes() == written
 
 
+def _cut_last_line(path: Path) -> None:
+    """The last line keeps its first 30 cells and its newline: the 31st column, test_loss_Bw-MQ, is missing first."""
+    *lines, last = path.read_text().splitlines()
+    path.write_text("\n".join([*lines, ",".join(last.split(",")[:30])]) + "\n")
+
+
+def _clear(line: int, column: str, value: float) -> Callable[[Path], None]:
+    def damage(path: Path) -> None:
+        frame = pd.read_csv(path)
+        frame.loc[line - 2, column] = value
+        frame.to_csv(path, index=False)
+    return damage
+
+
+@pytest.mark.parametrize("damage, where", [
+    (_cut_last_line, "a blank cell in test_loss_Bw-MQ on line 5 (setting 1 fold 1)"),
+    (_clear(4, "test_loss_LLT4", np.nan), "a blank cell in test_loss_LLT4 on line 4 (setting 1 fold 0)"),
+    (_clear(2, "time_LSQ", np.inf), "inf in time_LSQ on line 2 (setting 0 fold 0)"),
+    (_clear(3, "val_loss_SQ_train", -0.25), "-0.25 in val_loss_SQ_train on line 3 (setting 0 fold 1)"),
+])
+def test_a_damaged_row_is_refused_with_or_without_its_journal(
+    debug_results: Path, shared_dir: Path, tmp_path: Path, damage: Callable[[Path], None], where: str,
+) -> None:
+    """Without the journal the CSV's rows are imported: a row lacking a result of its methods is damage, not data."""
+    shutil.copytree(debug_results / "wine_quality", tmp_path / "wine_quality")
+    plan = plan_tuning("wine_quality", 3, 2, tmp_path, debug=True)
+    damage(plan.path)
+    damaged = plan.path.read_bytes()
+    with pytest.raises(ProtocolError, match="holds other results for setting . fold . than journal"):
+        run_tuning(plan, shared_dir / "datasets", progress=False)
+    plan.path.with_suffix(".journal").unlink()
+    with pytest.raises(ProtocolError, match=re.escape(
+            f"{plan.path} has {where}, where a tuning row holds a finite loss or time >= 0; "
+            "repair that line, or delete it to have the row computed again")):
+        run_tuning(plan, shared_dir / "datasets", progress=False)
+    assert plan.path.read_bytes() == damaged
+
+
 def test_folds_of_one_setting_with_other_hyperparameters_are_refused(shared_dir: Path, tmp_path: Path) -> None:
     """A hand merge of two tunings can give a setting's folds other values; the selection would use the first fold's."""
     paper = pd.read_csv(paper_file(shared_dir, "fried", 3))
@@ -664,3 +717,12 @@ def test_counts_on_the_command_line_are_at_least_one(text: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError, match=f"expected an integer of at least 1, got '{text}'"):
         parse_positive(text)
     assert parse_positive("1") == 1 and parse_positive("60") == 60
+
+
+def test_step_counts_are_capped_before_anything_is_drawn() -> None:
+    assert parse_steps("1000000") == 1000000
+    for text in ("1000001", str(10**20)):
+        with pytest.raises(argparse.ArgumentTypeError, match=f"expected an integer from 1 to 1000000, got '{text}'"):
+            parse_steps(text)
+    with pytest.raises(ProtocolError, match=r"--n_steps \(the number of settings\) must be from 1 to 1000000, got 1000000000"):
+        draw_settings(paper_search_space(), 10**9)  # 7.45 GiB of draws, refused before any
