@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 RUNS = [REPO / "results" / "reproduction" / name for name in (
     "fried_best_hyperparameter_test_multiple.csv", "fried_3bits_stacked_engine.csv", "fried_2bits_float32_inputs.csv",
     "sulfur_2bits_h100.csv", "wine_quality_2bits_h100.csv", "california_2bits_h100.csv", "fried_8bits_13_methods.csv",
-    "fried_6_7bits_13_methods.csv",
+    "fried_6_7bits_13_methods.csv", "fried_4_5bits_llt_torch2_14.csv",
 )]
 
 
