@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from data import DATASETS, default_scratch
 from models import METHOD_NAMES
@@ -22,15 +22,21 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line of the best-setting script."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", required=True, choices=list(DATASETS), help="dataset to test on")
-    parser.add_argument("--scratch", default=None, help=f"folder with <dataset>.csv.gz files (default: {default_scratch()})")
+    parser.add_argument("--scratch", default=None, help=(
+        f"folder with <dataset>.csv.gz files (default: {default_scratch()})"))
     parser.add_argument("--n_steps", dest="n_runs", type=parse_steps, default=10, help=(
         f"runs per bit width and method, at most {MAX_STEPS} (default: 10)"))
-    parser.add_argument("--result_folder", default="results", help="holds the tuning files; the output goes below it (default: results)")
-    parser.add_argument("--bits", nargs="+", type=parse_bits, default=None, help="bit widths (default: every one with a tuning file)")
-    parser.add_argument("--methods", nargs="+", choices=list(METHOD_NAMES), default=None, metavar="METHOD", help=f"methods to run, of {' '.join(METHOD_NAMES)} (default: every method of the tuning files)")
+    parser.add_argument("--result_folder", default="results", help=(
+        "holds the tuning files; the output goes below it (default: results)"))
+    parser.add_argument("--bits", nargs="+", type=parse_bits, default=None, help=(
+        "bit widths (default: every one with a tuning file)"))
+    parser.add_argument("--methods", nargs="+", choices=list(METHOD_NAMES), default=None, metavar="METHOD", help=(
+        f"methods to run, of {' '.join(METHOD_NAMES)} (default: every method of the tuning files)"))
     add_runtime_arguments(parser)
-    parser.add_argument("--select_only", action="store_true", help="print the selected settings as CSV and train nothing")
-    parser.add_argument("--save_models", default=None, metavar="DIR", help="keep every trained model in DIR (for deployment.export)")
+    parser.add_argument("--select_only", action="store_true", help=(
+        "print the selected settings as CSV and train nothing"))
+    parser.add_argument("--save_models", default=None, metavar="DIR", help=(
+        "keep every trained model in DIR (for deployment.export)"))
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -38,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main_with_args(args: argparse.Namespace) -> int:
     """Select, and unless ``--select_only`` rerun, the best settings."""
     if args.select_only:
-        choices = load_choices(args.result_folder, args.dataset, args.bits, args.methods, on_file=None if args.quiet else print_source)
+        choices = load_choices(args.result_folder, args.dataset, args.bits, args.methods,
+                               on_file=None if args.quiet else print_source)
         selection_frame(choices).to_csv(sys.stdout, index=False, lineterminator="\n")
         return 0
     path = run_best_settings(

@@ -11,12 +11,19 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from data import DATASETS, default_scratch
 from models import METHOD_NAMES, SETTING_KEYS
 from protocol.common import (
-    MAX_STEPS, ProtocolError, add_runtime_arguments, apply_runtime, parse_bits, parse_positive, parse_steps, run_cli,
+    MAX_STEPS,
+    ProtocolError,
+    add_runtime_arguments,
+    apply_runtime,
+    parse_bits,
+    parse_positive,
+    parse_steps,
+    run_cli,
 )
 from protocol.search_space import load_search_space
 from protocol.study import HEARTBEAT_SECONDS, STALE_BEATS
@@ -30,33 +37,40 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n_bits", required=True, type=parse_bits, help="bits per feature, 2..8")
     parser.add_argument("--n_steps", dest="n_settings", type=parse_steps, default=100, help=(
         f"number of settings drawn, at most {MAX_STEPS} (default: 100, the paper's)"))
-    parser.add_argument("--scratch", default=None, help=f"folder with <dataset>.csv.gz files, downloads go there (default: {default_scratch()})")
+    parser.add_argument("--scratch", default=None, help=(
+        f"folder with <dataset>.csv.gz files, downloads go there (default: {default_scratch()})"))
     parser.add_argument("--result_folder", default="results", help="where the CSV goes (default: results)")
     parser.add_argument("--debug", action="store_true", help="2 folds and a tiny network space, for a quick check")
     add_runtime_arguments(parser)
-    parser.add_argument("--search_space", default=None, help="JSON file of lists replacing the paper's search space (missing keys keep the paper's values)")
-    parser.add_argument("--list_settings", action="store_true", help="print the settings that would run as CSV and exit")
+    parser.add_argument("--search_space", default=None, help=(
+        "JSON file of lists replacing the paper's search space (missing keys keep the paper's values)"))
+    parser.add_argument("--list_settings", action="store_true", help=(
+        "print the settings that would run as CSV and exit"))
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--storage", metavar="URL", default=None, help=(
         "optuna storage the workers share: journal:PATH, sqlite:///PATH or postgresql://USER:PASSWORD@HOST/DATABASE "
         "(default: a journal file beside the CSV, named like it)"))
     parser.add_argument("--sampler", choices=SAMPLERS, default="paper", help=(
-        "paper: the paper's settings (default); random or tpe: optuna's samplers on the same lists, written to a CSV named after them"))
+        "paper: the paper's settings (default); random or tpe: optuna's samplers on the same lists, "
+        "written to a CSV named after them"))
     parser.add_argument("--objective", metavar="METHOD", choices=METHOD_NAMES, default=DEFAULT_OBJECTIVE, help=(
         f"method whose mean validation loss over the folds is a trial's value (default: {DEFAULT_OBJECTIVE})"))
     parser.add_argument("--export_csv", action="store_true", help="rewrite the CSV from the storage and exit")
     parser.add_argument("--heartbeat", metavar="SECONDS", type=parse_positive, default=HEARTBEAT_SECONDS, help=(
-        f"seconds between a worker's heartbeats; the setting of a worker silent for {STALE_BEATS} goes to another (default: {HEARTBEAT_SECONDS})"))
+        f"seconds between a worker's heartbeats; the setting of a worker silent for {STALE_BEATS} goes to another "
+        f"(default: {HEARTBEAT_SECONDS})"))
     return parser
 
 
 def main_with_args(args: argparse.Namespace) -> int:
     """Run, list or export the tuning described by parsed arguments."""
     space = load_search_space(args.search_space) if args.search_space else None
-    plan = plan_tuning(args.dataset, args.n_bits, args.n_settings, args.result_folder, args.debug, space, args.sampler, args.objective)
+    plan = plan_tuning(args.dataset, args.n_bits, args.n_settings, args.result_folder, args.debug, space, args.sampler,
+                       args.objective)
     if args.list_settings:
         if args.sampler != "paper":
-            raise ProtocolError("--list_settings needs --sampler paper: the other samplers draw their settings as results come in")
+            raise ProtocolError("--list_settings needs --sampler paper: "
+                                "the other samplers draw their settings as results come in")
         plan.settings.loc[:, list(SETTING_KEYS)].to_csv(sys.stdout, lineterminator="\n")
         return 0
     if args.export_csv:

@@ -51,12 +51,16 @@ class DatasetInfo:
 DATASETS: dict[str, DatasetInfo] = {
     info.name: info
     for info in [
-        DatasetInfo("california", 44025, "price", 20640, 8, "7f0786afe3d6929a280c8913d722f4f5c7b6ebb48228002379f5c0f63708e128"),
-        DatasetInfo("cpu_act", 197, "usr", 8192, 21, "2965b1827a573319e25eed5ad3af83798d86f84c89edecc23f428a8350dd8303"),
+        DatasetInfo("california", 44025, "price", 20640, 8,
+                    "7f0786afe3d6929a280c8913d722f4f5c7b6ebb48228002379f5c0f63708e128"),
+        DatasetInfo("cpu_act", 197, "usr", 8192, 21,
+                    "2965b1827a573319e25eed5ad3af83798d86f84c89edecc23f428a8350dd8303"),
         DatasetInfo("fried", 564, "Y", 40768, 10, "b36501e8af72c45d8052303413a5445257d26dcc55392ebc60fd5f80f93a3d91"),
-        DatasetInfo("sulfur", 23515, "y1", 10081, 6, "45a077e35df5ba4fd3a146eedda15a17e9d24a64bf792203d8cd00208310c454"),
+        DatasetInfo("sulfur", 23515, "y1", 10081, 6,
+                    "45a077e35df5ba4fd3a146eedda15a17e9d24a64bf792203d8cd00208310c454"),
         DatasetInfo("superconduct", 43174, "critical_temp", 21263, 81, offline_copy=False),
-        DatasetInfo("wine_quality", 287, "quality", 6497, 11, "68e07faed4518373ab8bf6ee597e2ba2ea9c3429c738f94969e64a06b5e35a70"),
+        DatasetInfo("wine_quality", 287, "quality", 6497, 11,
+                    "68e07faed4518373ab8bf6ee597e2ba2ea9c3429c738f94969e64a06b5e35a70"),
         DatasetInfo("friedman1", None, "Y", 40768, 10, offline_copy=False),
     ]
 }
@@ -147,7 +151,8 @@ def _read_checked(info: DatasetInfo, path: Path) -> Dataset:
 
 def _download(info: DatasetInfo, folder: Path) -> None:
     """Fetch ``info`` from OpenML and write ``<folder>/<name>.csv.gz`` (plus its checksum)."""
-    where = f"put {info.file_name} ({info.n_rows} rows, {info.n_features} features, target {info.target!r} last) into {folder}"
+    where = (f"put {info.file_name} ({info.n_rows} rows, {info.n_features} features, target {info.target!r} last) "
+             f"into {folder}")
     try:
         frame = fetch_openml_frame(info)
     except Exception as error:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -25,7 +25,8 @@ class ScaledSplits:
     def tensors(self, device: torch.device | str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Every part as float32 tensors on ``device``."""
         return {
-            name: (torch.as_tensor(x, dtype=torch.float32, device=device), torch.as_tensor(y, dtype=torch.float32, device=device))
+            name: (torch.as_tensor(x, dtype=torch.float32, device=device),
+                   torch.as_tensor(y, dtype=torch.float32, device=device))
             for name, (x, y) in self.parts.items()
         }
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -67,7 +67,7 @@ class GraphedStep:
         current.wait_stream(self.stream)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _capture_stream(device: int) -> torch.cuda.Stream:
     """One side stream per GPU for every capture: cuBLAS keeps a workspace for each stream it runs on."""
     return torch.cuda.Stream(device)

@@ -10,8 +10,8 @@ after the paper's (``protocol.schema``), and still read files written without it
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -48,12 +48,12 @@ class QuantizerContext:
         return self.train_x.shape[1]
 
     @classmethod
-    def from_training_rows(cls, train_x: torch.Tensor, bits: int) -> "QuantizerContext":
+    def from_training_rows(cls, train_x: torch.Tensor, bits: int) -> QuantizerContext:
         """Thresholds computed once, so every method of a row starts from the same ones."""
         return cls(bits, train_x, quantile_thresholds(train_x, bits), minmax_thresholds(train_x, bits))
 
     @classmethod
-    def placeholder(cls, bits: int, n_features: int) -> "QuantizerContext":
+    def placeholder(cls, bits: int, n_features: int) -> QuantizerContext:
         """Shapes only, for rebuilding a saved model before loading its state."""
         thresholds = torch.zeros(n_features, n_thresholds(bits))
         return cls(bits, torch.zeros(1, n_features), thresholds, thresholds)

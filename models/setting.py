@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Mapping
 
 from core.checks import finite_number, whole_number
 
@@ -33,7 +33,7 @@ class Setting:
     dropout_rate: float
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, object]) -> "Setting":
+    def from_mapping(cls, values: Mapping[str, object]) -> Setting:
         """Read the seven keys from a dict or CSV row, numbers or their text (other keys are ignored)."""
         missing = [f.name for f in fields(cls) if f.name not in values]
         if missing:

@@ -10,7 +10,7 @@ in eval mode with hard quantization.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn

@@ -8,14 +8,13 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Callable, Iterator, Sequence
 
 import torch
 
 from core.checks import MAX_BITS, MIN_BITS, check_bits, whole_number
 from data import DatasetError
-
 
 BASE_SEED = 42  # the protocol's seeds are offsets from it (SPEC sections 5 and 6)
 MAX_STEPS = 10**6  # --n_steps: far beyond any run (the paper: 100 settings, 10 runs), small enough to draw at once
@@ -36,7 +35,8 @@ def resolve_device(name: str) -> torch.device:
 
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     """``--device`` and ``--threads``, shared by the protocol scripts."""
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="training device (default: auto, CUDA when present)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help=(
+        "training device (default: auto, CUDA when present)"))
     parser.add_argument("--threads", type=parse_positive, default=None, help=(
         "CPU threads of this process (default: torch's choice, one per core); "
         "with several workers on one machine give each cores / workers, e.g. 1"))
@@ -54,7 +54,8 @@ def parse_bits(text: str) -> int:
     try:
         return check_bits(int(text))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"bits must be an integer from {MIN_BITS} to {MAX_BITS}, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"bits must be an integer from {MIN_BITS} to {MAX_BITS}, got {text!r}") from None
 
 
 def parse_positive(text: str) -> int:
@@ -82,7 +83,8 @@ def _stop_on_sigterm(signum: int, frame: object) -> None:
 @contextmanager
 def _sigterm_stops_as_ctrl_c() -> Iterator[None]:
     """While the block runs, SIGTERM raises KeyboardInterrupt (where SIGTERM has its default action)."""
-    install = signal.getsignal(signal.SIGTERM) is signal.SIG_DFL and threading.current_thread() is threading.main_thread()
+    install = (signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+               and threading.current_thread() is threading.main_thread())
     if install:
         signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
@@ -92,7 +94,9 @@ def _sigterm_stops_as_ctrl_c() -> Iterator[None]:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def run_cli(main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
+def run_cli(
+    main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser, argv: Sequence[str] | None,
+) -> int:
     """Parse ``argv`` and run ``main``; bad input, unusable paths and Ctrl-C end with one line, not a traceback."""
     args = parser.parse_args(argv)
     try:
@@ -106,11 +110,13 @@ def run_cli(main: Callable[[argparse.Namespace], int], parser: argparse.Argument
         return 141
     except OSError as error:  # a file where a folder should be, no permission, a full disk
         where = f"cannot use {error.filename}: " if error.filename else ""
-        print(f"error: {where}{error.strerror or error}; check that the paths given are folders you can write to", file=sys.stderr)
+        print(f"error: {where}{error.strerror or error}; "
+              "check that the paths given are folders you can write to", file=sys.stderr)
         return 2
     except json.JSONDecodeError:  # optuna replaying a journal that a worker's crash left broken while this one ran
         print("error: the tuning's journal became unreadable while this worker ran (another worker died mid-write?); "
-              "every row stored before is in the CSV: move the journal away and run the same command again", file=sys.stderr)
+              "every row stored before is in the CSV: move the journal away and run the same command again",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: every finished row is saved; run the same command again to continue", file=sys.stderr)

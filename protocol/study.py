@@ -19,11 +19,11 @@ import os
 import socket
 import threading
 import time
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable, ContextManager, Iterator
 
 import optuna
 import sqlalchemy
@@ -50,7 +50,7 @@ class Storage:
     """An optuna storage and the lock that serializes the workers' claims on it."""
 
     backend: optuna.storages.BaseStorage
-    lock: Callable[[], ContextManager[None]]
+    lock: Callable[[], AbstractContextManager[None]]
     label: str
 
 
@@ -123,7 +123,8 @@ def _journal(path: Path, create: bool) -> Storage:
 
 
 def _ends_in_complete_line(path: Path, attempts: int = 3) -> bool:
-    """Whether the file is missing, empty or ends with a newline; a worker appending right now gets a second to finish."""
+    """Whether the file is missing, empty or ends with a newline; a worker appending right now gets a second
+    to finish."""
     for attempt in range(attempts):
         try:
             with path.open("rb") as journal:
@@ -178,14 +179,17 @@ def _check_file(path: Path, create: bool) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
 
 
-def _rdb(url: str, label: str, lock: Callable[[], ContextManager[None]], **engine_kwargs: object) -> RDBStorage:
+def _rdb(
+    url: str, label: str, lock: Callable[[], AbstractContextManager[None]], **engine_kwargs: object,
+) -> RDBStorage:
     """An RDB storage, opened under ``lock``: workers that start together race to create its tables."""
     try:
         with lock():
             return RDBStorage(url, engine_kwargs=engine_kwargs)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError) as error:
         reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
-        raise ProtocolError(f"cannot open the storage {label} ({reason}); check the URL and that the server runs") from None
+        raise ProtocolError(
+            f"cannot open the storage {label} ({reason}); check the URL and that the server runs") from None
 
 
 @contextmanager
@@ -227,16 +231,20 @@ def _advisory_lock(url: str) -> Iterator[None]:
             connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": ADVISORY_LOCK_KEY})
 
 
-def open_study(storage: Storage, spec: StudySpec, heartbeat: int = HEARTBEAT_SECONDS, create: bool = True) -> TuningStudy:
+def open_study(
+    storage: Storage, spec: StudySpec, heartbeat: int = HEARTBEAT_SECONDS, create: bool = True,
+) -> TuningStudy:
     """Create or load the study of ``spec`` (``create=False``: it must exist already)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         if create:
-            study = optuna.create_study(storage=storage.backend, study_name=spec.name, direction="minimize", load_if_exists=True)
+            study = optuna.create_study(storage=storage.backend, study_name=spec.name, direction="minimize",
+                                        load_if_exists=True)
         else:
             study = optuna.load_study(storage=storage.backend, study_name=spec.name)
     except KeyError:
-        raise ProtocolError(f"the storage {storage.label} holds no study {spec.name}; run the tuning with the same arguments first") from None
+        raise ProtocolError(f"the storage {storage.label} holds no study {spec.name}; "
+                            "run the tuning with the same arguments first") from None
     return TuningStudy(spec, storage, study, heartbeat)
 
 

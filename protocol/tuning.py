@@ -10,10 +10,10 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property, partial
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -26,7 +26,16 @@ from data import load_dataset, tuning_folds
 from models import METHOD_NAMES, SETTING_KEYS, MethodResult, Setting, run_methods
 
 from .common import BASE_SEED, ProtocolError
-from .schema import EXTRA_METHODS, SOFT_EVALUATED, TRAINED, TUNING, TUNING_COLUMNS, has_method, read_results, write_results
+from .schema import (
+    EXTRA_METHODS,
+    SOFT_EVALUATED,
+    TRAINED,
+    TUNING,
+    TUNING_COLUMNS,
+    has_method,
+    read_results,
+    write_results,
+)
 from .search_space import draw_settings, paper_search_space
 from .study import (
     HEARTBEAT_SECONDS,
@@ -58,7 +67,9 @@ class TuningPlan:
 
     dataset: str
     bits: int
-    settings: pd.DataFrame  # the paper sampler's draws (other samplers use only their number): index hyperparameter_setting_id, columns SETTING_KEYS
+    # the paper sampler's draws (other samplers use only their number): index hyperparameter_setting_id,
+    # columns SETTING_KEYS
+    settings: pd.DataFrame
     k_folds: int
     path: Path
     space: dict[str, list]
@@ -88,7 +99,8 @@ class TuningPlan:
         """The plan's optuna study, named after everything that shapes its rows."""
         digest = hashlib.sha256(json.dumps(self.space, sort_keys=True).encode()).hexdigest()[:8]
         # "steps" stays in the name: a stored study is found by it
-        name = f"{self.dataset}-{self.bits}bits-{self.n_settings}steps-{self.k_folds}folds-{self.sampler}-{self.objective}-space{digest}"
+        name = (f"{self.dataset}-{self.bits}bits-{self.n_settings}steps-{self.k_folds}folds-{self.sampler}-"
+                f"{self.objective}-space{digest}")
         if EXTRA_METHODS:  # rows with further methods form another study than the paper's methods alone
             name += "-with-" + "+".join(EXTRA_METHODS)
         initial = tuple(self.setting_values(s) for s in self.settings.index) if self.sampler == "paper" else ()
@@ -120,7 +132,9 @@ def plan_tuning(
     return TuningPlan(dataset, bits, draw_settings(space, n_settings), k_folds, path, space, sampler, objective)
 
 
-def tuning_row(plan: TuningPlan, setting_id: int, fold: int, values: dict[str, object], results: dict[str, MethodResult]) -> Row:
+def tuning_row(
+    plan: TuningPlan, setting_id: int, fold: int, values: dict[str, object], results: dict[str, MethodResult],
+) -> Row:
     """One CSV row of SPEC section 5 from a setting's values and the methods' results."""
     row: Row = {"hyperparameter_setting_id": setting_id, "kFold_id": fold, "bits": plan.bits}
     row.update({key: values[key] for key in SETTING_KEYS})
@@ -168,7 +182,9 @@ def rows_to_import(plan: TuningPlan) -> dict[int, dict[int, Row]]:
     return imported
 
 
-def open_tuning(plan: TuningPlan, storage: str | None = None, heartbeat: int = HEARTBEAT_SECONDS, create: bool = True) -> TuningStudy:
+def open_tuning(
+    plan: TuningPlan, storage: str | None = None, heartbeat: int = HEARTBEAT_SECONDS, create: bool = True,
+) -> TuningStudy:
     """Open the plan's study in ``storage`` (default: a journal file beside the CSV), and make sure
     that no other study there writes the same CSV."""
     url = storage or f"journal:{plan.path.with_suffix('.journal')}"
@@ -197,7 +213,8 @@ def export_csv(plan: TuningPlan, tuning: TuningStudy) -> int:
 
 
 def export_tuning(plan: TuningPlan, storage: str | None = None) -> Path:
-    """Regenerate the plan's CSV from an existing study (refused where the CSV holds rows the study lacks or holds otherwise)."""
+    """Regenerate the plan's CSV from an existing study (refused where the CSV holds rows the study lacks
+    or holds otherwise)."""
     tuning = open_tuning(plan, storage, create=False)
     _check_csv_matches_storage(plan, tuning, {})
     export_csv(plan, tuning)
@@ -247,7 +264,8 @@ def run_tuning(
     _check_csv_matches_storage(plan, tuning, imported)
     folds = _Folds(plan, scratch, device)
     total, done = plan.k_folds * plan.n_settings, len(stored_rows(tuning))
-    with tqdm(total=total, initial=done, desc=f"{plan.dataset} {plan.bits} bits", unit="row", disable=not progress) as bar:
+    with tqdm(total=total, initial=done, desc=f"{plan.dataset} {plan.bits} bits", unit="row",
+              disable=not progress) as bar:
         while not finished(tuning):
             claim = claim_setting(tuning, imported)
             if claim is None:
@@ -312,7 +330,8 @@ def _same_results(csv_row: Row, stored_row: Row) -> bool:
     """Whether a CSV row holds a stored row's numbers (to the CSV's printed precision; NaN equals NaN)."""
     keys = [key for key in csv_row if key in stored_row]
     ours = pd.to_numeric(pd.Series([csv_row[k] for k in keys], dtype=object), errors="coerce").to_numpy(dtype=float)
-    theirs = pd.to_numeric(pd.Series([stored_row[k] for k in keys], dtype=object), errors="coerce").to_numpy(dtype=float)
+    theirs = pd.to_numeric(pd.Series([stored_row[k] for k in keys], dtype=object),
+                           errors="coerce").to_numpy(dtype=float)
     return len(keys) == len(stored_row) and bool(np.allclose(ours, theirs, rtol=1e-12, atol=0, equal_nan=True))
 
 

@@ -11,7 +11,7 @@ what the paper writes and what the tests compare to.
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -132,7 +132,7 @@ def _rise_table(p: torch.Tensor) -> torch.Tensor:
     return torch.cat([rise.flip(-1).neg_(), zero, rise], dim=-1).div_(p.shape[1])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def rise_matrix(segments: int, granularity: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
     """``C`` [R*G, K] with ``table(p) == p.flatten(1) @ C``; None where C would be large."""
     width = segments * granularity
@@ -141,7 +141,7 @@ def rise_matrix(segments: int, granularity: int, dtype: torch.dtype, device: tor
     return _rise_table(torch.eye(width, dtype=dtype, device=device).view(width, segments, granularity))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _row_starts(rows: int, size: int, device: torch.device) -> torch.Tensor:
     """``[0, size, 2 size, ...]`` [rows]: where each row of a [rows, size] tensor starts in its ``view(-1)``."""
     return torch.arange(0, rows * size, size, device=device)

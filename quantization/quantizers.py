@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -318,7 +318,7 @@ class LSQQuantizer(Quantizer):
         self.step_size = nn.Parameter(torch.ones(self.n_features))  # [d]
 
     @torch.no_grad()
-    def init_step_size(self, x: torch.Tensor) -> "LSQQuantizer":
+    def init_step_size(self, x: torch.Tensor) -> LSQQuantizer:
         """Set ``s_f = 2 mean|x_f| / sqrt(Q_p)`` from the training rows x [n, d] (never 0)."""
         mean_abs = check_rows(x, self.n_features).abs().mean(dim=0)
         # NOTE[DIFF]: mean|x_f| is floored at 1e-8, so that a feature of zeros gets a step size > 0

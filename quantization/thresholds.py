@@ -33,14 +33,17 @@ def bits_of_thresholds(thresholds: torch.Tensor) -> int:
 
 
 def check_rows(x: torch.Tensor, n_features: int | None = None) -> torch.Tensor:
-    """Return ``x`` if it holds at least one row of shape ``[n, d]`` (``d = n_features`` if given), all finite, else raise."""
+    """Return ``x`` if it holds at least one row of shape ``[n, d]`` (``d = n_features`` if given), all finite,
+    else raise."""
     d = "d" if n_features is None else n_features
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor of rows [n, {d}], got {type(x).__name__}; convert numpy rows with torch.as_tensor")
+        raise TypeError(f"x must be a torch.Tensor of rows [n, {d}], got {type(x).__name__}; "
+                        "convert numpy rows with torch.as_tensor")
     if x.ndim != 2 or x.shape[0] == 0 or (n_features is not None and x.shape[1] != n_features):
         raise ValueError(f"x must be training rows of shape [n, {d}] with n >= 1, got shape {tuple(x.shape)}")
     if x.is_floating_point() and not x.is_meta and not torch.isfinite(x).all():  # meta: shapes only
-        raise ValueError("x holds NaN or infinite values; drop or impute them before computing thresholds or statistics")
+        raise ValueError("x holds NaN or infinite values; "
+                         "drop or impute them before computing thresholds or statistics")
     return x
 
 

@@ -26,7 +26,9 @@ def shared_dir() -> Path:
     return SHARED
 
 
-@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))])
+@pytest.fixture(params=[
+    "cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")),
+])
 def device(request) -> str:
     """Each test using this fixture runs on the CPU, and on CUDA where a GPU is present."""
     return request.param

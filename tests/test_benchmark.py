@@ -37,7 +37,8 @@ def test_time_ratio_is_the_median_of_paired_ratios():
     assert bench_methods.time_ratio(report, "A", "B") == 1.0
     # an even number of repeats: the mean of the two middle ratios (ratios 8, 1, 2, 3 -> 2.5;
     # ratio of medians 7 / 2.5 = 2.8)
-    report = {"methods": {"A": {"train_seconds_runs": [8.0, 2.0, 6.0, 12.0]}, "B": {"train_seconds_runs": [1.0, 2.0, 3.0, 4.0]}}}
+    report = {"methods": {"A": {"train_seconds_runs": [8.0, 2.0, 6.0, 12.0]},
+                          "B": {"train_seconds_runs": [1.0, 2.0, 3.0, 4.0]}}}
     assert bench_methods.time_ratio(report, "A", "B") == 2.5
 
 

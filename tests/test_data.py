@@ -21,7 +21,16 @@ from sklearn.datasets import make_friedman1
 from sklearn.model_selection import KFold, train_test_split
 
 from core import atomic
-from data import DATASETS, PAPER_DATASETS, DatasetError, get_info, holdout_split, load_dataset, standardize, tuning_folds
+from data import (
+    DATASETS,
+    PAPER_DATASETS,
+    DatasetError,
+    get_info,
+    holdout_split,
+    load_dataset,
+    standardize,
+    tuning_folds,
+)
 from data import datasets as datasets_module
 from data.datasets import write_dataset_file
 
@@ -262,7 +271,8 @@ def test_superconduct_placed_by_hand_is_read(tmp_path, monkeypatch):
     """Doing what the offline message says: a file of the right shape (no checksum exists for it)."""
     monkeypatch.setattr(datasets_module, "fetch_openml_frame", unreachable)
     info = DATASETS["superconduct"]
-    frame = pd.DataFrame(np.zeros((info.n_rows, info.n_features + 1)), columns=[*map(str, range(info.n_features)), info.target])
+    frame = pd.DataFrame(np.zeros((info.n_rows, info.n_features + 1)),
+                         columns=[*map(str, range(info.n_features)), info.target])
     frame.to_csv(tmp_path / info.file_name, index=False)
     assert load_dataset("superconduct", tmp_path).x.shape == (info.n_rows, info.n_features)
     frame.iloc[:-1].to_csv(tmp_path / info.file_name, index=False)
@@ -294,7 +304,7 @@ def test_a_download_with_missing_values_is_refused(tmp_path, monkeypatch):
     frame = pd.DataFrame(np.ones((info.n_rows, info.n_features + 1)), columns=columns)
     frame.iat[0, info.n_features] = np.nan  # the target of the first row
     monkeypatch.setattr(datasets_module, "fetch_openml_frame", lambda requested: frame)
-    with pytest.raises(DatasetError, match=f"has an empty cell \\(NaN\\) in column 'usr' on line 2, where every cell"):
+    with pytest.raises(DatasetError, match="has an empty cell \\(NaN\\) in column 'usr' on line 2, where every cell"):
         load_dataset("cpu_act", tmp_path)
 
 

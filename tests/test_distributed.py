@@ -26,8 +26,8 @@ from optuna.trial import TrialState
 import hyperparameter_tuning as tuning_script
 from protocol import study
 from protocol.common import ProtocolError, run_cli
-from protocol.study import BEAT_ATTR, FOLD_PREFIX, OWNER_ATTR, SETTING_ATTR, claim_setting, open_storage
 from protocol.search_space import paper_search_space
+from protocol.study import BEAT_ATTR, FOLD_PREFIX, OWNER_ATTR, SETTING_ATTR, claim_setting, open_storage
 from protocol.tuning import TuningPlan, open_tuning, plan_tuning
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,7 +36,8 @@ N_SETTINGS, N_ROWS = 2, 4  # --debug: two folds per setting
 # threads, and two workers with two threads each on two cores spin-wait each other to a crawl.
 WORKER_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 POSTGRES_URL = os.environ.get("BSQ_TEST_POSTGRES_URL")
-needs_postgres = pytest.mark.skipif(not POSTGRES_URL, reason="BSQ_TEST_POSTGRES_URL is unset; run .ci/postgres.sh and export its URL")
+needs_postgres = pytest.mark.skipif(not POSTGRES_URL,
+                                    reason="BSQ_TEST_POSTGRES_URL is unset; run .ci/postgres.sh and export its URL")
 
 
 def arguments(shared: Path, folder: Path, storage: str | None) -> list[str]:
@@ -50,7 +51,8 @@ def arguments(shared: Path, folder: Path, storage: str | None) -> list[str]:
 
 def start_worker(args: list[str]) -> subprocess.Popen:
     command = [sys.executable, "hyperparameter_tuning.py", *args]
-    return subprocess.Popen(command, cwd=REPO, env=WORKER_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(command, cwd=REPO, env=WORKER_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
 
 
 def finish_worker(worker: subprocess.Popen) -> None:
@@ -58,7 +60,9 @@ def finish_worker(worker: subprocess.Popen) -> None:
     assert worker.returncode == 0, output
 
 
-def debug_plan(folder: Path, n_settings: int = N_SETTINGS, sampler: str = "paper", objective: str = "Bw-SQ") -> TuningPlan:
+def debug_plan(
+    folder: Path, n_settings: int = N_SETTINGS, sampler: str = "paper", objective: str = "Bw-SQ",
+) -> TuningPlan:
     return plan_tuning("wine_quality", 3, n_settings, folder, debug=True, sampler=sampler, objective=objective)
 
 
@@ -104,7 +108,8 @@ def reference(tmp_path_factory, shared_dir: Path) -> pd.DataFrame:
 
 
 def storage_url(kind: str, plan: TuningPlan, folder: Path) -> str:
-    return {"journal": f"journal:{folder / 'shared.journal'}", "sqlite": f"sqlite:///{folder / 'shared.db'}"}.get(kind) or fresh_postgres(plan)
+    return {"journal": f"journal:{folder / 'shared.journal'}",
+            "sqlite": f"sqlite:///{folder / 'shared.db'}"}.get(kind) or fresh_postgres(plan)
 
 
 @pytest.mark.parametrize("kind", ["journal", "sqlite", pytest.param("postgres", marks=needs_postgres)])
@@ -146,12 +151,14 @@ def test_killed_worker_loses_only_its_fold(tmp_path: Path, shared_dir: Path, ref
     assert_same_rows(plan.path, reference)
     found = assert_each_row_stored_once(plan, None)  # the killed fold alone was computed twice
     assert found[killed[0].number].state == TrialState.FAIL
-    retry = [t for t in found if t.user_attrs[SETTING_ATTR] == killed[0].user_attrs[SETTING_ATTR] and t.state == TrialState.COMPLETE]
+    retry = [t for t in found
+             if t.user_attrs[SETTING_ATTR] == killed[0].user_attrs[SETTING_ATTR] and t.state == TrialState.COMPLETE]
     assert len(retry) == 1 and stored_folds(retry[0]) == [1], "the stored fold is not recomputed"
 
 
 def test_silent_worker_is_taken_over(tmp_path: Path, shared_dir: Path, reference: pd.DataFrame) -> None:
-    """A frozen worker (its PID alive, its heartbeat silent) loses its setting after 5 beats; awake, it stores nothing."""
+    """A frozen worker (its PID alive, its heartbeat silent) loses its setting after 5 beats; awake, it stores
+    nothing."""
     storage = f"journal:{tmp_path / 'shared.journal'}"
     args, plan = arguments(shared_dir, tmp_path, storage), debug_plan(tmp_path)
     frozen = start_worker(args)
@@ -213,7 +220,8 @@ def test_tpe_sampler_draws_from_the_space(tmp_path: Path, shared_dir: Path) -> N
     for key, values in plan.space.items():
         assert set(rows[key]) <= set(values)
     found = trials(plan, None)
-    assert [t.value for t in found] == pytest.approx(rows.groupby("hyperparameter_setting_id")["val_loss_LSQ"].mean().tolist(), rel=1e-12)
+    assert [t.value for t in found] == pytest.approx(
+        rows.groupby("hyperparameter_setting_id")["val_loss_LSQ"].mean().tolist(), rel=1e-12)
 
 
 def test_storage_errors_are_one_sentence(tmp_path: Path, shared_dir: Path, capsys) -> None:
@@ -285,7 +293,8 @@ def test_two_tunings_writing_one_csv_are_refused(tmp_path: Path) -> None:
     debug = plan_tuning("wine_quality", 3, 2, tmp_path, debug=True, search_space=space)
     assert four_folds.path == debug.path
     open_tuning(four_folds)
-    with pytest.raises(ProtocolError, match="already the CSV of another tuning .*objective.*use another --result_folder"):
+    with pytest.raises(ProtocolError,
+                       match="already the CSV of another tuning .*objective.*use another --result_folder"):
         open_tuning(debug)
     journal = open_storage(f"journal:{four_folds.path.with_suffix('.journal')}")
     assert len(journal.backend.get_all_studies()) == 1  # the refused tuning left no study behind
@@ -330,7 +339,8 @@ def test_a_shared_storage_serves_tunings_in_several_folders(tmp_path: Path) -> N
     shared = f"journal:{tmp_path / 'shared.journal'}"
     space = {"num_epochs": [1]}
     open_tuning(plan_tuning("wine_quality", 3, 1, tmp_path / "a", debug=True), shared)
-    open_tuning(plan_tuning("wine_quality", 3, 1, tmp_path / "b", debug=True, search_space={**paper_search_space(True), **space}), shared)
+    open_tuning(plan_tuning("wine_quality", 3, 1, tmp_path / "b", debug=True,
+                            search_space={**paper_search_space(True), **space}), shared)
     with pytest.raises(ProtocolError, match="already the CSV of another tuning"):  # b's CSV, by another study
         open_tuning(plan_tuning("wine_quality", 3, 1, tmp_path / "b", debug=True), shared)
 
@@ -401,8 +411,11 @@ def test_sampled_settings_differ_from_each_other(tmp_path: Path, sampler: str) -
     assert claim_setting(tuning, {}) is None  # the study has room for 4 settings only
 
 
-def test_rows_other_workers_store_or_import_while_the_csv_is_compared_are_not_foreign(tmp_path: Path, reference: pd.DataFrame, monkeypatch) -> None:
-    """The CSV and the started settings are read before the stored rows; each part below fails where the stored rows come earlier."""
+def test_rows_other_workers_store_or_import_while_the_csv_is_compared_are_not_foreign(
+    tmp_path: Path, reference: pd.DataFrame, monkeypatch,
+) -> None:
+    """The CSV and the started settings are read before the stored rows; each part below fails where the stored
+    rows come earlier."""
     import protocol.tuning as tuning_module
 
     plan = debug_plan(tmp_path)

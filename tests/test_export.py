@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from sklearn.model_selection import train_test_split
 
 from data import holdout_split, load_dataset
@@ -286,7 +285,8 @@ def test_cloud_predict_evaluates_a_model_trained_with_dropout(tmp_path: Path) ->
     """A reloaded model may be in training mode; cloud_predict switches dropout off (SPEC 4: eval mode)."""
     setting = Setting(0.0, 1e-3, 2, 16, 1, 0.01, 0.5)
     gen = torch.Generator().manual_seed(3)
-    model = build_model(METHODS["Bw-SQ"], setting, QuantizerContext.from_training_rows(torch.randn(400, D, generator=gen), 3))
+    model = build_model(METHODS["Bw-SQ"], setting,
+                        QuantizerContext.from_training_rows(torch.randn(400, D, generator=gen), 3))
     saved = SavedModel(model, "Bw-SQ", 3, setting, [f"sensor {i}" for i in range(D)], X_MEAN, X_SCALE, 0.25, 3.0, "toy")
     save_model(saved, tmp_path / "model.pt")
     raw = (X_MEAN + X_SCALE * np.random.default_rng(0).standard_normal((300, D))).astype(np.float32)

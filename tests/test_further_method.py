@@ -41,14 +41,18 @@ def run(main, argv):
     return code, out.getvalue(), err.getvalue()
 
 # selecting from the paper's tuning files: their 13 methods
-code, out, _ = run(best_script.main, ["--dataset", "fried", "--bits", "3", "--select_only", "--result_folder", str(paper)])
+code, out, _ = run(best_script.main,
+                   ["--dataset", "fried", "--bits", "3", "--select_only", "--result_folder", str(paper)])
 assert code == 0 and pd.read_csv(io.StringIO(out))["method"].tolist() == list(models.PAPER_METHODS), out
 
 # tuning: the paper's columns, then the new method's, filled
-assert run(tuning_script.main, ["--dataset", "wine_quality", "--n_bits", "3", "--n_steps", "1", "--debug", *common])[0] == 0
+assert run(tuning_script.main,
+           ["--dataset", "wine_quality", "--n_bits", "3", "--n_steps", "1", "--debug", *common])[0] == 0
 tuning = pd.read_csv(tmp / "wine_quality" / "wine_quality_hyperparameter_tuning_3bits_2iterations.csv")
-paper_header = list(pd.read_csv(paper / "fried" / "fried_hyperparameter_tuning_3bits_400iterations.csv", nrows=0).columns)
-new_columns = [f"val_loss_{NEW}", f"test_loss_{NEW}", f"train_loss_{NEW}", f"time_{NEW}", f"val_loss_{NEW}_train", f"test_loss_{NEW}_train"]
+paper_header = list(pd.read_csv(paper / "fried" / "fried_hyperparameter_tuning_3bits_400iterations.csv",
+                                nrows=0).columns)
+new_columns = [f"val_loss_{NEW}", f"test_loss_{NEW}", f"train_loss_{NEW}", f"time_{NEW}", f"val_loss_{NEW}_train",
+               f"test_loss_{NEW}_train"]
 assert list(tuning.columns) == paper_header + new_columns, list(tuning.columns)
 assert len(tuning) == 2 and np.isfinite(tuning[new_columns].to_numpy()).all()
 
@@ -63,11 +67,13 @@ assert len(best) == 1 and np.isfinite(best[new_best].to_numpy()).all()
 # a tuning file written without the new method is not resumed with it
 (tmp / "old" / "fried").mkdir(parents=True)
 shutil.copy(paper / "fried" / "fried_hyperparameter_tuning_3bits_400iterations.csv", tmp / "old" / "fried")
-code, _, err = run(tuning_script.main, ["--dataset", "fried", "--n_bits", "3", "--n_steps", "100", "--result_folder", str(tmp / "old"), "--quiet"])
+code, _, err = run(tuning_script.main, ["--dataset", "fried", "--n_bits", "3", "--n_steps", "100",
+                                        "--result_folder", str(tmp / "old"), "--quiet"])
 assert code == 2 and f"was written without the method(s) {NEW}" in err, err
 
 # the analysis reads the paper's files (no column for the new method) and ours
-code, _, err = run(create_result_tables.main, ["--results_dir", str(paper / "best_hyperparameter_multiple"), "--out_dir", str(tmp / "tables")])
+code, _, err = run(create_result_tables.main, ["--results_dir", str(paper / "best_hyperparameter_multiple"),
+                                               "--out_dir", str(tmp / "tables")])
 assert code == 0, err
 confidence = pd.read_csv(tmp / "tables" / "confidence.csv")
 assert NEW not in set(confidence["method"]) and set(confidence["method"]) == set(models.PAPER_METHODS)

@@ -30,13 +30,15 @@ from models import (
     evaluate,
     get_method,
     load_model,
+    persistence,
     run_methods,
+    runner,
     save_model,
     seed_everything,
     train_model,
     train_models,
+    training,
 )
-from models import persistence, runner, training
 from quantization import BwSQQuantizer, LLTQuantizer, LSQQuantizer, SQplusQuantizer, SQQuantizer, ThresholdQuantizer
 
 ORDER = ("FP", "Po-MQ", "Po-QQ", "Pr-MQ", "Pr-QQ", "SQ", "SQplus", "Bw-MQ", "Bw-QQ", "Bw-SQ", "LLT9", "LLT4", "LSQ")

@@ -12,9 +12,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Callable
 
 import numpy as np
 import optuna
@@ -99,7 +99,8 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path, debug_re
     path = tmp_path / "wine_quality" / "wine_quality_hyperparameter_tuning_3bits_4iterations.csv"
     command = [
         sys.executable, "hyperparameter_tuning.py", "--dataset", "wine_quality", "--n_bits", "3", "--n_steps", "2",
-        "--debug", "--device", "cpu", "--scratch", str(shared_dir / "datasets"), "--result_folder", str(tmp_path), "--quiet",
+        "--debug", "--device", "cpu", "--scratch", str(shared_dir / "datasets"), "--result_folder", str(tmp_path),
+        "--quiet",
     ]
     worker = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
@@ -120,7 +121,8 @@ def test_sigterm_releases_the_setting_at_once(tmp_path: Path, shared_dir: Path) 
     path = tmp_path / "wine_quality" / "wine_quality_hyperparameter_tuning_3bits_4iterations.csv"
     command = [
         sys.executable, "hyperparameter_tuning.py", "--dataset", "wine_quality", "--n_bits", "3", "--n_steps", "2",
-        "--debug", "--device", "cpu", "--scratch", str(shared_dir / "datasets"), "--result_folder", str(tmp_path), "--quiet",
+        "--debug", "--device", "cpu", "--scratch", str(shared_dir / "datasets"), "--result_folder", str(tmp_path),
+        "--quiet",
     ]
     worker = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
@@ -135,7 +137,8 @@ def test_sigterm_releases_the_setting_at_once(tmp_path: Path, shared_dir: Path) 
 
 def test_select_only_reproduces_the_paper_choices(shared_dir: Path) -> None:
     for dataset in PAPER_BEST_DATASETS:
-        paper = pd.read_csv(shared_dir / "paper_results" / "best_hyperparameter_multiple" / f"{dataset}_best_hyperparameter_test_multiple.csv")
+        paper = pd.read_csv(shared_dir / "paper_results" / "best_hyperparameter_multiple"
+                            / f"{dataset}_best_hyperparameter_test_multiple.csv")
         choices = load_choices(shared_dir / "paper_results", dataset, None, METHOD_NAMES)
         assert sorted(choices) == sorted(paper.bits.unique())
         for bits, per_method in choices.items():
@@ -146,17 +149,23 @@ def test_select_only_reproduces_the_paper_choices(shared_dir: Path) -> None:
 
 
 def test_select_only_prints_csv(shared_dir: Path, capsys) -> None:
-    code = best_script.main(["--dataset", "sulfur", "--result_folder", str(shared_dir / "paper_results"), "--bits", "2", "--select_only"])
+    code = best_script.main(["--dataset", "sulfur", "--result_folder", str(shared_dir / "paper_results"), "--bits", "2",
+                             "--select_only"])
     assert code == 0
     captured = capsys.readouterr()
-    assert captured.err == f"2 bits: selecting from {shared_dir / 'paper_results' / 'sulfur' / 'sulfur_hyperparameter_tuning_2bits_400iterations.csv'}\n"
+    assert captured.err == (
+        "2 bits: selecting from "
+        f"{shared_dir / 'paper_results' / 'sulfur' / 'sulfur_hyperparameter_tuning_2bits_400iterations.csv'}\n"
+    )
     printed = pd.read_csv(io.StringIO(captured.out))
     assert printed.columns.tolist() == ["bits", "method", "best_hyperparameter_id", "val_loss"]
     # the paper's own choices at 2 bits (the same on every row of a bit width), read independently
-    paper = pd.read_csv(shared_dir / "paper_results" / "best_hyperparameter_multiple" / "sulfur_best_hyperparameter_test_multiple.csv")
+    paper = pd.read_csv(shared_dir / "paper_results" / "best_hyperparameter_multiple"
+                        / "sulfur_best_hyperparameter_test_multiple.csv")
     paper = paper[paper.bits == 2]
     assert len(paper) > 0
-    methods = [c.removeprefix("best_hyperparameter_id_") for c in paper.columns if c.startswith("best_hyperparameter_id_")]
+    methods = [c.removeprefix("best_hyperparameter_id_") for c in paper.columns
+               if c.startswith("best_hyperparameter_id_")]
     assert len(methods) == 13
     assert printed.bits.tolist() == [2] * 13 and printed.method.tolist() == methods
     for _, row in printed.iterrows():
@@ -165,7 +174,8 @@ def test_select_only_prints_csv(shared_dir: Path, capsys) -> None:
         assert len(ids) == len(losses) == 1, row.method
         assert row.best_hyperparameter_id == ids[0], row.method
         assert row.val_loss == pytest.approx(losses[0], rel=1e-12), row.method
-    assert printed.set_index("method").loc["FP"].tolist() == [2, 6, pytest.approx(0.177237, abs=1e-6)]  # by eye from the file
+    # by eye from the file
+    assert printed.set_index("method").loc["FP"].tolist() == [2, 6, pytest.approx(0.177237, abs=1e-6)]
 
 
 def test_tiny_best_setting_run_writes_the_paper_schema(debug_results: Path, shared_dir: Path, tmp_path: Path) -> None:
@@ -174,7 +184,8 @@ def test_tiny_best_setting_run_writes_the_paper_schema(debug_results: Path, shar
         scratch=shared_dir / "datasets", save_models=tmp_path, progress=False,
     )
     ours = pd.read_csv(path)
-    paper_header = pd.read_csv(shared_dir / "paper_results" / "best_hyperparameter_multiple" / "wine_quality_best_hyperparameter_test_multiple.csv", nrows=0)
+    paper_header = pd.read_csv(shared_dir / "paper_results" / "best_hyperparameter_multiple"
+                               / "wine_quality_best_hyperparameter_test_multiple.csv", nrows=0)
     assert ours.columns.tolist() == paper_header.columns.tolist() == list(BEST_COLUMNS)
     assert ours[["bits", "step"]].values.tolist() == [[3, 0], [3, 1]]
     assert np.isfinite(ours["test_loss_Bw-SQ"]).all() and ours["test_loss_SQ"].isna().all()
@@ -182,7 +193,8 @@ def test_tiny_best_setting_run_writes_the_paper_schema(debug_results: Path, shar
     assert len(list(tmp_path.glob("*.pt"))) == 8
     # resuming with one more method fills it in and leaves the rest untouched
     before = ours.copy()
-    run_best_settings("wine_quality", debug_results, n_runs=2, methods=["SQ"], scratch=shared_dir / "datasets", progress=False)
+    run_best_settings("wine_quality", debug_results, n_runs=2, methods=["SQ"], scratch=shared_dir / "datasets",
+                      progress=False)
     after = pd.read_csv(path)
     assert np.isfinite(after["test_loss_SQ"]).all()
     pd.testing.assert_series_equal(after["test_loss_Bw-SQ"], before["test_loss_Bw-SQ"])
@@ -224,7 +236,8 @@ def test_selection_waits_for_all_planned_folds(shared_dir: Path) -> None:
         select_best(early, 4, ["FP"])
     later = pd.concat([early, paper[setting == 5]])
     choice = select_best(later, planned_folds(later, 400), ["FP"])["FP"]
-    assert (choice.setting_id, choice.val_loss) == (5, pytest.approx(paper[setting == 5]["val_loss_FP"].mean(), rel=1e-12))
+    assert (choice.setting_id, choice.val_loss) == (
+        5, pytest.approx(paper[setting == 5]["val_loss_FP"].mean(), rel=1e-12))
     debug = paper[(setting < 3) & (fold < 2)]  # read as a --debug file of 3 settings x 2 folds
     assert planned_folds(debug, 6) == 2  # setting 2 cannot exist with 4 folds and 6 iterations
     first = debug[debug.hyperparameter_setting_id == 0]
@@ -245,7 +258,9 @@ def test_damaged_tuning_file_is_reported_and_kept(tmp_path: Path, capsys) -> Non
     assert path.read_bytes() == damaged
 
 
-def test_save_models_names_the_runs_it_does_not_train_again(debug_results: Path, shared_dir: Path, tmp_path: Path, capsys) -> None:
+def test_save_models_names_the_runs_it_does_not_train_again(
+    debug_results: Path, shared_dir: Path, tmp_path: Path, capsys,
+) -> None:
     copy_tuning(debug_results, tmp_path)
     run = dict(n_runs=1, methods=["FP"], scratch=shared_dir / "datasets", progress=False)
     run_best_settings("wine_quality", tmp_path, save_models=tmp_path / "first", **run)
@@ -285,7 +300,8 @@ def test_runs_from_another_tuning_are_refused(debug_results: Path, shared_dir: P
     frame = pd.read_csv(path)
     frame["val_loss_FP"] *= 1.5  # same setting id, but another tuning file's mean validation loss
     frame.to_csv(path, index=False)
-    with pytest.raises(ProtocolError, match="computed with setting 0 .*validation loss .* for FP at 3 bits, but the tuning now selects setting 0"):
+    with pytest.raises(ProtocolError, match="computed with setting 0 .*validation loss .* for FP at 3 bits, "
+                                            "but the tuning now selects setting 0"):
         run_best_settings("wine_quality", tmp_path, n_runs=2, **run)
 
 
@@ -306,10 +322,12 @@ def test_cut_off_and_header_only_files(debug_results: Path, shared_dir: Path, tm
         load_choices(tmp_path, "wine_quality", None)
     run_tuning(plan_tuning("wine_quality", 3, 2, tmp_path, debug=True), shared_dir / "datasets", progress=False)
     assert len(pd.read_csv(tuning)) == 4
-    best = run_best_settings("wine_quality", tmp_path, n_runs=1, methods=["FP"], scratch=shared_dir / "datasets", progress=False)
+    best = run_best_settings("wine_quality", tmp_path, n_runs=1, methods=["FP"], scratch=shared_dir / "datasets",
+                             progress=False)
     best.write_bytes(best.read_bytes()[:-10])
     with pytest.raises(ProtocolError, match="ends without a newline, so its last line may be cut short"):
-        run_best_settings("wine_quality", tmp_path, n_runs=2, methods=["FP"], scratch=shared_dir / "datasets", progress=False)
+        run_best_settings("wine_quality", tmp_path, n_runs=2, methods=["FP"], scratch=shared_dir / "datasets",
+                          progress=False)
 
 
 def _wait_until_torch_loads(worker: subprocess.Popen) -> None:
@@ -326,7 +344,8 @@ def _wait_until_torch_loads(worker: subprocess.Popen) -> None:
 def test_a_worker_started_with_sigint_ignored_keeps_running() -> None:
     command = [sys.executable, "hyperparameter_tuning.py", "--dataset", "fried", "--n_bits", "3", "--list_settings"]
     worker = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))  # as `worker &` in a script
+                              # as `worker &` in a script
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     _wait_until_torch_loads(worker)
     worker.send_signal(signal.SIGINT)
     stdout, stderr = worker.communicate(timeout=60)
@@ -342,7 +361,8 @@ def test_result_columns_in_another_order_are_read(shared_dir: Path, tmp_path: Pa
 
 
 def test_output_into_a_reader_that_stops_early_is_quiet() -> None:
-    command = [sys.executable, "hyperparameter_tuning.py", "--dataset", "fried", "--n_bits", "3", "--n_steps", "200000", "--list_settings"]
+    command = [sys.executable, "hyperparameter_tuning.py", "--dataset", "fried", "--n_bits", "3", "--n_steps", "200000",
+               "--list_settings"]
     worker = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert worker.stdout.readline().startswith(b"hyperparameter_setting_id")
     worker.stdout.close()  # as `| head -1` does: 200 000 settings are far more than a pipe holds
@@ -355,7 +375,8 @@ def test_unusable_paths_are_one_sentence(debug_results: Path, shared_dir: Path, 
     tuning = ["--dataset", "wine_quality", "--n_bits", "3", "--n_steps", "2", "--debug", "--quiet"]
     assert tuning_script.main([*tuning, "--result_folder", str(a_file)]) == 2
     copy_tuning(debug_results, tmp_path)
-    best = ["--dataset", "wine_quality", "--n_steps", "1", "--methods", "FP", "--quiet", "--scratch", str(shared_dir / "datasets")]
+    best = ["--dataset", "wine_quality", "--n_steps", "1", "--methods", "FP", "--quiet", "--scratch",
+            str(shared_dir / "datasets")]
     assert best_script.main([*best, "--result_folder", str(tmp_path), "--save_models", str(a_file)]) == 2
     errors = capsys.readouterr().err.splitlines()
     assert len(errors) == 2 and all(line.startswith(f"error: cannot use {a_file}") for line in errors), errors
@@ -387,7 +408,8 @@ def test_bad_arguments_are_refused(args: list[str], message: str) -> None:
 
 
 def test_missing_tuning_file_is_refused(tmp_path: Path) -> None:
-    result = run_script("best_hyperparameter_testing_multiple.py", "--dataset", "fried", "--result_folder", str(tmp_path))
+    result = run_script("best_hyperparameter_testing_multiple.py", "--dataset", "fried", "--result_folder",
+                        str(tmp_path))
     assert result.returncode == 2 and "run hyperparameter_tuning.py first" in result.stderr
     assert "Traceback" not in result.stderr
 
@@ -396,7 +418,8 @@ def test_a_folder_of_another_sampler_s_files_says_so(shared_dir: Path, tmp_path:
     (tmp_path / "fried").mkdir()
     sampled = tmp_path / "fried" / "fried_hyperparameter_tuning_3bits_400iterations_random_Bw-SQ.csv"
     sampled.write_bytes(paper_file(shared_dir, "fried", 3).read_bytes())
-    with pytest.raises(ProtocolError, match=f"no tuning files .*\\({sampled.name} is the file of another sampler, which is not selected from\\)"):
+    with pytest.raises(ProtocolError, match=f"no tuning files .*\\({sampled.name} is the file of another sampler, "
+                                            "which is not selected from\\)"):
         load_choices(tmp_path, "fried", None)
 
 
@@ -440,7 +463,8 @@ def test_tuning_rows_of_other_settings_are_refused(debug_results: Path, tmp_path
 def test_bad_search_space_is_refused(tmp_path: Path, space: dict, message: str) -> None:
     path = tmp_path / "space.json"
     path.write_text(json.dumps(space))
-    result = run_script("hyperparameter_tuning.py", "--dataset", "fried", "--n_bits", "3", "--search_space", str(path), "--list_settings")
+    result = run_script("hyperparameter_tuning.py", "--dataset", "fried", "--n_bits", "3", "--search_space", str(path),
+                        "--list_settings")
     assert result.returncode == 2 and message in result.stderr
 
 
@@ -456,7 +480,8 @@ def test_a_search_space_that_is_not_utf8_is_one_sentence(tmp_path: Path) -> None
 def test_custom_search_space_is_used(tmp_path: Path, capsys) -> None:
     path = tmp_path / "space.json"
     path.write_text(json.dumps({"hidden_neurons": [7], "num_epochs": [2, 3]}))
-    assert tuning_script.main(["--dataset", "fried", "--n_bits", "3", "--n_steps", "5", "--search_space", str(path), "--list_settings"]) == 0
+    assert tuning_script.main(["--dataset", "fried", "--n_bits", "3", "--n_steps", "5", "--search_space", str(path),
+                               "--list_settings"]) == 0
     printed = pd.read_csv(io.StringIO(capsys.readouterr().out))
     assert printed.hidden_neurons.eq(7).all() and set(printed.num_epochs) <= {2, 3}
     assert set(printed.hidden_layers) <= {5, 6, 8, 10}
@@ -475,7 +500,8 @@ def test_a_tuning_file_whose_name_gives_other_bits_is_refused(shared_dir: Path, 
 
 def test_missing_bit_widths_are_named(shared_dir: Path, tmp_path: Path) -> None:
     (tmp_path / "fried").mkdir()
-    (tmp_path / "fried" / paper_file(shared_dir, "fried", 3).name).write_bytes(paper_file(shared_dir, "fried", 3).read_bytes())
+    (tmp_path / "fried" / paper_file(shared_dir, "fried", 3).name).write_bytes(
+        paper_file(shared_dir, "fried", 3).read_bytes())
     with pytest.raises(ProtocolError, match="no tuning file for fried at 2, 4 bits in .*drop them from --bits"):
         load_choices(tmp_path, "fried", [2, 3, 4])
 
@@ -532,7 +558,8 @@ def test_best_setting_run_s_is_seeded_with_42_plus_s(shared_dir: Path, tmp_path:
         return {m: MethodResult({"test": 1.0 + seed}, 0.0, 0.0) for m in names}
 
     monkeypatch.setattr(best_settings, "run_methods", fake_run_methods)
-    path = run_best_settings("wine_quality", tmp_path, n_runs=3, methods=["FP"], scratch=shared_dir / "datasets", progress=False)
+    path = run_best_settings("wine_quality", tmp_path, n_runs=3, methods=["FP"], scratch=shared_dir / "datasets",
+                             progress=False)
     assert seeds == [42, 43, 44]
     assert pd.read_csv(path)["test_loss_FP"].tolist() == [43.0, 44.0, 45.0]
 
@@ -562,33 +589,42 @@ def test_a_loss_that_is_not_a_number_is_one_sentence(shared_dir: Path, tmp_path:
 
 @pytest.mark.parametrize("value", ["one", "1.5", "3x", "9223372036854775808", "-9223372036854775809"])
 @pytest.mark.parametrize("column", ["hyperparameter_setting_id", "kFold_id", "bits"])
-def test_an_integer_column_with_no_whole_number_is_one_sentence(shared_dir: Path, tmp_path: Path, column: str, value: str) -> None:
+def test_an_integer_column_with_no_whole_number_is_one_sentence(
+    shared_dir: Path, tmp_path: Path, column: str, value: str,
+) -> None:
     frame = pd.read_csv(paper_file(shared_dir, "fried", 3)).astype({column: object})
     frame.loc[6, column] = value
     damaged = tmp_path / "damaged.csv"
     frame.to_csv(damaged, index=False)
-    with pytest.raises(ProtocolError, match=f"has '{value}' in column {column} on line 8, where a whole number belongs"):
+    with pytest.raises(ProtocolError,
+                       match=f"has '{value}' in column {column} on line 8, where a whole number belongs"):
         read_results(damaged, TUNING)
 
 
 def test_a_row_twice_is_refused_not_averaged_as_another_fold(shared_dir: Path, tmp_path: Path) -> None:
-    """Two machines' CSVs pasted together hold a (setting, fold) twice; read as another fold it would move the selection."""
+    """Two machines' CSVs pasted together hold a (setting, fold) twice; read as another fold it would move the
+    selection."""
     paper = pd.read_csv(paper_file(shared_dir, "fried", 3))
     (tmp_path / "fried").mkdir()
     pasted = tmp_path / "fried" / paper_file(shared_dir, "fried", 3).name
     copy_of_row_0 = paper.iloc[[0]].assign(**{"val_loss_Bw-SQ": 1e-6})
     pd.concat([paper, copy_of_row_0]).to_csv(pasted, index=False)
-    with pytest.raises(ProtocolError, match=f"holds the row of hyperparameter_setting_id 0, kFold_id 0 twice \\(lines 2 and {len(paper) + 2}\\)"):
+    with pytest.raises(ProtocolError, match="holds the row of hyperparameter_setting_id 0, kFold_id 0 twice "
+                                            f"\\(lines 2 and {len(paper) + 2}\\)"):
         load_choices(tmp_path, "fried", [3])
-    best = pd.read_csv(shared_dir / "paper_results" / "best_hyperparameter_multiple" / "fried_best_hyperparameter_test_multiple.csv")
+    best = pd.read_csv(shared_dir / "paper_results" / "best_hyperparameter_multiple"
+                       / "fried_best_hyperparameter_test_multiple.csv")
     best.loc[1, "step"] = best.loc[0, "step"]  # a run edited by hand into another's place
     edited = tmp_path / "best.csv"
     best.to_csv(edited, index=False)
-    with pytest.raises(ProtocolError, match=f"holds the row of bits {best.bits[0]}, step {best.step[0]} twice \\(lines 2 and 3\\)"):
+    with pytest.raises(ProtocolError,
+                       match=f"holds the row of bits {best.bits[0]}, step {best.step[0]} twice \\(lines 2 and 3\\)"):
         read_results(edited, BEST)
 
 
-def test_a_csv_that_its_storage_does_not_hold_is_refused_and_kept(debug_results: Path, shared_dir: Path, tmp_path: Path) -> None:
+def test_a_csv_that_its_storage_does_not_hold_is_refused_and_kept(
+    debug_results: Path, shared_dir: Path, tmp_path: Path,
+) -> None:
     """The CSV is rewritten from the storage: rows it holds otherwise (a copied or merged file) would be lost."""
     shutil.copytree(debug_results / "wine_quality", tmp_path / "wine_quality")
     plan = plan_tuning("wine_quality", 3, 2, tmp_path, debug=True)
@@ -599,7 +635,8 @@ def test_a_csv_that_its_storage_does_not_hold_is_refused_and_kept(debug_results:
     frame.loc[1, "val_loss_Bw-SQ"] *= 1 + 1e-9  # setting 0 fold 1: more than the CSV's printed precision
     frame.to_csv(plan.path, index=False)
     foreign = plan.path.read_bytes()
-    with pytest.raises(ProtocolError, match="holds other results for setting 0 fold 1 than .*journal.*; move the CSV away to keep it"):
+    with pytest.raises(ProtocolError,
+                       match="holds other results for setting 0 fold 1 than .*journal.*; move the CSV away to keep it"):
         run_tuning(plan, shared_dir / "datasets", progress=False)
     with pytest.raises(ProtocolError, match="holds other results for setting 0 fold 1"):
         export_tuning(plan)  # --export_csv
@@ -607,7 +644,8 @@ def test_a_csv_that_its_storage_does_not_hold_is_refused_and_kept(debug_results:
     # another sampler's file name with a fresh storage: the storage lacks every row
     random_plan = plan_tuning("wine_quality", 3, 2, tmp_path, debug=True, sampler="random")
     random_plan.path.write_bytes(written)
-    with pytest.raises(ProtocolError, match="holds setting 0 fold 0, which .* lacks, and the CSV is rewritten from there"):
+    with pytest.raises(ProtocolError,
+                       match="holds setting 0 fold 0, which .* lacks, and the CSV is rewritten from there"):
         run_tuning(random_plan, shared_dir / "datasets", progress=False)
     assert random_plan.path.read_bytes() == written
 
@@ -662,7 +700,8 @@ def test_folds_of_one_setting_with_other_hyperparameters_are_refused(shared_dir:
 
 
 def test_a_column_outside_the_schema_is_refused_not_dropped(shared_dir: Path, tmp_path: Path) -> None:
-    """A file with a column this project does not write is refused: reading it would drop the column on the next write."""
+    """A file with a column this project does not write is refused: reading it would drop the column on the next
+    write."""
     frame = pd.read_csv(paper_file(shared_dir, "fried", 3))
     frame["test_loss_Bw-XX"] = 1.0  # say, a method registered in another checkout
     other = tmp_path / "other.csv"
@@ -684,7 +723,8 @@ def test_best_setting_ids_are_written_as_integers_also_beside_empty_cells(tmp_pa
     assert [r["best_hyperparameter_id_LSQ"] for r in rows] == ["3", "7"]
     assert [(r["bits"], r["step"]) for r in rows] == [("3", "0"), ("3", "1")]
     back = read_results(path, BEST)
-    assert str(back["best_hyperparameter_id_FP"].dtype) == "Int64" and back["best_hyperparameter_id_LSQ"].tolist() == [3, 7]
+    assert (str(back["best_hyperparameter_id_FP"].dtype) == "Int64"
+            and back["best_hyperparameter_id_LSQ"].tolist() == [3, 7])
 
 
 def test_debug_space_and_its_draws_follow_the_spec() -> None:
@@ -713,7 +753,8 @@ def test_search_space_counts_must_be_integers(tmp_path: Path, key: str) -> None:
 
 @pytest.mark.parametrize("text", ["0", "-1", "1.5", "two"])
 def test_counts_on_the_command_line_are_at_least_one(text: str) -> None:
-    """--n_steps, --threads and --heartbeat take integers >= 1 (a 0-second heartbeat would make every worker look dead)."""
+    """--n_steps, --threads and --heartbeat take integers >= 1 (a 0-second heartbeat would make every worker
+    look dead)."""
     with pytest.raises(argparse.ArgumentTypeError, match=f"expected an integer of at least 1, got '{text}'"):
         parse_positive(text)
     assert parse_positive("1") == 1 and parse_positive("60") == 60
@@ -724,5 +765,6 @@ def test_step_counts_are_capped_before_anything_is_drawn() -> None:
     for text in ("1000001", str(10**20)):
         with pytest.raises(argparse.ArgumentTypeError, match=f"expected an integer from 1 to 1000000, got '{text}'"):
             parse_steps(text)
-    with pytest.raises(ProtocolError, match=r"--n_steps \(the number of settings\) must be from 1 to 1000000, got 1000000000"):
+    with pytest.raises(ProtocolError,
+                       match=r"--n_steps \(the number of settings\) must be from 1 to 1000000, got 1000000000"):
         draw_settings(paper_search_space(), 10**9)  # 7.45 GiB of draws, refused before any

@@ -33,6 +33,7 @@ def test_committed_reproduction_has_the_paper_schema(ours: Path) -> None:
 
 @pytest.mark.parametrize("ours", RUNS, ids=lambda path: path.name)
 def test_reproduction_document_shows_the_script_output(shared_dir: Path, ours: Path) -> None:
-    theirs = shared_dir / "paper_results" / "best_hyperparameter_multiple" / f"{dataset_of(ours)}_best_hyperparameter_test_multiple.csv"
+    theirs = (shared_dir / "paper_results" / "best_hyperparameter_multiple"
+              / f"{dataset_of(ours)}_best_hyperparameter_test_multiple.csv")
     table = to_markdown(compare(read_runs(ours), read_runs(theirs)))
     assert table in (REPO / "REPRODUCTION.md").read_text()

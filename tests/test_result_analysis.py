@@ -19,7 +19,10 @@ if str(REPO) not in sys.path:  # importable also when pytest is run without a ro
 from core.schema import PAPER_METHODS as METHOD_NAMES  # noqa: E402
 from result_analysis import analysis, plots  # noqa: E402
 from result_analysis.analysis import (  # noqa: E402
-    ABLATION_METHODS, RELATIVE_ROW, TABLE2_METHODS, ResultFileError,
+    ABLATION_METHODS,
+    RELATIVE_ROW,
+    TABLE2_METHODS,
+    ResultFileError,
 )
 from result_analysis.create_result_tables import main as tables_main  # noqa: E402
 from result_analysis.line_and_box_plot_cummulative import main as figures_main  # noqa: E402

@@ -269,7 +269,8 @@ def test_thresholds_of_rows_with_nan_or_inf_are_refused(compute):
         compute(np.zeros((3, 2)), 2)
 
 
-@pytest.mark.parametrize("arguments", [(0.5, 0), (0.5, 2.5), (0.0, 3), (-0.5, 3), (2.0, 3), (float("nan"), 3), (True, 3), (0.5, 3, -1.0)])
+@pytest.mark.parametrize("arguments", [(0.5, 0), (0.5, 2.5), (0.0, 3), (-0.5, 3), (2.0, 3), (float("nan"), 3),
+                                       (True, 3), (0.5, 3, -1.0)])
 def test_temperature_schedule_refuses_what_would_not_lower_tau(arguments):
     with pytest.raises(ValueError, match="must be"):
         TemperatureSchedule(*arguments)
