@@ -37,6 +37,7 @@ def device_precision(raw_x: np.ndarray) -> np.ndarray:
     The exported encoder reads float32 raw values; standardizing these same values for training
     and evaluation makes every index the model sees the index a device sends for that row.
     """
+    # NOTE[DIFF]: raw values rounded to float32 (what a device reads); the paper's code keeps float64
     return np.asarray(raw_x, dtype=np.float32).astype(np.float64)
 
 

@@ -300,6 +300,7 @@ def _train_stack(models: Sequence[SplitModel], needs_grad: Sequence[bool], x: to
     mlp_parameters = stacked.flat_chunks(ADAM_PIECES, ADAM_CHUNK) if x.is_cuda else [stacked.flat]
     optimizer = torch.optim.Adam([*mlp_parameters, *quantizer_parameters], lr=setting.learning_rate,
                                  weight_decay=setting.weight_decay, fused=True, capturable=graphed)
+    # NOTE[DIFF]: batches and dropout masks from a generator per row, shared by its networks
     generator = torch.Generator(device=x.device).manual_seed(seed)
     train_step = _TrainingStep(stacked, quantizers, quantizer_parameters, optimizer, generator)
     if graphed:
@@ -336,6 +337,7 @@ def _train_stack(models: Sequence[SplitModel], needs_grad: Sequence[bool], x: to
         p.grad = None  # of the last batch only (on CUDA it may live in the graph's memory pool)
     stacked.unstack_into([m.mlp for m in models])
     for model in models:
+        # NOTE[DIFF]: the paper does not say at which temperature the soft losses are taken
         model.set_temperature(schedule.tau)  # the soft-mode evaluations use the final temperature
     return squared_error
 

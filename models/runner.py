@@ -16,6 +16,7 @@ from .mlp import SplitModel
 from .setting import Setting
 from .training import LabeledRows, evaluate_splits
 
+# NOTE[DIFF]: the networks of one setting train as one stack; each is charged an equal time share
 STACK_PARAMETERS = 2**24  # MLP weights trained as one stack at most: with gradients and Adam's state about 270 MB
 
 
@@ -83,6 +84,7 @@ def run_methods(
     for name in names:
         method, key = METHODS[name], _network_key(name, settings[name])
         model = networks[key]
+        # NOTE[DIFF]: Po-* evaluate the FP network trained with their own selected setting, shared
         if method.post_training:
             model = SplitModel(method.quantizer(rows_info).to(train[0].device), model.mlp)
         results[name] = _evaluated(method, model, evaluations, *trained[key])

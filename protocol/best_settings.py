@@ -53,6 +53,7 @@ def find_tuning_files(result_folder: str | os.PathLike, dataset: str) -> dict[in
     return {bits: max(found)[2] for bits, found in sorted(candidates.items())}
 
 
+# NOTE[DIFF]: a file does not record its fold count: 4, or 2 for a --debug file, inferred here
 def planned_folds(tuning: pd.DataFrame, iterations: int) -> int:
     """The folds per setting of a tuning file of ``iterations`` = settings x folds rows: 4, or 2 (``--debug``).
 
@@ -67,6 +68,7 @@ def planned_folds(tuning: pd.DataFrame, iterations: int) -> int:
     return DEBUG_K_FOLDS if tuning["hyperparameter_setting_id"].max() >= iterations / K_FOLDS else K_FOLDS
 
 
+# NOTE[DIFF]: only settings with all folds count; ties go to the first; a non-finite loss is never chosen
 def select_best(tuning: pd.DataFrame, k_folds: int, methods: Sequence[str] | None = None) -> dict[str, Choice]:
     """Average each setting over its folds, keep the smallest mean ``val_loss_<m>`` (first on ties),
     for ``methods`` (default: every method of the frame).

@@ -35,6 +35,7 @@ def paper_search_space(debug: bool = False) -> dict[str, list]:
     return {**PAPER_SEARCH_SPACE, **(DEBUG_OVERRIDES if debug else {})}
 
 
+# NOTE[DIFF]: a search-space file may list a subset of the paper's Table 3; the rest keep its lists
 def load_search_space(path: str | os.PathLike) -> dict[str, list]:
     """Read a JSON object of lists; keys it leaves out keep the paper's values."""
     try:

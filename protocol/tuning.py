@@ -89,6 +89,7 @@ class TuningPlan:
 
     def seed(self, setting_id: int, fold: int) -> int:
         """``42 + fold + r * k_folds`` for row ``r = setting_id * k_folds + fold``."""
+        # NOTE[DIFF]: every network of a row is built right after seeding (the paper's code: one stream)
         return BASE_SEED + fold + (setting_id * self.k_folds + fold) * self.k_folds
 
     def setting_values(self, setting_id: int) -> dict[str, object]:

@@ -117,6 +117,7 @@ class LSQRound(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):  # grad [n, d]
         z, u, level = ctx.saved_tensors
+        # NOTE[DIFF]: a value at a clamp bound passes its gradient (torch's clamp: 0 there since 2.14)
         inside = u == z  # where the clamp passes the gradient, bounds included
         grad_x = grad * inside if ctx.needs_input_grad[0] else None
         grad_step_size = None
@@ -186,6 +187,7 @@ class LLTLookup(torch.autograd.Function):
         out = table.take(entry).mul_(scale)  # [n, d]
         reweighted = reweight and ctx.needs_input_grad[0] and x.shape[0] > 0  # no rows: nothing to count
         counts = histogram(u, table.shape[1]) if reweighted else None  # [d, K]
+        # NOTE[DIFF]: x = +-s counts as inside the clamp (bounds included), as in LSQ
         inside = u == z if ctx.needs_input_grad[1] or ctx.needs_input_grad[2] else None  # the clamp's gradient
         scale_slope = torch.addcmul(out, x, inside, value=-1) if ctx.needs_input_grad[1] else None  # d out / d log_s
         ctx.save_for_backward(p, scale, entry, counts, scale_slope, inside)

@@ -55,6 +55,7 @@ def clamp_inclusive(x: torch.Tensor, low: float, high: float) -> torch.Tensor:
     estimator states (``Q_n <= x / s <= Q_p``). torch's own ``clamp`` changed its choice in 2.14
     (0 at a scalar bound, 0.5 at a tensor bound; 1 before), so plain-autograd code uses this.
     """
+    # NOTE[DIFF]: bounds inclusive whatever torch's clamp does
     return torch.where((x >= low) & (x <= high), x, x.detach().clamp(low, high))
 
 
@@ -109,6 +110,7 @@ class Quantizer(nn.Module):
         itself where there is none), in training and in the soft evaluations alike."""
         x = self.checked_rows(x)
         if self.hard:
+            # NOTE[DIFF]: every hard-mode output is decode(encode(x)), exactly what a deployment computes
             return self._decode(self._encode(x))
         call = self.soft_function(x)
         return self.soft(x) if call is None else call[0].apply(*call[1])
@@ -335,6 +337,7 @@ class LSQQuantizer(Quantizer):
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
         z = torch.clamp(x / self.step_size.detach(), self.q_min, self.q_max)
         z = z.nan_to_num_(nan=self.q_min)  # NOTE[DIFF]: NaN sends index 0, as on the device
+        # NOTE[DIFF]: LSQ sends level - Q_n in 0..2**b - 1; the paper defines no wire format for it
         return torch.round(z).long() - self.q_min
 
     def _decode(self, index: torch.Tensor) -> torch.Tensor:
@@ -418,6 +421,7 @@ class LLTQuantizer(Quantizer):
         with torch.no_grad():
             u = torch.clamp(x / self.log_scale.exp(), -1.0, 1.0)
             level = self._look_up(self.table(hard=True), u) * self.segments  # [n, d]
+        # NOTE[DIFF]: LLT sends its table level 0..2R (fits b bits), not its table position
         return torch.round(level).long() + self.segments
 
     def _decode(self, index: torch.Tensor) -> torch.Tensor:

@@ -76,6 +76,7 @@ def minmax_thresholds(x: torch.Tensor, bits: int) -> torch.Tensor:
 
 def hard_index(x: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
     """Number of thresholds each value exceeds (strict ``>``): x [n, d] -> int64 [n, d] in 0..M."""
+    # NOTE[DIFF]: strict [x > t]; the paper's code rounds sigmoid((x - t) / tau), which can round 0.5 down
     return (x[..., None] > thresholds).sum(dim=-1)
 
 
