@@ -14,38 +14,19 @@ import hashlib
 import os
 import re
 import signal
-import socket
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from .processes import MACHINE, pid_alive
+
 _HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 STALE_TEMPORARY_SECONDS = 600  # a temporary file untouched this long has no live writer (a write takes seconds)
 
 
-def _machine_tag() -> str:
-    """8 hex digits naming this host, boot and PID namespace."""
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-        namespace = os.readlink("/proc/self/ns/pid")
-    except OSError:
-        boot = namespace = ""
-    return hashlib.sha256(f"{socket.gethostname()}/{boot}/{namespace}".encode()).hexdigest()[:8]
-
-
-MACHINE_TAG = _machine_tag()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        pass
-    return True
+MACHINE_TAG = hashlib.sha256(MACHINE.encode()).hexdigest()[:8]  # names this host, boot and PID namespace
 
 
 def remove_stale_temporaries(path: str | os.PathLike) -> None:
@@ -66,7 +47,7 @@ def remove_stale_temporaries(path: str | os.PathLike) -> None:
         if writer is None and unnamed.fullmatch(candidate.name) is None:
             continue  # another file's, say ".a.csv.gz.sha256...tmp" beside a.csv.gz
         with contextlib.suppress(OSError):  # removed or renamed into place meanwhile, or another user's
-            dead = writer is not None and writer[1] == MACHINE_TAG and not _pid_alive(int(writer[2]))
+            dead = writer is not None and writer[1] == MACHINE_TAG and not pid_alive(int(writer[2]))
             if dead or now - candidate.stat().st_mtime > STALE_TEMPORARY_SECONDS:
                 candidate.unlink()
 

@@ -16,7 +16,6 @@ import importlib.util
 import json
 import math
 import os
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,6 +30,8 @@ from optuna.exceptions import StorageInternalError, UpdateFinishedTrialError
 from optuna.storages import JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from optuna.trial import FrozenTrial, TrialState
+
+from core.processes import MACHINE, pid_alive
 
 from .common import ProtocolError
 
@@ -347,17 +348,6 @@ def _done(group: list[FrozenTrial], k_folds: int) -> bool:
     return finished_trial and len(_setting_folds(group)) == k_folds
 
 
-def _machine_id() -> str:
-    """This host, boot and PID namespace: where a worker's PID means the same process."""
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-        namespace = os.readlink("/proc/self/ns/pid")
-    except OSError:
-        boot = namespace = ""
-    return f"{socket.gethostname()}/{boot}/{namespace}"
-
-
-MACHINE = _machine_id()
 
 
 def _is_stale(trial: FrozenTrial, now: float) -> bool:
@@ -365,19 +355,9 @@ def _is_stale(trial: FrozenTrial, now: float) -> bool:
     owner = trial.user_attrs.get(OWNER_ATTR)
     if owner is None:  # claimed but never marked: its worker died holding the claim lock
         return True
-    if owner["machine"] == MACHINE and not _pid_alive(owner["pid"]):
+    if owner["machine"] == MACHINE and not pid_alive(owner["pid"]):
         return True
     return now - trial.user_attrs[BEAT_ATTR] > STALE_BEATS * owner["interval"]
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        pass
-    return True
 
 
 @contextmanager

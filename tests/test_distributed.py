@@ -381,7 +381,7 @@ def test_a_pid_of_another_machine_is_judged_by_its_heartbeat(monkeypatch) -> Non
         raise PermissionError(1, "Operation not permitted")
 
     monkeypatch.setattr(study.os, "kill", not_permitted)  # another user's worker on this machine
-    assert study._pid_alive(dead)
+    assert study.pid_alive(dead)
     assert not study._is_stale(_running_trial({"machine": study.MACHINE, "pid": dead, "interval": 1}, now - 1), now)
 
 
