@@ -1,4 +1,4 @@
-"""Rerun every method's best tuned setting several times on fresh splits (SPEC section 6).
+"""Rerun every method's best tuned setting several times on fresh splits (the paper's best-setting protocol).
 
 Reads ``{result_folder}/{dataset}/{dataset}_hyperparameter_tuning_{b}bits_*iterations.csv``,
 picks per bit width and method the setting with the smallest mean validation loss, and writes

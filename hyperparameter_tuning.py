@@ -1,7 +1,7 @@
 """Random-search hyperparameter tuning of every registered method (the paper's 13) for one dataset and bit width.
 
 Writes ``{result_folder}/{dataset}/{dataset}_hyperparameter_tuning_{b}bits_{k*n_steps}iterations.csv``
-(SPEC section 5), one row per (setting, fold). The rows are kept in an optuna study in --storage
+(the paper's tuning files), one row per (setting, fold). The rows are kept in an optuna study in --storage
 (default: a journal file beside the CSV) and the CSV is rewritten from it after every row.
 Any number of workers started with the same arguments, on one machine or many, share the work;
 run the same command again after an interruption and it continues where it stopped.

@@ -1,6 +1,6 @@
 """Time one tuning row of all methods (the paper's 13) against the workload's arithmetic floor.
 
-Reference workload (issue 5): Friedman #1 data (``make_friedman1(n_samples=20000, noise=1.0,
+Reference workload: Friedman #1 data (``make_friedman1(n_samples=20000, noise=1.0,
 random_state=0)``), 4 bits, 60 % train / 20 % validation / 20 % test rows, an MLP with 3
 hidden layers of 128, 10 epochs, batch 512. The floor is the workload's matmul FLOPs (forward
 and backward of every trained network for every epoch, plus the evaluations) divided by the
@@ -40,7 +40,7 @@ from protocol.common import ProtocolError, resolve_device
 
 BITS = 4
 MATMUL_OPERATORS = ("aten::bmm", "aten::baddbmm", "aten::mm", "aten::addmm")
-TARGET_RATIOS = [("LLT4", "FP"), ("LLT9", "FP"), ("Bw-SQ", "Pr-QQ")]  # (method, reference) of issue 5's time ratios
+TARGET_RATIOS = [("LLT4", "FP"), ("LLT9", "FP"), ("Bw-SQ", "Pr-QQ")]  # (method, reference) time ratios reported
 
 
 def matmul_rate(device: torch.device, size: int = 2048, repeats: int = 20) -> float:

@@ -1,6 +1,6 @@
 """Estimate the CPU time of rerunning the paper's selected settings, per dataset and bit width.
 
-For every paper tuning file, the settings that the paper's selection picks (SPEC section 6)
+For every paper tuning file, the settings that the paper's selection picks
 are costed for ``--n_steps`` runs of every method, trained on 90 % of the rows: seconds =
 matmul FLOPs / (measured matmul rate / overhead) + optimizer steps x a fixed cost per step,
 where ``--overhead`` is the measured ratio of training time to the arithmetic floor for

@@ -1,4 +1,4 @@
-"""The regression datasets of the paper (SPEC section 1b): registry, local cache and OpenML.
+"""The regression datasets of the paper (six from OpenML): registry, local cache and OpenML.
 
 ``load_dataset(name, scratch)`` reads ``<scratch>/<name>.csv.gz`` (features, then the target
 as the last column, the format of ``shared/datasets``); when the file is missing it downloads

@@ -1,4 +1,4 @@
-"""Splits and standardization of SPEC sections 5 and 6 (scikit-learn does the work)."""
+"""Splits and standardization of tuning and best-setting runs (scikit-learn does the work)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Best-setting testing (SPEC section 6): pick each method's best tuned setting, rerun it n times."""
+"""Best-setting testing (the paper's protocol): pick each method's best tuned setting, rerun it n times."""
 
 from __future__ import annotations
 

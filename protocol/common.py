@@ -16,7 +16,7 @@ import torch
 from core.checks import MAX_BITS, MIN_BITS, check_bits, whole_number
 from data import DatasetError
 
-BASE_SEED = 42  # the protocol's seeds are offsets from it (SPEC sections 5 and 6)
+BASE_SEED = 42  # the protocol's seeds are offsets from it (tuning rows and best-setting runs)
 MAX_STEPS = 10**6  # --n_steps: far beyond any run (the paper: 100 settings, 10 runs), small enough to draw at once
 
 

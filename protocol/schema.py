@@ -1,4 +1,4 @@
-"""The two result-file schemas of SPEC sections 5 and 6, and their safe reading and writing.
+"""The two result-file schemas (tuning and best-setting files), and their safe reading and writing.
 
 A header is the paper's columns for its thirteen methods, then, per further registered method
 (``models.METHODS``), that method's columns. The paper's part has two quirks: its tuning files

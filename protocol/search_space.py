@@ -1,4 +1,4 @@
-"""The paper's random search (SPEC section 5): the space and the reproducible draw of settings."""
+"""The paper's random search (its Table 3): the space and the reproducible draw of settings."""
 
 from __future__ import annotations
 

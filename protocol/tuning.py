@@ -1,4 +1,4 @@
-"""Hyperparameter tuning (SPEC section 5): every (setting, fold) row trains every registered method (the paper's 13).
+"""Hyperparameter tuning, the paper's random search: every (setting, fold) row trains every registered method.
 
 The rows live in an optuna study (:mod:`protocol.study`) that any number of workers share; a
 worker stores each row there as soon as it ends and rewrites the CSV from the study after it.
@@ -136,7 +136,7 @@ def plan_tuning(
 def tuning_row(
     plan: TuningPlan, setting_id: int, fold: int, values: dict[str, object], results: dict[str, MethodResult],
 ) -> Row:
-    """One CSV row of SPEC section 5 from a setting's values and the methods' results."""
+    """One tuning-file row from a setting's values and the methods' results."""
     row: Row = {"hyperparameter_setting_id": setting_id, "kFold_id": fold, "bits": plan.bits}
     row.update({key: values[key] for key in SETTING_KEYS})
     for split in ("val", "test"):

@@ -1,4 +1,4 @@
-"""The sigmoid temperature schedule of SPEC section 4."""
+"""The sigmoid temperature schedule of the paper's training."""
 
 from __future__ import annotations
 

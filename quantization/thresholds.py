@@ -1,4 +1,4 @@
-"""Threshold initialisation and the hard encode/decode rules of SPEC section 2.
+"""Threshold initialisation and the hard encode/decode rules (strict ``>``, midpoints).
 
 Per-feature thresholds have the shape ``[d, M]`` with ``M = 2**bits - 1``; every function
 works on CPU and CUDA tensors alike (results live on the device of the input).

@@ -1,4 +1,4 @@
-"""The wire format of SPEC section 7: ``b``-bit indices packed into bytes, and back.
+"""The wire format between device and server: ``b``-bit indices packed into bytes, and back.
 
 Bit order: the values are taken row by row (sample 0 feature 0, sample 0 feature 1, ...,
 then sample 1, ...); each value is written with ``b`` bits, most significant bit first; the

@@ -4,7 +4,7 @@ A library module, not a script: ``result_analysis.create_result_tables``, ``resu
 and ``result_analysis.line_and_box_plot_cummulative`` import it; run those (``python -m ...``).
 It reads CSV files only and loads neither torch nor the models.
 
-Input: one ``{dataset}_best_hyperparameter_test_multiple.csv`` per dataset (SPEC section 6),
+Input: one ``{dataset}_best_hyperparameter_test_multiple.csv`` per dataset (a best-setting file),
 one row per (bits, run), for the paper's datasets by default or any dataset with such a file.
 The analysis reads the columns ``bits``, ``step`` and ``test_loss_<m>`` for the paper's thirteen
 methods, and for any further method whose ``test_loss_<m>`` column a file has; the other columns
@@ -18,7 +18,7 @@ without any value for a (dataset, bits) is an empty cell (CSV: empty, LaTeX and 
 the confidence table has no row for it, and the figures leave it out. Any other non-numeric
 value is an error.
 
-Tables (SPEC section 8), each written as ``.csv`` (full precision), ``.tex`` (pandas Styler,
+Table 2, the ablation and the confidence table, each written as ``.csv`` (full precision), ``.tex`` (Styler,
 booktabs rules, one ``\\multirow`` per dataset, three decimals) and ``.md`` (pandas
 ``to_markdown``, needs ``tabulate``):
 

@@ -3,7 +3,7 @@
 Usage (from the repository root): python -m result_analysis.compare_runs --ours FILE --theirs FILE
        [--methods M ...] [--bits B ...] [--alpha A] [--out FILE.md] [--csv FILE.csv]
 
-Both files follow SPEC section 6 (one row per (bits, run); a method that was not run has empty
+Both files are best-setting files (one row per (bits, run); a method that was not run has empty
 cells). For every (bits, method) with test losses in both files the table holds, per file, the
 number of runs, the mean and the standard deviation (ddof=1) of ``test_loss_<m>``; the difference
 of the means in % of theirs; Welch's t-test (statistic, p-value, ``significant`` = p < alpha); and

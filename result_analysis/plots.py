@@ -1,4 +1,4 @@
-"""The paper's figures from the best-setting result files (SPEC section 8).
+"""The paper's figures from the best-setting result files (Figures 4 and 6).
 
 A library module, not a script: ``result_analysis.line_and_box_plot_cummulative`` imports it; run that.
 

@@ -1,4 +1,4 @@
-"""Tests of data/: the dataset registry and loader (SPEC 1b) and the splits (SPEC 5, 6)."""
+"""Tests of data/: the dataset registry and loader and the splits of tuning and best-setting runs."""
 
 from __future__ import annotations
 

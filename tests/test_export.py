@@ -282,7 +282,7 @@ def test_unexportable_inputs(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
 
 
 def test_cloud_predict_evaluates_a_model_trained_with_dropout(tmp_path: Path) -> None:
-    """A reloaded model may be in training mode; cloud_predict switches dropout off (SPEC 4: eval mode)."""
+    """A reloaded model may be in training mode; cloud_predict switches dropout off (eval mode, as every evaluation)."""
     setting = Setting(0.0, 1e-3, 2, 16, 1, 0.01, 0.5)
     gen = torch.Generator().manual_seed(3)
     model = build_model(METHODS["Bw-SQ"], setting,

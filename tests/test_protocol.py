@@ -507,7 +507,7 @@ def test_missing_bit_widths_are_named(shared_dir: Path, tmp_path: Path) -> None:
 
 
 def test_tuning_seeds_follow_the_spec(tmp_path: Path) -> None:
-    """Row r = setting * k + fold is seeded with 42 + fold + r * k (SPEC section 5), worked out by hand."""
+    """Row r = setting * k + fold is seeded with 42 + fold + r * k (the paper's tuning seeds), worked out by hand."""
     plan = plan_tuning("wine_quality", 3, 3, tmp_path)  # 4 folds
     assert [plan.seed(s, f) for s, f in [(0, 0), (0, 1), (0, 3), (1, 0), (2, 3)]] == [42, 47, 57, 58, 89]
     debug = plan_tuning("wine_quality", 3, 2, tmp_path, debug=True)  # 2 folds
@@ -548,7 +548,7 @@ def test_tuning_row_takes_each_column_from_its_result_and_seed(shared_dir: Path,
 
 
 def test_best_setting_run_s_is_seeded_with_42_plus_s(shared_dir: Path, tmp_path: Path, monkeypatch) -> None:
-    """Run s trains with seed 42 + s (SPEC section 6), not one seed for all runs."""
+    """Run s trains with seed 42 + s (the paper's best-setting seeds), not one seed for all runs."""
     setting = Setting(0.0, 1e-3, 1, 4, 1, 1e-3, 0.0)
     monkeypatch.setattr(best_settings, "load_choices", lambda *args, **kwargs: {3: {"FP": Choice(0, 0.5, setting)}})
     seeds = []
@@ -565,7 +565,7 @@ def test_best_setting_run_s_is_seeded_with_42_plus_s(shared_dir: Path, tmp_path:
 
 
 def test_selection_takes_the_first_setting_on_ties() -> None:
-    """Settings 1 and 2 tie on the mean validation loss (0.5, exact in binary); SPEC section 6 picks the first."""
+    """Settings 1 and 2 tie on the mean validation loss (0.5, exact in binary); the first is picked."""
     values = {"weight_decay": 0.0, "learning_rate": 0.001, "hidden_layers": 1, "hidden_neurons": 5,
               "num_epochs": 10, "decrease_factor": 0.001, "dropout_rate": 0.0}
     assert list(SETTING_KEYS) == list(values)
@@ -728,14 +728,14 @@ def test_best_setting_ids_are_written_as_integers_also_beside_empty_cells(tmp_pa
 
 
 def test_debug_space_and_its_draws_follow_the_spec() -> None:
-    """SPEC 5: --debug replaces hidden_neurons by [5], num_epochs by [10], hidden_layers by [1, 2] (in this order)."""
+    """--debug replaces hidden_neurons by [5], num_epochs by [10], hidden_layers by [1, 2] (in this order)."""
     space = paper_search_space(debug=True)
     assert space == {
         "weight_decay": [0], "learning_rate": [0.001, 0.0001], "hidden_layers": [1, 2], "hidden_neurons": [5],
         "num_epochs": [10], "decrease_factor": [0.001, 0.0001], "dropout_rate": [0.0, 0.2, 0.4, 0.5],
     }
     assert list(space) == list(SETTING_KEYS)
-    np.random.seed(42)  # the draws of SPEC section 5, key by key
+    np.random.seed(42)  # the paper's draws, key by key
     np.random.choice([0], size=6)
     np.random.choice([0.001, 0.0001], size=6)
     layers = np.random.choice([1, 2], size=6)

@@ -1,4 +1,4 @@
-"""Tests of quantization/thresholds.py and quantization/schedule.py (SPEC sections 2 and 4).
+"""Tests of quantization/thresholds.py and quantization/schedule.py.
 
 Expected values are worked out by hand or with numpy, never by calling the function under test
 a second time.
