@@ -34,6 +34,20 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def add_data_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--dataset``, ``--target`` and ``--task``, shared by the protocol scripts."""
+    from data import DATASETS, MAX_CLASS_CODES, TASKS
+
+    parser.add_argument("--dataset", required=True, metavar="NAME_OR_FILE", help=(
+        f"dataset to {what}: one of {', '.join(DATASETS)}, or a table of your own (.csv, .csv.gz or .parquet; "
+        "numeric features; results are filed under the file's stem)"))
+    parser.add_argument("--target", default=None, metavar="COLUMN", help=(
+        "a table file's target column (default: its last column)"))
+    parser.add_argument("--task", choices=TASKS, default=None, help=(
+        "a table file's task (default: classification where the target holds text, or whole numbers with at most "
+        f"{MAX_CLASS_CODES} distinct values; else regression)"))
+
+
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     """``--device`` and ``--threads``, shared by the protocol scripts."""
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="training device (default: auto, CUDA when present)")

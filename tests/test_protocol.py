@@ -372,7 +372,7 @@ def run_script(*args: str) -> subprocess.CompletedProcess:
     [
         (["hyperparameter_tuning.py", "--dataset", "fried", "--n_bits", "9"], "bits must be an integer from 2 to 8"),
         (["hyperparameter_tuning.py", "--dataset", "fried", "--n_bits", "1"], "bits must be an integer from 2 to 8"),
-        (["hyperparameter_tuning.py", "--dataset", "nope", "--n_bits", "3"], "invalid choice"),
+        (["hyperparameter_tuning.py", "--dataset", "nope", "--n_bits", "3"], "unknown dataset 'nope'"),
         (["hyperparameter_tuning.py", "--dataset", "fried", "--n_bits", "3", "--n_steps", "0"], "at least 1"),
         (["hyperparameter_tuning.py", "--dataset", "fried", "--n_bits", "3", "--n_steps", str(10**20)],
          f"--n_steps: expected an integer from 1 to 1000000, got '{10**20}'"),
