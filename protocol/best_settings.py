@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from core.checks import MAX_BITS, MIN_BITS
 from core.schema import best_path, has_accuracy
-from data import Dataset, dataset_name, load_dataset
+from data import Dataset, dataset_name, is_table_file, load_dataset
 from data.splits import holdout_split
 from models import METHOD_NAMES, SETTING_KEYS, MethodResult, SavedModel, Setting, get_method, run_methods, save_model
 
@@ -240,6 +240,10 @@ def run_best_settings(
     for m in methods or ():
         get_method(m)
     check_registered_options(dataset, target, task)
+    # a table file is checked first (quick); a registered dataset is loaded once there is work to do
+    data = load_dataset(dataset, scratch, target, task) if is_table_file(dataset) else None
+    if progress and data is not None and data.task_note:
+        print(data.task_note, file=sys.stderr)
     source, dataset = dataset, dataset_name(dataset)
     if n_runs < 1:
         raise ProtocolError(f"--n_steps (the number of runs) must be at least 1, got {n_runs}")
@@ -264,9 +268,7 @@ def run_best_settings(
     if not todo:
         return path
     _check_writable(path.parent)
-    data = load_dataset(source, scratch, target, task)
-    if progress and data.task_note:
-        print(data.task_note, file=sys.stderr)
+    data = data if data is not None else load_dataset(source, scratch)
     if (data.task == "classification") != classification(choices):
         kinds = ("a regression", "a classification")
         raise ProtocolError(f"the tuning files of {dataset} are {kinds[classification(choices)]}'s, but the data is "
