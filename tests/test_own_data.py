@@ -251,3 +251,20 @@ def test_accuracy_tables_mark_the_maximum(tmp_path: Path) -> None:
     # means: FP 0.91 (not marked: full precision), Bw-SQ 0.81 the maximum, LSQ 0.80 within 2.5 % of it
     cells = [cell.strip() for cell in table.splitlines()[-1].strip("|").split("|")]
     assert cells == ["plant", "3", "0.910", "0.500", "0.500", "0.500", "0.500", "<u>0.800</u>", "**0.810**"]
+
+
+def test_classifiers_train_alike_with_and_without_cuda_graphs(device: str) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(1100, 3, device=device)
+    y = (x[:, 0] > 0).float() + (x[:, 2] > 0.3).float()
+    setting = Setting(0.0, 1e-2, 2, 16, 2, 1e-3, 0.2)
+    context = QuantizerContext.from_training_rows(x, 2)
+    torch.manual_seed(1)
+    models = [build_model(METHODS[name], setting, context, 3) for name in ("Bw-SQ", "FP")]
+    copies = copy.deepcopy(models)
+    losses = train_models(models, x, y, setting, seed=3, cuda_graphs=True)
+    assert losses == train_models(copies, x, y, setting, seed=3, cuda_graphs=False)
+    for model, other in zip(models, copies):
+        for p, q in zip(model.parameters(), other.parameters()):
+            torch.testing.assert_close(p, q, rtol=0, atol=0)
+    assert all(0 < loss < 2 for loss in losses)  # cross-entropies near log(3) = 1.1 after two epochs
