@@ -14,7 +14,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from core.checks import MAX_BITS, MIN_BITS, check_bits, whole_number
-from data import DatasetError
+from data import DATASETS, MAX_CLASS_CODES, TASKS, DatasetError
 
 
 BASE_SEED = 42  # the protocol's seeds are offsets from it (SPEC sections 5 and 6)
@@ -36,8 +36,6 @@ def resolve_device(name: str) -> torch.device:
 
 def add_data_arguments(parser: argparse.ArgumentParser, what: str) -> None:
     """``--dataset``, ``--target`` and ``--task``, shared by the protocol scripts."""
-    from data import DATASETS, MAX_CLASS_CODES, TASKS
-
     parser.add_argument("--dataset", required=True, metavar="NAME_OR_FILE", help=(
         f"dataset to {what}: one of {', '.join(DATASETS)}, or a table of your own (.csv, .csv.gz or .parquet; "
         "numeric features; results are filed under the file's stem)"))
