@@ -268,3 +268,15 @@ def test_classifiers_train_alike_with_and_without_cuda_graphs(device: str) -> No
         for p, q in zip(model.parameters(), other.parameters()):
             torch.testing.assert_close(p, q, rtol=0, atol=0)
     assert all(0 < loss < 2 for loss in losses)  # cross-entropies near log(3) = 1.1 after two epochs
+
+
+def test_a_regression_table_writes_the_paper_s_columns(tmp_path: Path, capsys) -> None:
+    frame = sensor_table(200).drop(columns="state")
+    frame["yield"] = frame["t1"] * 2.5 + frame["humidity"] / 10  # 200 distinct values: a regression
+    frame.to_csv(tmp_path / "farm.csv.gz", index=False)
+    args = ["--dataset", str(tmp_path / "farm.csv.gz"), "--n_bits", "3", "--n_steps", "1", "--debug",
+            "--result_folder", str(tmp_path / "results"), "--quiet", "--threads", "1", "--device", "cpu"]
+    assert tuning_script.main(args) == 0
+    assert "farm: target 'yield' read as regression (numbers, not <= 20 distinct)" in capsys.readouterr().err
+    tuning = read_results(tmp_path / "results" / "farm" / "farm_hyperparameter_tuning_3bits_2iterations.csv", TUNING)
+    assert list(tuning.columns) == list(TUNING.columns()) and len(tuning) == 2
