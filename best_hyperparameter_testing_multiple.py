@@ -12,16 +12,25 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from data import DATASETS, default_scratch
+from data import dataset_name, default_scratch
 from models import METHOD_NAMES
 from protocol.best_settings import load_choices, print_source, run_best_settings, selection_frame
-from protocol.common import MAX_STEPS, add_runtime_arguments, apply_runtime, parse_bits, parse_steps, run_cli
+from protocol.common import (
+    MAX_STEPS,
+    add_data_arguments,
+    add_runtime_arguments,
+    apply_runtime,
+    parse_bits,
+    parse_steps,
+    run_cli,
+)
+from protocol.tuning import check_registered_options
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of the best-setting script."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", required=True, choices=list(DATASETS), help="dataset to test on")
+    add_data_arguments(parser, "test on")
     parser.add_argument("--scratch", default=None, help=(
         f"folder with <dataset>.csv.gz files (default: {default_scratch()})"))
     parser.add_argument("--n_steps", dest="n_runs", type=parse_steps, default=10, help=(
@@ -44,13 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main_with_args(args: argparse.Namespace) -> int:
     """Select, and unless ``--select_only`` rerun, the best settings."""
     if args.select_only:
-        choices = load_choices(args.result_folder, args.dataset, args.bits, args.methods,
+        check_registered_options(args.dataset, args.target, args.task)
+        choices = load_choices(args.result_folder, dataset_name(args.dataset), args.bits, args.methods,
                                on_file=None if args.quiet else print_source)
         selection_frame(choices).to_csv(sys.stdout, index=False, lineterminator="\n")
         return 0
     path = run_best_settings(
         args.dataset, args.result_folder, args.n_runs, args.bits, args.methods,
         args.scratch, apply_runtime(args), args.save_models, progress=not args.quiet,
+        target=args.target, task=args.task,
     )
     print(f"wrote {path}")
     return 0

@@ -13,11 +13,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from data import DATASETS, default_scratch
+from data import default_scratch
 from models import METHOD_NAMES, SETTING_KEYS
 from protocol.common import (
     MAX_STEPS,
     ProtocolError,
+    add_data_arguments,
     add_runtime_arguments,
     apply_runtime,
     parse_bits,
@@ -33,7 +34,7 @@ from protocol.tuning import DEFAULT_OBJECTIVE, SAMPLERS, export_tuning, plan_tun
 def build_parser() -> argparse.ArgumentParser:
     """The command line of the tuning script."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", required=True, choices=list(DATASETS), help="dataset to tune on")
+    add_data_arguments(parser, "tune on")
     parser.add_argument("--n_bits", required=True, type=parse_bits, help="bits per feature, 2..8")
     parser.add_argument("--n_steps", dest="n_settings", type=parse_steps, default=100, help=(
         f"number of settings drawn, at most {MAX_STEPS} (default: 100, the paper's)"))
@@ -66,7 +67,9 @@ def main_with_args(args: argparse.Namespace) -> int:
     """Run, list or export the tuning described by parsed arguments."""
     space = load_search_space(args.search_space) if args.search_space else None
     plan = plan_tuning(args.dataset, args.n_bits, args.n_settings, args.result_folder, args.debug, space, args.sampler,
-                       args.objective)
+                       args.objective, args.target, args.task)
+    if plan.data is not None and plan.data.task_note:
+        print(plan.data.task_note, file=sys.stderr)
     if args.list_settings:
         if args.sampler != "paper":
             raise ProtocolError("--list_settings needs --sampler paper: "

@@ -44,6 +44,20 @@ BEST_PAPER_COLUMNS: tuple[str, ...] = (
     *BEST_ROW_KEY,
 )
 BEST_FOLDER = "best_hyperparameter_multiple"
+# classification only: hard-mode accuracies per method, after all other columns (tuning and best-setting files);
+# in a best-setting file val_accuracy_<m> is the tuning's mean over the folds of the selected setting
+ACCURACY_PREFIXES: tuple[str, ...] = ("val_accuracy", "test_accuracy")
+
+
+def accuracy_columns(methods: Iterable[str]) -> tuple[str, ...]:
+    """``val_accuracy_<m>`` for every method, then ``test_accuracy_<m>``: the columns a classification adds."""
+    methods = tuple(methods)
+    return tuple(f"{prefix}_{m}" for prefix in ACCURACY_PREFIXES for m in methods)
+
+
+def has_accuracy(columns: Iterable[str]) -> bool:
+    """Whether a result file's ``columns`` are those of a classification (they hold accuracies)."""
+    return any(c.startswith(tuple(f"{prefix}_" for prefix in ACCURACY_PREFIXES)) for c in columns)
 
 
 def tuning_method_columns(method: str, trained: bool, soft_eval: bool) -> tuple[str, ...]:

@@ -2,13 +2,18 @@
 
 from .datasets import (
     DATASETS,
+    MAX_CLASS_CODES,
     PAPER_DATASETS,
+    TASKS,
     Dataset,
     DatasetError,
     DatasetInfo,
+    dataset_name,
     default_scratch,
     get_info,
+    is_table_file,
     load_dataset,
+    load_table,
 )
 from .splits import ScaledSplits, device_precision, holdout_split, standardize, tuning_folds
 
@@ -18,12 +23,17 @@ __all__ = [
     "Dataset",
     "DatasetError",
     "DatasetInfo",
+    "MAX_CLASS_CODES",
+    "TASKS",
     "ScaledSplits",
+    "dataset_name",
     "default_scratch",
     "device_precision",
     "get_info",
     "holdout_split",
+    "is_table_file",
     "load_dataset",
+    "load_table",
     "standardize",
     "tuning_folds",
 ]

@@ -1,9 +1,13 @@
-"""The regression datasets of the paper (six from OpenML): registry, local cache and OpenML.
+"""The datasets of the paper (six regressions from OpenML): registry, local cache and OpenML; and tables of your own.
 
 ``load_dataset(name, scratch)`` reads ``<scratch>/<name>.csv.gz`` (features, then the target
 as the last column, the format of ``shared/datasets``); when the file is missing it downloads
 the dataset with the ``openml`` client (numeric features only) and writes that file atomically,
 so the next run is offline. ``friedman1`` is generated locally and needs neither.
+
+``load_dataset(path)`` reads a table of your own instead (``.csv``, ``.csv.gz`` or ``.parquet``,
+see :func:`load_table`): the same :class:`Dataset`, named after the file's stem, for regression
+or classification.
 """
 
 from __future__ import annotations
@@ -68,14 +72,32 @@ DATASETS: dict[str, DatasetInfo] = {
 assert set(PAPER_DATASETS) <= set(DATASETS), "the paper's datasets stay registered: its result files name them"
 
 
+TASKS = ("regression", "classification")
+TABLE_SUFFIXES = (".csv", ".csv.gz", ".parquet")
+MAX_CLASS_CODES = 20  # an integer target with at most this many distinct values is read as class labels
+
+
 @dataclass
 class Dataset:
-    """Numeric features and target of one dataset, in the source's row order."""
+    """Numeric features and target of one dataset, in the source's row order.
+
+    For classification ``y`` holds class indices 0..C-1 (as float64) of the labels ``classes``,
+    in sorted order; ``task_note`` says why the task was inferred, where it was.
+    """
 
     name: str
     x: np.ndarray  # [n, d] float64
     y: np.ndarray  # [n] float64
     feature_names: list[str]
+    task: str = "regression"
+    classes: list | None = None  # classification: the labels of the indices 0..C-1
+    target: str = ""
+    task_note: str = ""
+
+    @property
+    def n_classes(self) -> int | None:
+        """The number of classes C (None for regression)."""
+        return None if self.classes is None else len(self.classes)
 
 
 def default_scratch() -> Path:
@@ -88,13 +110,34 @@ def default_scratch() -> Path:
 def get_info(name: str) -> DatasetInfo:
     """The registry entry of ``name``, or a DatasetError listing the known names."""
     if name not in DATASETS:
-        raise DatasetError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+        raise DatasetError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}, "
+                           f"or give a table file ({', '.join(TABLE_SUFFIXES)})")
     return DATASETS[name]
 
 
-def load_dataset(name: str, scratch: str | os.PathLike | None = None) -> Dataset:
-    """Load ``name`` from ``scratch`` (default: :func:`default_scratch`), downloading it if missing."""
+def is_table_file(name: str | os.PathLike) -> bool:
+    """Whether ``--dataset`` names a table of your own (.csv, .csv.gz or .parquet) rather than a registered name."""
+    return str(name) not in DATASETS and str(name).lower().endswith(TABLE_SUFFIXES)
+
+
+def dataset_name(name: str | os.PathLike) -> str:
+    """The name result files use: a registered name as it is, a table file's stem (``data/plant.csv.gz``: ``plant``)."""
+    if not is_table_file(name):
+        return str(name)
+    base = Path(name).name
+    return base[: -len(next(s for s in TABLE_SUFFIXES if base.lower().endswith(s)))]
+
+
+def load_dataset(name: str, scratch: str | os.PathLike | None = None, target: str | None = None,
+                 task: str | None = None) -> Dataset:
+    """Load ``name`` from ``scratch`` (default: :func:`default_scratch`), downloading it if missing;
+    or a table file of your own (:func:`load_table` with ``target`` and ``task``)."""
+    if is_table_file(name):
+        return load_table(name, target, task)
     info = get_info(name)
+    if task not in (None, "regression") or target not in (None, info.target):
+        raise DatasetError(f"--target and --task are for a table file of your own; the registered dataset {name!r} "
+                           "is a regression on its own target: leave them out")
     if info.openml_id is None:
         return _friedman1(info)
     folder = Path(scratch) if scratch is not None else default_scratch()
@@ -149,6 +192,91 @@ def _read_checked(info: DatasetInfo, path: Path) -> Dataset:
             "finite number: repair that cell, or delete the file to download it again"
         )
     return Dataset(info.name, values[:, :-1], values[:, -1], list(frame.columns[:-1]))
+
+
+def infer_task(target: pd.Series) -> tuple[str, str]:
+    """The task of a target column and why: text (or bool) labels, or whole numbers with at most
+    ``MAX_CLASS_CODES`` distinct values, mean classification; any other numbers regression."""
+    numbers = pd.to_numeric(target, errors="coerce") if target.dtype != bool else None
+    if numbers is None or numbers.isna().any():
+        return "classification", "labels, not numbers"
+    distinct = numbers.nunique()
+    if bool((numbers % 1 == 0).all()) and distinct <= MAX_CLASS_CODES:
+        return "classification", f"whole numbers, {distinct} distinct values, at most {MAX_CLASS_CODES}"
+    few = distinct <= MAX_CLASS_CODES
+    return "regression", "numbers, not " + ("whole" if few else f"<= {MAX_CLASS_CODES} distinct")
+
+
+def load_table(path: str | os.PathLike, target: str | None = None, task: str | None = None) -> Dataset:
+    """A table of your own (``.csv``, ``.csv.gz`` or ``.parquet``) as a :class:`Dataset` named after its stem.
+
+    ``target`` is a column name (default: the last column); every other column is a feature and
+    must hold numbers in every row. ``task`` is ``regression`` or ``classification``; without it
+    :func:`infer_task` decides. Class labels become the indices 0..C-1 in sorted order. Refused,
+    each with one sentence naming the column: a missing target column, a feature of text, a missing
+    or infinite value, a constant regression target, a single class, a class with one row.
+    """
+    path = Path(path)
+    if task not in (None, *TASKS):
+        raise DatasetError(f"--task must be one of {', '.join(TASKS)}, got {task!r}")
+    name = dataset_name(path)
+    if name in DATASETS or not name or name.startswith("."):
+        raise DatasetError(f"results are filed under the file's stem, and {name!r} (of {path}) is "
+                           f"{'a registered dataset' if name in DATASETS else 'no usable name'}; rename the file")
+    if not path.is_file():
+        raise DatasetError(f"{path} does not exist or is not a file; give the path of a .csv, .csv.gz or .parquet "
+                           "table")
+    try:
+        frame = pd.read_parquet(path) if path.name.lower().endswith(".parquet") else pd.read_csv(path, low_memory=False)
+    except Exception as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise DatasetError(f"{path} is not a readable table ({reason}); check the file") from None
+    frame.columns = [str(c) for c in frame.columns]
+    target = frame.columns[-1] if target is None and len(frame.columns) else target
+    if target not in frame.columns:
+        raise DatasetError(f"{path} has no column {target!r}; pass --target with one of its columns: "
+                           f"{', '.join(frame.columns[:20])}")
+    if frame.shape[1] < 2 or frame.shape[0] < 2:
+        raise DatasetError(f"{path} needs at least one feature column besides the target {target!r} and two rows")
+    features = [c for c in frame.columns if c != target]
+    for column in frame.columns:
+        empty = frame[column].isna().to_numpy().nonzero()[0]
+        if empty.size:
+            raise DatasetError(f"{path} has a missing value in column {column!r} on row {empty[0] + 1} "
+                               f"({empty.size} in all); fill or drop those rows first")
+    for column in features:
+        values = pd.to_numeric(frame[column], errors="coerce") if frame[column].dtype != bool else None
+        if values is None or values.isna().any():
+            row = 0 if values is None else int(values.isna().to_numpy().nonzero()[0][0])
+            raise DatasetError(f"{path} has the non-numeric value {frame[column].iloc[row]!r} in the feature column "
+                               f"{column!r} (row {row + 1}); features must be numbers: encode or drop that column")
+        if not np.isfinite(values.to_numpy(dtype=np.float64)).all():
+            raise DatasetError(f"{path} has an infinite value in the feature column {column!r}; "
+                               "replace or drop those rows first")
+    note = ""
+    if task is None:
+        task, why = infer_task(frame[target])
+        note = f"{name}: target {target!r} read as {task} ({why}); pass --task to choose"
+    x = frame[features].apply(pd.to_numeric).to_numpy(dtype=np.float64)
+    if task == "regression":
+        y = pd.to_numeric(frame[target], errors="coerce") if frame[target].dtype != bool else None
+        if y is None or y.isna().any() or not np.isfinite(y.to_numpy(dtype=np.float64)).all():
+            raise DatasetError(f"the target column {target!r} of {path} holds values that are no finite numbers, "
+                               "so it cannot be a regression target; pass --task classification for labels")
+        if y.nunique() < 2:
+            raise DatasetError(f"the target column {target!r} of {path} has the same value in every row; "
+                               "there is nothing to learn: choose another --target")
+        return Dataset(name, x, y.to_numpy(dtype=np.float64), features, task, None, target, note)
+    classes, codes = np.unique(frame[target].to_numpy(), return_inverse=True)
+    if len(classes) < 2:
+        raise DatasetError(f"the target column {target!r} of {path} holds a single class ({classes[0]!r}); "
+                           "classification needs at least two: choose another --target")
+    counts = np.bincount(codes)
+    if counts.min() < 2:
+        raise DatasetError(f"the target column {target!r} of {path} has a class with a single row "
+                           f"({classes[counts.argmin()]!r}); the splits are stratified, so every class needs at "
+                           "least two rows: drop or merge it")
+    return Dataset(name, x, codes.astype(np.float64), features, task, classes.tolist(), target, note)
 
 
 def _download(info: DatasetInfo, folder: Path) -> None:

@@ -285,7 +285,11 @@ def cloud_predict(
     saved: SavedModel, payload: bytes, raw_units: bool = False, n_samples: int | None = None, per_sample: bool = False
 ) -> np.ndarray:
     """Predictions [n], standardized or in target units, from a payload of :func:`quantization.wire.pack`,
-    or with ``per_sample`` from one-sample payloads in a row (what ``bsq_encode`` writes per sample)."""
+    or with ``per_sample`` from one-sample payloads in a row (what ``bsq_encode`` writes per sample).
+
+    For a classifier: its class scores (logits) [n, C], or with ``raw_units`` the class labels [n]
+    (the label of the highest score; the first, on ties).
+    """
     if per_sample and n_samples is not None:
         raise ValueError("n_samples is for one packed stream; one-sample payloads (per_sample=True) count themselves")
     d = len(saved.feature_names)
@@ -293,6 +297,8 @@ def cloud_predict(
     saved.model.eval()
     with torch.inference_mode():
         out = saved.model.cloud(torch.from_numpy(index)).numpy()
+    if saved.classes is not None:
+        return saved.labels(out) if raw_units else out
     return out.astype(np.float64) * saved.y_scale + saved.y_mean if raw_units else out
 
 

@@ -110,13 +110,14 @@ class StackedMLP:
         return x.squeeze(-1)
 
     @torch.no_grad()
-    def backward(self, grad_output: torch.Tensor) -> list[torch.Tensor | None]:  # [G, B] -> per block [G_b, B, in_b]
+    def backward(self, grad_output: torch.Tensor) -> list[torch.Tensor | None]:
+        # [G, B] (one output) or [G, B, C] -> per block [G_b, B, in_b]
         """Write d(sum of grad_output * output)/d(flat) into ``flat.grad``; return the input gradients.
 
         Blocks without ``input_grad`` get None.
         """
         buffers = self._buffers_for(grad_output.shape[1])
-        grad = grad_output.unsqueeze(-1)  # [G, B, out]
+        grad = grad_output.unsqueeze(-1) if grad_output.dim() == 2 else grad_output  # [G, B, out]
         spare = buffers[-2:]
         for layer in reversed(range(len(self.later))):
             (weight, _), (weight_grad, bias_grad) = self.later[layer], self.later_grad[layer]
@@ -170,10 +171,10 @@ def _check_stock_mlp(mlp: nn.Module) -> None:
     kinds = [type(m) for m in mlp] if isinstance(mlp, nn.Sequential) else [type(mlp)]
     hidden = (len(kinds) - 1) // 3
     stock = [nn.Linear, nn.ReLU, nn.Dropout] * hidden + [nn.Linear]
-    if not isinstance(mlp, MLP) or kinds != stock or mlp[-1].out_features != 1:
+    if not isinstance(mlp, MLP) or kinds != stock:
         names = ", ".join(kind.__name__ for kind in kinds)
         raise ValueError(f"the stacked engine trains this project's MLP (Linear, ReLU, Dropout per hidden layer, then "
-                         f"Linear to one output); got {type(mlp).__name__}({names}); train other networks with "
+                         f"Linear to the outputs); got {type(mlp).__name__}({names}); train other networks with "
                          "models.train_model")
 
 
@@ -210,7 +211,8 @@ class _TrainingStep:
     def __call__(self, rows: torch.Tensor, targets: torch.Tensor, fixed_inputs: Mapping[int, torch.Tensor],
                  squared_error: torch.Tensor | None) -> None:
         # rows [B, d], targets [B], per fixed block [G_b, B, in_b]
-        """Train on one batch; add each network's summed squared error to ``squared_error`` [G] unless None."""
+        """Train on one batch; add each network's summed squared error (a classifier's summed cross-entropy)
+        to ``squared_error`` [G] unless None."""
         stacked = self.stacked
         inputs, quantizer_backwards = [], []  # per block [G_b, B, in_b]; per trainable block G_b functions
         for block, (first, stop) in enumerate(stacked.blocks):
@@ -220,21 +222,42 @@ class _TrainingStep:
             outputs, backwards = zip(*(self.quantizers[g].soft_with_backward(rows) for g in range(first, stop)))
             inputs.append(torch.stack(outputs) if len(outputs) > 1 else outputs[0].unsqueeze(0))
             quantizer_backwards.append(backwards)
-        error = stacked.forward(inputs, self.generator) - targets  # [G, B]
-        if squared_error is not None:
-            squared_error += error.square().sum(dim=1)
+        out = stacked.forward(inputs, self.generator)  # [G, B], or class scores [G, B, C]
+        if out.dim() == 3:
+            grad = _cross_entropy_grad(out, targets, squared_error)
+        else:
+            error = out - targets  # [G, B]
+            if squared_error is not None:
+                squared_error += error.square().sum(dim=1)
+            grad = error * (2 / rows.shape[0])  # d(mean squared error)/d(prediction)
         for p in self.quantizer_parameters:
             p.grad = None
-        input_grads = stacked.backward(error * (2 / rows.shape[0]))  # d(mean squared error)/d(prediction)
+        input_grads = stacked.backward(grad)
         trained_input_grads = [grad for grad in input_grads if grad is not None]  # of the trainable blocks
         for backwards, grads in zip(quantizer_backwards, trained_input_grads):
             for backward, grad in zip(backwards, grads):
                 backward(grad)
         self.optimizer.step()
 
+def _cross_entropy_grad(logits: torch.Tensor, targets: torch.Tensor, summed: torch.Tensor | None) -> torch.Tensor:
+    # [G, B, C], class indices [B] -> [G, B, C]
+    """d(mean cross-entropy)/d(logits) = (softmax(logits) - onehot(targets)) / B; adds each network's summed
+    cross-entropy to ``summed`` [G] unless None."""
+    index = targets.long().view(1, -1, 1).expand(logits.shape[0], -1, 1)  # [G, B, 1]
+    log_probs = logits.log_softmax(dim=-1)
+    if summed is not None:
+        summed -= log_probs.gather(-1, index).sum(dim=(1, 2))
+    grad = log_probs.exp_()  # softmax
+    grad.scatter_add_(-1, index, torch.full_like(index, -1, dtype=grad.dtype))
+    return grad.mul_(1 / logits.shape[1])
+
+
 def train_models(models: Sequence[SplitModel], x: torch.Tensor, y: torch.Tensor, setting: Setting, seed: int,
                  cuda_graphs: bool = True) -> list[float]:
     """Train networks of one setting together; return each one's last-epoch mean training loss.
+
+    Networks of one output train on the mean squared error, networks of C >= 2 outputs (classifiers,
+    all of a group alike) on the mean cross-entropy of the class indices in ``y``.
 
     ``setting`` gives the learning rate, weight decay, epochs and temperature decrease; the
     networks' layers and dropout are their own (:func:`models.build_model` builds them from the setting).

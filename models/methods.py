@@ -111,9 +111,10 @@ def get_method(name: str) -> Method:
         raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHOD_NAMES)}") from None
 
 
-def build_model(method: Method, setting: Setting, rows_info: QuantizerContext) -> SplitModel:
-    """A fresh network for ``method``: its quantizer and the setting's MLP, on the device of the training rows."""
+def build_model(method: Method, setting: Setting, rows_info: QuantizerContext, outputs: int = 1) -> SplitModel:
+    """A fresh network for ``method``: its quantizer and the setting's MLP, on the device of the training rows
+    (``outputs``: 1 for regression, the number of classes for classification)."""
     quantizer = None if method.quantizer is None else method.quantizer(rows_info)
     in_features = rows_info.n_features if quantizer is None else quantizer.out_features
-    mlp = MLP(in_features, setting.hidden_neurons, setting.hidden_layers, setting.dropout_rate)
+    mlp = MLP(in_features, setting.hidden_neurons, setting.hidden_layers, setting.dropout_rate, outputs)
     return SplitModel(quantizer, mlp).to(rows_info.train_x.device)

@@ -9,18 +9,23 @@ from quantization import Quantizer
 
 
 class MLP(nn.Sequential):
-    """``[in] + [hidden] * layers + [1]`` with ReLU and Dropout after every hidden layer."""
+    """``[in] + [hidden] * layers + [outputs]`` with ReLU and Dropout after every hidden layer.
 
-    def __init__(self, in_features: int, hidden_neurons: int, hidden_layers: int, dropout: float) -> None:
+    One output (regression) gives one prediction per row ``[n]``; ``outputs = C >= 2`` gives the
+    class scores (logits) ``[n, C]`` of a classification.
+    """
+
+    def __init__(self, in_features: int, hidden_neurons: int, hidden_layers: int, dropout: float,
+                 outputs: int = 1) -> None:
         layers: list[nn.Module] = []
         width = in_features
         for _ in range(hidden_layers):
             layers += [nn.Linear(width, hidden_neurons), nn.ReLU(), nn.Dropout(dropout)]
             width = hidden_neurons
-        layers.append(nn.Linear(width, 1))
+        layers.append(nn.Linear(width, outputs))
         super().__init__(*layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [n, in] -> [n]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [n, in] -> [n], or [n, C] for C >= 2 outputs
         return super().forward(x).squeeze(-1)
 
 
@@ -28,8 +33,9 @@ class SplitModel(nn.Module):
     """An edge quantizer and a cloud network: ``forward(x) = mlp(quantizer(x))``.
 
     ``mlp`` is this project's :class:`MLP` or any network mapping ``[n, out_features]`` to one
-    prediction per row ``[n]`` (the plain training loop trains either; the stacked engine only the
-    MLP). ``edge(x)`` gives the ``b``-bit index per feature that a device sends, ``cloud(index)`` the
+    prediction per row ``[n]``, or to class scores ``[n, C]`` (the plain training loop trains either;
+    the stacked engine only the MLP).
+    ``edge(x)`` gives the ``b``-bit index per feature that a device sends, ``cloud(index)`` the
     prediction the server computes from it; ``cloud(edge(x))`` equals the hard-mode forward.
     Without a quantizer (full precision) the network sees the features themselves. Inputs are
     cast to the model's dtype (float64 rows into a float32 model, say).

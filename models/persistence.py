@@ -18,7 +18,7 @@ from .setting import Setting
 
 FORMAT = "bsq-model/1"
 PAYLOAD_KEYS = ("method", "bits", "setting", "n_features", "feature_names", "x_mean", "x_scale", "y_mean", "y_scale",
-                "dataset", "state_dict")  # and "tau", absent from files written before it was kept
+                "dataset", "state_dict")  # and "tau" and "classes", absent from files written before them
 
 
 @dataclass
@@ -35,6 +35,7 @@ class SavedModel:
     y_mean: float
     y_scale: float
     dataset: str = ""
+    classes: list | None = None  # a classifier's labels of the class indices 0..C-1 (y_mean 0, y_scale 1)
 
     def standardize(self, raw_x: np.ndarray) -> torch.Tensor:
         """Raw feature rows [n, d] -> the standardized float32 tensor the model expects (as in training)."""
@@ -46,17 +47,22 @@ class SavedModel:
         return torch.as_tensor((raw - self.x_mean) / self.x_scale, dtype=torch.float32)
 
     def predict(self, raw_x: np.ndarray) -> np.ndarray:
-        """Hard-mode predictions in the target's raw units for raw feature rows [n, d]."""
+        """Hard-mode predictions in the target's raw units for raw feature rows [n, d]
+        (a classifier's: the label of the highest class score)."""
         self.model.eval()
         self.model.set_hard(True)
         with torch.inference_mode():
             out = self.model(self.standardize(raw_x)).double().numpy()
-        return out * self.y_scale + self.y_mean
+        return self.labels(out) if self.classes is not None else out * self.y_scale + self.y_mean
+
+    def labels(self, scores: np.ndarray) -> np.ndarray:
+        """A classifier's class scores [n, C] -> the label of the highest score per row (the first, on ties)."""
+        return np.asarray(self.classes)[np.asarray(scores).argmax(axis=1)]
 
 
-def _untrained_model(method: str, bits: int, n_features: int, setting: Setting) -> SplitModel:
+def _untrained_model(method: str, bits: int, n_features: int, setting: Setting, outputs: int = 1) -> SplitModel:
     """The network that ``method`` builds for ``setting``: what a saved state dict is loaded into."""
-    return build_model(get_method(method), setting, QuantizerContext.placeholder(bits, n_features))
+    return build_model(get_method(method), setting, QuantizerContext.placeholder(bits, n_features), outputs)
 
 
 def save_model(saved: SavedModel, path: str | os.PathLike) -> None:
@@ -66,7 +72,8 @@ def save_model(saved: SavedModel, path: str | os.PathLike) -> None:
     can rebuild it); the quantizer's temperature is kept, so soft-mode outputs reload too.
     """
     with torch.device("meta"):  # shapes only: no second copy of a possibly wide network
-        expected = _untrained_model(saved.method, saved.bits, len(saved.feature_names), saved.setting).state_dict()
+        expected = _untrained_model(saved.method, saved.bits, len(saved.feature_names), saved.setting,
+                                    len(saved.classes or [None])).state_dict()
     state = saved.model.state_dict()
     mismatch = sorted(set(expected) ^ set(state)) or [
         k for k in expected if torch.is_tensor(expected[k]) and expected[k].shape != state[k].shape]
@@ -90,6 +97,8 @@ def save_model(saved: SavedModel, path: str | os.PathLike) -> None:
         "state_dict": {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in state.items()},
         "tau": None if quantizer is None else float(quantizer.tau),
     }
+    if saved.classes is not None:  # a classifier (a regression's file stays as before)
+        payload["classes"] = [_plain(label) for label in saved.classes]
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     atomic_write_bytes(path, buffer.getvalue())
@@ -111,7 +120,9 @@ def load_model(path: str | os.PathLike) -> SavedModel:
     if missing:
         raise ValueError(f"{path} lacks {', '.join(missing)}; it is damaged or was not written by save_model")
     setting = Setting.from_mapping(payload["setting"])
-    model = _untrained_model(payload["method"], payload["bits"], payload["n_features"], setting)
+    classes = payload.get("classes")  # None: a regression (and every file written before classifiers)
+    model = _untrained_model(payload["method"], payload["bits"], payload["n_features"], setting,
+                             len(classes or [None]))
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError:
@@ -132,4 +143,10 @@ def load_model(path: str | os.PathLike) -> SavedModel:
         y_mean=payload["y_mean"],
         y_scale=payload["y_scale"],
         dataset=payload["dataset"],
+        classes=classes,
     )
+
+
+def _plain(label: object) -> object:
+    """A class label as a plain Python value (NumPy scalars are not loadable with weights_only)."""
+    return label.item() if isinstance(label, np.generic) else label

@@ -14,7 +14,7 @@ from .engine import train_models
 from .methods import METHODS, Method, QuantizerContext, build_model, get_method
 from .mlp import SplitModel
 from .setting import Setting
-from .training import LabeledRows, evaluate_splits
+from .training import LabeledRows, evaluate_splits, split_metrics
 
 # NOTE[DIFF]: the networks of one setting train as one stack; each is charged an equal time share
 STACK_PARAMETERS = 2**24  # MLP weights trained as one stack at most: with gradients and Adam's state about 270 MB
@@ -31,11 +31,12 @@ def seed_everything(seed: int) -> None:
 class MethodResult:
     """The losses of one method on one split of the data, as the result files report them."""
 
-    losses: dict[str, float]  # split name -> hard-mode MSE
+    losses: dict[str, float]  # split name -> hard-mode MSE (classification: mean cross-entropy)
     train_loss: float
     seconds: float  # training time (of the FP network for post-training methods)
     soft_losses: dict[str, float] = field(default_factory=dict)  # soft_eval methods only
     model: SplitModel | None = None
+    accuracies: dict[str, float] = field(default_factory=dict)  # classification: split name -> hard-mode accuracy
 
 
 def run_methods(
@@ -46,6 +47,7 @@ def run_methods(
     bits: int,
     seed: int,
     on_stack: Callable[[str], None] | None = None,
+    n_classes: int | None = None,
 ) -> dict[str, MethodResult]:
     """Train and evaluate each named method with its setting on one split of the data.
 
@@ -55,7 +57,9 @@ def run_methods(
     setting train together (:func:`train_models`), in stacks of at most ``STACK_PARAMETERS``
     weights so that the paper's widest settings fit in memory; each network is charged an equal
     share of its stack's training time. ``on_stack(names)`` is called with the space-separated
-    methods of each stack before it trains.
+    methods of each stack before it trains. With ``n_classes`` (C >= 2) the networks are classifiers
+    with C outputs, trained on the cross-entropy of the class indices in the targets, and the results
+    hold their accuracies too.
     """
     if isinstance(names, str):
         raise TypeError(f"names must be a list of method names, e.g. [{names!r}], not a string")
@@ -71,7 +75,7 @@ def run_methods(
         key = _network_key(name, settings[name])
         if key not in networks:
             seed_everything(seed)
-            networks[key] = build_model(METHODS[key[0]], key[1], rows_info)
+            networks[key] = build_model(METHODS[key[0]], key[1], rows_info, n_classes or 1)
     trained: dict[tuple[str, Setting], tuple[float, float]] = {}  # key -> (train loss, seconds)
     for keys in _stacks(networks):
         if on_stack is not None:
@@ -116,6 +120,6 @@ def _network_key(name: str, setting: Setting) -> tuple[str, Setting]:
 def _evaluated(
     method: Method, model: SplitModel, evaluations: Mapping[str, LabeledRows], train_loss: float, seconds: float
 ) -> MethodResult:
-    losses = evaluate_splits(model, evaluations, hard=True)
+    losses, accuracies = split_metrics(model, evaluations, hard=True)
     soft = evaluate_splits(model, evaluations, hard=False) if method.soft_eval else {}
-    return MethodResult(losses, train_loss, seconds, soft, model)
+    return MethodResult(losses, train_loss, seconds, soft, model, accuracies)

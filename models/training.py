@@ -5,7 +5,9 @@ of a network of your own) with autograd and ``torch.optim.Adam``. The protocol t
 networks with the stacked engine instead (models/engine.py, ``train_models``), which computes the
 same training, to rounding, several networks at once and many times faster.
 :func:`evaluate` and :func:`evaluate_splits` report the paper's loss: the sample-weighted MSE
-in eval mode with hard quantization.
+in eval mode with hard quantization. A network with C >= 2 outputs (class scores ``[n, C]``) is a
+classifier: it trains on the cross-entropy of the class indices in y, its loss is the
+sample-weighted mean cross-entropy, and :func:`split_metrics` also gives its accuracy.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from quantization import TemperatureSchedule
 
@@ -30,7 +33,8 @@ def train_model(model: SplitModel, x: torch.Tensor, y: torch.Tensor, setting: Se
                 seed: int | None = None) -> float:
     """Train ``model`` on rows x [n, d] and targets y [n]; return the last epoch's mean training loss.
 
-    Adam(learning_rate, weight_decay) on the mean squared error of shuffled batches of 512 for
+    Adam(learning_rate, weight_decay) on the mean squared error (for a network with C >= 2
+    outputs: the mean cross-entropy of the class indices y) of shuffled batches of 512 for
     ``num_epochs`` epochs, the quantizer's temperature set by the paper's schedule before every
     epoch (its final value stays set). The batches follow a generator seeded with ``seed`` (drawn
     from torch's global seed without one); dropout draws from torch's global generator. A quantizer
@@ -44,28 +48,43 @@ def train_model(model: SplitModel, x: torch.Tensor, y: torch.Tensor, setting: Se
     schedule = TemperatureSchedule(setting.decrease_factor, setting.num_epochs)
     model.train()
     model.set_hard(not needs_input_grad(model.quantizer))
+    labels = y.long()  # class indices, used by a classifier only
     for _ in range(setting.num_epochs):
         model.set_temperature(schedule.tau)
-        squared_error = x.new_zeros(())  # summed over the epoch
+        squared_error = x.new_zeros(())  # summed over the epoch (a classifier's: its cross-entropy)
         for batch in torch.randperm(x.shape[0], device=x.device, generator=generator).split(BATCH_SIZE):
-            error = predictions(model, x[batch]) - y[batch]  # [B]
+            out = predictions(model, x[batch])  # [B], or class scores [B, C]
             optimizer.zero_grad()
-            error.square().mean().backward()
-            optimizer.step()
-            squared_error += error.detach().square().sum()
+            if out.dim() == 1:
+                error = out - y[batch]  # [B]
+                error.square().mean().backward()
+                optimizer.step()
+                squared_error += error.detach().square().sum()
+            else:
+                cross_entropy = F.cross_entropy(out, labels[batch], reduction="sum")
+                (cross_entropy / batch.shape[0]).backward()
+                optimizer.step()
+                squared_error += cross_entropy.detach()
         schedule.step()
     model.set_temperature(schedule.tau)  # the soft-mode evaluations use the final temperature
     return squared_error.item() / x.shape[0]
 
 
 def evaluate(model: SplitModel, x: torch.Tensor, y: torch.Tensor, hard: bool = True) -> float:
-    """Sample-weighted MSE over the whole split, in eval mode (dropout off)."""
+    """Sample-weighted MSE (a classifier's: mean cross-entropy) over the whole split, in eval mode (dropout off)."""
     return evaluate_splits(model, {"evaluation": (x, y)}, hard)["evaluation"]
 
 
-@torch.inference_mode()
 def evaluate_splits(model: SplitModel, splits: Mapping[str, LabeledRows], hard: bool = True) -> dict[str, float]:
     """:func:`evaluate` on every split, with one forward pass over all their rows."""
+    return split_metrics(model, splits, hard)[0]
+
+
+@torch.inference_mode()
+def split_metrics(model: SplitModel, splits: Mapping[str, LabeledRows],
+                  hard: bool = True) -> tuple[dict[str, float], dict[str, float]]:
+    """Per split the loss of :func:`evaluate` and, for a classifier, the accuracy (else no entries):
+    the share of rows whose highest class score (the first, on ties) is their class."""
     check_split_models([model])
     if not splits:
         raise ValueError("no splits given; pass a mapping of names to (x, y)")
@@ -75,17 +94,24 @@ def evaluate_splits(model: SplitModel, splits: Mapping[str, LabeledRows], hard: 
     x = torch.cat([x for x, _ in splits.values()])
     error = torch.cat([predictions(model, x[start : start + EVAL_BATCH_SIZE])
                        for start in range(0, x.shape[0], EVAL_BATCH_SIZE)])
+    sizes = [y.shape[0] for _, y in splits.values()]
+    if error.dim() == 2:  # class scores [n, C]
+        labels = torch.cat([y for _, y in splits.values()]).long()
+        losses = F.cross_entropy(error.double(), labels, reduction="none").split(sizes)
+        hits = (error.argmax(dim=1) == labels).double().split(sizes)
+        return ({name: part.sum().item() / part.shape[0] for name, part in zip(splits, losses)},
+                {name: part.sum().item() / part.shape[0] for name, part in zip(splits, hits)})
     error -= torch.cat([y for _, y in splits.values()])
-    parts = error.double().split([y.shape[0] for _, y in splits.values()])
-    return {name: part.square().sum().item() / part.shape[0] for name, part in zip(splits, parts)}
+    parts = error.double().split(sizes)
+    return {name: part.square().sum().item() / part.shape[0] for name, part in zip(splits, parts)}, {}
 
 
 def predictions(model: SplitModel, x: torch.Tensor) -> torch.Tensor:
-    """``model(x)`` for rows x [n, d], refused unless it is one prediction per row [n]."""
+    """``model(x)`` for rows x [n, d], refused unless it is one prediction per row [n] or C >= 2 class scores [n, C]."""
     out = model(x)
-    if out.shape != x.shape[:1]:
+    if out.shape != x.shape[:1] and not (out.dim() == 2 and out.shape[0] == x.shape[0] and out.shape[1] >= 2):
         raise ValueError(f"the network must return one prediction per row, [{x.shape[0]}], got {list(out.shape)}; "
-                         "end it in one output and squeeze it")
+                         f"end it in one output and squeeze it (a classifier: in class scores [{x.shape[0]}, C])")
     return out
 
 

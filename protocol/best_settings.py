@@ -16,15 +16,15 @@ import torch
 from tqdm.auto import tqdm
 
 from core.checks import MAX_BITS, MIN_BITS
-from core.schema import best_path
-from data import Dataset, load_dataset
+from core.schema import best_path, has_accuracy
+from data import Dataset, dataset_name, is_table_file, load_dataset
 from data.splits import holdout_split
-from models import METHOD_NAMES, SETTING_KEYS, SavedModel, Setting, get_method, run_methods, save_model
+from models import METHOD_NAMES, SETTING_KEYS, MethodResult, SavedModel, Setting, get_method, run_methods, save_model
 
 from .common import BASE_SEED, ProtocolError
-from .schema import BEST, BEST_COLUMNS, TUNING, has_method, read_results, write_results
+from .schema import BEST, TUNING, has_method, read_results, write_results
 from .study import file_lock
-from .tuning import DEBUG_K_FOLDS, K_FOLDS
+from .tuning import DEBUG_K_FOLDS, K_FOLDS, check_registered_options
 
 _TUNING_NAME = re.compile(r"_hyperparameter_tuning_(\d+)bits_(\d+)iterations\.csv$")
 
@@ -36,6 +36,7 @@ class Choice:
     setting_id: int
     val_loss: float  # mean validation loss over the folds
     setting: Setting
+    val_accuracy: float | None = None  # classification: the setting's mean validation accuracy over the folds
 
 
 def find_tuning_files(result_folder: str | os.PathLike, dataset: str) -> dict[int, Path]:
@@ -100,7 +101,10 @@ def select_best(tuning: pd.DataFrame, k_folds: int, methods: Sequence[str] | Non
                                 f"let the tuning finish more settings or leave {m} out with --methods")
         setting_id = int(means.index[np.where(np.isfinite(losses), losses, np.inf).argmin()])
         setting = Setting.from_mapping(first_rows.loc[setting_id])
-        choices[m] = Choice(setting_id, float(means.at[setting_id, f"val_loss_{m}"]), setting)
+        accuracy = None
+        if f"val_accuracy_{m}" in tuning.columns:  # a classification: selected by the loss all the same
+            accuracy = float(per_setting[f"val_accuracy_{m}"].mean().at[setting_id])
+        choices[m] = Choice(setting_id, float(means.at[setting_id, f"val_loss_{m}"]), setting, accuracy)
     return choices
 
 
@@ -161,8 +165,14 @@ def selection_frame(choices: dict[int, dict[str, Choice]]) -> pd.DataFrame:
     )
 
 
-def _empty_row(bits: int, run: int) -> dict[str, object]:
-    return {**{c: np.nan for c in BEST_COLUMNS}, "bits": bits, "step": run}  # the paper's column of the run
+def classification(choices: dict[int, dict[str, Choice]]) -> bool:
+    """Whether the choices come from a classification's tuning files (they hold accuracies)."""
+    return any(c.val_accuracy is not None for per_method in choices.values() for c in per_method.values())
+
+
+def _empty_row(bits: int, run: int, accuracy: bool = False) -> dict[str, object]:
+    columns = BEST.columns(accuracy=accuracy)
+    return {**{c: np.nan for c in columns}, "bits": bits, "step": run}  # the paper's column of the run
 
 
 def stored_runs(path: Path, choices: dict[int, dict[str, Choice]]) -> dict[tuple[int, int], dict[str, object]]:
@@ -170,7 +180,12 @@ def stored_runs(path: Path, choices: dict[int, dict[str, Choice]]) -> dict[tuple
     stored runs must come from the setting, and the validation loss, that the tuning selects now."""
     if not path.exists():
         return {}
-    frame = read_results(path, BEST).reindex(columns=list(BEST_COLUMNS))
+    frame = read_results(path, BEST)
+    if has_accuracy(frame.columns) != classification(choices):
+        kinds = ("a regression", "a classification")
+        raise ProtocolError(f"{path} holds the results of {kinds[has_accuracy(frame.columns)]}, but the tuning files "
+                            f"are {kinds[classification(choices)]}'s; move it away to rerun")
+    frame = frame.reindex(columns=list(BEST.columns(accuracy=classification(choices))))
     rows = {(int(r["bits"]), int(r["step"])): r for r in frame.to_dict("records")}
     for (b, _), row in rows.items():
         for m, choice in choices.get(b, {}).items():
@@ -209,6 +224,8 @@ def run_best_settings(
     device: torch.device | str = "cpu",
     save_models: str | os.PathLike | None = None,
     progress: bool = True,
+    target: str | None = None,
+    task: str | None = None,
 ) -> Path:
     """Rerun each method's best setting ``n_runs`` times (``--n_steps``) per bit width; resumable per (bits, run).
 
@@ -217,9 +234,19 @@ def run_best_settings(
     its methods; only missing ones are computed. Several runs may share the output (other bits
     or methods, or the same command twice): each run's results are merged into the file as it
     is then, under a lock, and work another run has finished meanwhile is skipped.
+
+    ``dataset`` is a registered name or a table file of your own (with ``target`` and ``task``,
+    see ``data.load_table``), whose tuning files and results are filed under its stem. A
+    classification's splits are stratified, and its file adds the accuracy columns.
     """
     for m in methods or ():
         get_method(m)
+    check_registered_options(dataset, target, task)
+    # a table file is checked first (quick); a registered dataset is loaded once there is work to do
+    data = load_dataset(dataset, scratch, target, task) if is_table_file(dataset) else None
+    if progress and data is not None and data.task_note:
+        print(data.task_note, file=sys.stderr)
+    source, dataset = dataset, dataset_name(dataset)
     if n_runs < 1:
         raise ProtocolError(f"--n_steps (the number of runs) must be at least 1, got {n_runs}")
     choices = load_choices(result_folder, dataset, bits, methods, on_file=print_source if progress else None)
@@ -243,7 +270,13 @@ def run_best_settings(
     if not todo:
         return path
     _check_writable(path.parent)
-    job = _BestSettingsJob(dataset, load_dataset(dataset, scratch), choices, path, device, save_models)
+    data = data if data is not None else load_dataset(source, scratch)
+    if (data.task == "classification") != classification(choices):
+        kinds = ("a regression", "a classification")
+        raise ProtocolError(f"the tuning files of {dataset} are {kinds[classification(choices)]}'s, but the data is "
+                            f"read as {kinds[data.task == 'classification']}; pass the --task and --target they "
+                            "were tuned with")
+    job = _BestSettingsJob(dataset, data, choices, path, device, save_models)
     total = len(choices) * n_runs
     with tqdm(total=total, initial=total - len(todo), desc=f"{dataset} best settings", unit="run",
               disable=not progress) as bar:
@@ -268,7 +301,8 @@ class _BestSettingsJob:
 
     def rerun(self, b: int, run: int, names: list[str], bar: tqdm) -> None:
         """Train run ``run`` of the methods ``names`` at ``b`` bits and merge their results into the output."""
-        splits = holdout_split(self.data.x, self.data.y, seed=BASE_SEED + run)
+        stratify = self.data.task == "classification"
+        splits = holdout_split(self.data.x, self.data.y, seed=BASE_SEED + run, stratify=stratify)
         parts = splits.tensors(self.device)
         results = run_methods(
             names,
@@ -278,29 +312,35 @@ class _BestSettingsJob:
             b,
             BASE_SEED + run,
             on_stack=lambda methods: bar.set_postfix_str(f"{b} bits run {run} {methods}"),
+            n_classes=self.data.n_classes,
         )
         if self.save_models is not None:
             for m, result in results.items():
                 assert result.model is not None
+                y_mean, y_scale = (0.0, 1.0) if splits.y_scaler is None else (  # class indices: not standardized
+                    float(splits.y_scaler.mean_[0]), float(splits.y_scaler.scale_[0]))
                 saved = SavedModel(
                     result.model.cpu(), m, b, self.choices[b][m].setting, self.data.feature_names,
-                    splits.x_scaler.mean_, splits.x_scaler.scale_,
-                    float(splits.y_scaler.mean_[0]), float(splits.y_scaler.scale_[0]), self.dataset,
+                    splits.x_scaler.mean_, splits.x_scaler.scale_, y_mean, y_scale, self.dataset, self.data.classes,
                 )
                 save_model(saved, _model_path(self.save_models, self.dataset, b, m, run))
-        self._merge(b, run, {m: (result.losses["test"], result.seconds) for m, result in results.items()})
+        self._merge(b, run, results)
 
-    def _merge(self, b: int, run: int, test_loss_and_seconds: dict[str, tuple[float, float]]) -> None:
+    def _merge(self, b: int, run: int, results: dict[str, MethodResult]) -> None:
         """Write the results of run ``run`` at ``b`` bits into the output as it is now, under its lock."""
+        accuracy = classification(self.choices)
         with file_lock(str(self.path.with_name(f".{self.path.name}.merge"))):
             rows = stored_runs(self.path, self.choices)
-            row = rows.setdefault((b, run), _empty_row(b, run))
-            for m, (test_loss, seconds) in test_loss_and_seconds.items():
+            row = rows.setdefault((b, run), _empty_row(b, run, accuracy))
+            for m, result in results.items():
                 choice = self.choices[b][m]
                 row.update({
                     f"best_hyperparameter_id_{m}": choice.setting_id,
                     f"val_loss_{m}": choice.val_loss,
-                    f"test_loss_{m}": test_loss,
-                    f"time_{m}": seconds,
+                    f"test_loss_{m}": result.losses["test"],
+                    f"time_{m}": result.seconds,
                 })
-            write_results(pd.DataFrame([rows[key] for key in sorted(rows)]), self.path, BEST)
+                if accuracy:
+                    row.update({f"val_accuracy_{m}": choice.val_accuracy,
+                                f"test_accuracy_{m}": result.accuracies["test"]})
+            write_results(pd.DataFrame([rows[key] for key in sorted(rows)]), self.path, BEST, accuracy)

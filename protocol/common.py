@@ -14,7 +14,7 @@ from contextlib import contextmanager
 import torch
 
 from core.checks import MAX_BITS, MIN_BITS, check_bits, whole_number
-from data import DatasetError
+from data import DATASETS, MAX_CLASS_CODES, TASKS, DatasetError
 
 BASE_SEED = 42  # the protocol's seeds are offsets from it (tuning rows and best-setting runs)
 MAX_STEPS = 10**6  # --n_steps: far beyond any run (the paper: 100 settings, 10 runs), small enough to draw at once
@@ -31,6 +31,18 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ProtocolError("--device cuda was asked for but torch sees no CUDA device; use --device cpu or auto")
     return torch.device(name)
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--dataset``, ``--target`` and ``--task``, shared by the protocol scripts."""
+    parser.add_argument("--dataset", required=True, metavar="NAME_OR_FILE", help=(
+        f"dataset to {what}: one of {', '.join(DATASETS)}, or a table of your own (.csv, .csv.gz or .parquet; "
+        "numeric features; results are filed under the file's stem)"))
+    parser.add_argument("--target", default=None, metavar="COLUMN", help=(
+        "a table file's target column (default: its last column)"))
+    parser.add_argument("--task", choices=TASKS, default=None, help=(
+        "a table file's task (default: classification where the target holds text, or whole numbers with at most "
+        f"{MAX_CLASS_CODES} distinct values; else regression)"))
 
 
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:

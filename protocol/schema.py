@@ -24,7 +24,9 @@ from core.schema import (
     SETTING_COLUMNS,
     TUNING_PAPER_COLUMNS,
     TUNING_ROW_KEY,
+    accuracy_columns,
     best_method_columns,
+    has_accuracy,
     tuning_method_columns,
 )
 from models import METHOD_NAMES, METHODS, PAPER_METHODS, SETTING_KEYS
@@ -46,9 +48,11 @@ class Schema:
     method_columns: Callable[[str], tuple[str, ...]]  # a further method's columns
     row_key: tuple[str, ...]  # the columns that identify a row, once per file
 
-    def columns(self, extra_methods: Sequence[str] = EXTRA_METHODS) -> tuple[str, ...]:
-        """The header of a file holding the paper's methods and ``extra_methods`` (all registered: the default)."""
-        return self.paper_columns + tuple(c for m in extra_methods for c in self.method_columns(m))
+    def columns(self, extra_methods: Sequence[str] = EXTRA_METHODS, accuracy: bool = False) -> tuple[str, ...]:
+        """The header of a file holding the paper's methods and ``extra_methods`` (all registered: the default);
+        with ``accuracy`` (a classification) followed by their accuracy columns."""
+        columns = self.paper_columns + tuple(c for m in extra_methods for c in self.method_columns(m))
+        return columns + (accuracy_columns((*PAPER_METHODS, *extra_methods)) if accuracy else ())
 
 
 def _tuning_method_columns(m: str) -> tuple[str, ...]:
@@ -66,7 +70,7 @@ def read_results(path: str | os.PathLike, schema: Schema) -> pd.DataFrame:
     """Read a result CSV with ``schema``'s columns for the paper's methods and any further ones, in any order.
 
     The frame has the file's columns in the schema's order; ``has_method`` tells which further
-    methods they cover.
+    methods they cover, ``core.schema.has_accuracy`` whether it is a classification's (with accuracy columns).
     """
     try:
         content = Path(path).read_bytes()
@@ -82,7 +86,7 @@ def read_results(path: str | os.PathLike, schema: Schema) -> pd.DataFrame:
             "check that line and end the file with a newline, or move it away"
         )
     present = [m for m in EXTRA_METHODS if set(schema.method_columns(m)) & set(frame.columns)]
-    columns = schema.columns(present)
+    columns = schema.columns(present, has_accuracy(frame.columns))
     missing = [c for c in columns if c not in frame.columns]
     extra = [c for c in frame.columns if c not in columns]
     if missing or extra:
@@ -127,9 +131,9 @@ def has_method(frame: pd.DataFrame, method: str) -> bool:
     return f"test_loss_{method}" in frame.columns
 
 
-def write_results(frame: pd.DataFrame, path: str | os.PathLike, schema: Schema) -> None:
-    """Write ``frame`` with the header of all registered methods (absent ones empty), atomically,
-    so a kill never leaves half a file."""
-    columns = schema.columns()
+def write_results(frame: pd.DataFrame, path: str | os.PathLike, schema: Schema, accuracy: bool = False) -> None:
+    """Write ``frame`` with the header of all registered methods (absent ones empty), and with ``accuracy``
+    their accuracy columns, atomically, so a kill never leaves half a file."""
+    columns = schema.columns(accuracy=accuracy)
     frame = frame.reindex(columns=list(columns)).astype({c: "Int64" for c in columns if c in INTEGER_COLUMNS})
     atomic_write_text(path, frame.to_csv(index=False, lineterminator="\n"))

@@ -11,7 +11,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property, partial
 from pathlib import Path
 
@@ -22,20 +22,11 @@ from tqdm.auto import tqdm
 
 from core.checks import check_bits
 from core.schema import TUNING_KEYS, UNTIMED_IN_TUNING, tuning_path
-from data import load_dataset, tuning_folds
+from data import Dataset, dataset_name, get_info, is_table_file, load_dataset, tuning_folds
 from models import METHOD_NAMES, SETTING_KEYS, MethodResult, Setting, run_methods
 
 from .common import BASE_SEED, ProtocolError
-from .schema import (
-    EXTRA_METHODS,
-    SOFT_EVALUATED,
-    TRAINED,
-    TUNING,
-    TUNING_COLUMNS,
-    has_method,
-    read_results,
-    write_results,
-)
+from .schema import EXTRA_METHODS, SOFT_EVALUATED, TRAINED, TUNING, has_method, read_results, write_results
 from .search_space import draw_settings, paper_search_space
 from .study import (
     HEARTBEAT_SECONDS,
@@ -75,6 +66,12 @@ class TuningPlan:
     space: dict[str, list]
     sampler: str = "paper"
     objective: str = DEFAULT_OBJECTIVE  # the method whose mean validation loss is a trial's value
+    data: Dataset | None = field(default=None, compare=False, repr=False)  # a table file, loaded when planned
+
+    @property
+    def classification(self) -> bool:
+        """Whether the rows are a classification's (only a table file of your own can be one)."""
+        return self.data is not None and self.data.task == "classification"
 
     @property
     def n_settings(self) -> int:
@@ -104,6 +101,8 @@ class TuningPlan:
                 f"{self.objective}-space{digest}")
         if EXTRA_METHODS:  # rows with further methods form another study than the paper's methods alone
             name += "-with-" + "+".join(EXTRA_METHODS)
+        if self.data is not None:  # a table of your own: another target or task gives other rows
+            name += f"-{self.data.task}-target-{self.data.target}"
         initial = tuple(self.setting_values(s) for s in self.settings.index) if self.sampler == "paper" else ()
         return StudySpec(name, self.space, self.k_folds, self.n_settings, self.sampler, initial)
 
@@ -117,12 +116,19 @@ def plan_tuning(
     search_space: dict[str, list] | None = None,
     sampler: str = "paper",
     objective: str = DEFAULT_OBJECTIVE,
+    target: str | None = None,
+    task: str | None = None,
 ) -> TuningPlan:
     """Draw the settings (``--debug``: 2 folds and, without a custom space, the debug space).
 
     Samplers other than ``paper`` write ``…iterations_<sampler>_<objective>.csv`` beside the paper's file.
+    ``dataset`` is a registered name or a table file of your own (loaded now, with ``target`` and
+    ``task``: see ``data.load_table``), whose results are filed under its stem.
     """
     check_bits(bits)
+    data = load_dataset(dataset, target=target, task=task) if is_table_file(dataset) else None
+    check_registered_options(dataset, target, task)
+    dataset = dataset_name(dataset)
     if sampler not in SAMPLERS or objective not in METHOD_NAMES:
         raise ProtocolError(f"the sampler must be one of {SAMPLERS} and the objective one of {METHOD_NAMES}")
     space = search_space if search_space is not None else paper_search_space(debug)
@@ -130,7 +136,17 @@ def plan_tuning(
     path = tuning_path(result_folder, dataset, bits, k_folds * n_settings)
     if sampler != "paper":
         path = path.with_name(f"{path.stem}_{sampler}_{objective}{path.suffix}")
-    return TuningPlan(dataset, bits, draw_settings(space, n_settings), k_folds, path, space, sampler, objective)
+    return TuningPlan(dataset, bits, draw_settings(space, n_settings), k_folds, path, space, sampler, objective, data)
+
+
+def check_registered_options(dataset: str, target: str | None, task: str | None) -> None:
+    """Refuse an unknown name, and ``--target`` or ``--task`` with a registered dataset (a regression on its target)."""
+    if is_table_file(dataset):
+        return
+    info = get_info(dataset)
+    if task not in (None, "regression") or target not in (None, info.target):
+        raise ProtocolError(f"--target and --task are for a table file of your own; the registered dataset "
+                            f"{dataset!r} is a regression on its target {info.target!r}: leave them out")
 
 
 def tuning_row(
@@ -141,6 +157,8 @@ def tuning_row(
     row.update({key: values[key] for key in SETTING_KEYS})
     for split in ("val", "test"):
         row.update({f"{split}_loss_{m}": results[m].losses[split] for m in METHOD_NAMES})
+    for split in ("val", "test") if plan.classification else ():
+        row.update({f"{split}_accuracy_{m}": results[m].accuracies[split] for m in METHOD_NAMES})
     row.update({f"train_loss_{m}": results[m].train_loss for m in TRAINED})
     row.update({f"time_{m}": results[m].seconds for m in TRAINED if m not in UNTIMED_IN_TUNING})
     for m in SOFT_EVALUATED:
@@ -209,7 +227,8 @@ def open_tuning(
 def export_csv(plan: TuningPlan, tuning: TuningStudy) -> int:
     """Rewrite the plan's CSV atomically from the study; returns its number of rows."""
     rows = stored_rows(tuning)
-    write_results(pd.DataFrame(rows, columns=list(TUNING_COLUMNS)), plan.path, TUNING)
+    columns = TUNING.columns(accuracy=plan.classification)
+    write_results(pd.DataFrame(rows, columns=list(columns)), plan.path, TUNING, plan.classification)
     return len(rows)
 
 
@@ -231,10 +250,15 @@ class _Folds:
     device: torch.device | str
 
     @cached_property
+    def data(self) -> Dataset:
+        """The plan's table file, or its registered dataset."""
+        return self.plan.data if self.plan.data is not None else load_dataset(self.plan.dataset, self.scratch)
+
+    @cached_property
     def parts(self) -> list[dict]:
-        """Per fold its ``train``, ``val`` and ``test`` tensors."""
-        data = load_dataset(self.plan.dataset, self.scratch)
-        return [splits.tensors(self.device) for splits in tuning_folds(data.x, data.y, self.plan.k_folds)]
+        """Per fold its ``train``, ``val`` and ``test`` tensors (stratified for classification)."""
+        folds = tuning_folds(self.data.x, self.data.y, self.plan.k_folds, stratify=self.plan.classification)
+        return [splits.tensors(self.device) for splits in folds]
 
     def row(self, claim: Claim, fold: int, on_stack: Callable[[str], None]) -> Row:
         """Train and evaluate all methods on one fold of the claimed setting."""
@@ -247,6 +271,7 @@ class _Folds:
             self.plan.bits,
             self.plan.seed(claim.setting_id, fold),
             on_stack=on_stack,
+            n_classes=self.data.n_classes,
         )
         return tuning_row(self.plan, claim.setting_id, fold, claim.values, results)
 

@@ -35,6 +35,13 @@ booktabs rules, one ``\\multirow`` per dataset, three decimals) and ``.md`` (pan
   number ``n`` of runs with a test loss, the mean test loss, its standard error (std with ddof=1
   over sqrt(n)) and the 95 % t-interval ``mean ± t_{0.975, n-1} * sem`` (NaN where n = 1);
   combinations with n = 0 have no row. Long format; the LaTeX file is a longtable.
+
+Classification: a file with ``test_accuracy_<m>`` columns is a classification's, whose
+``test_loss_<m>`` is the mean cross-entropy. The tables above cover the regression datasets
+(MSE); the classification datasets get their own, named after the metric: ``table2_accuracy``,
+``ablation_accuracy``, ``confidence_accuracy`` (higher is better: bold marks the row maximum,
+underlined values are within 2.5 % of it, ``>= maximum / 1.025``) and ``table2_cross_entropy``,
+``ablation_cross_entropy``, ``confidence_cross_entropy`` (lower is better, as for MSE).
 """
 
 from __future__ import annotations
@@ -49,7 +56,7 @@ from scipy import stats
 
 from core.atomic import atomic_write_text
 from core.checks import MAX_BITS, MIN_BITS
-from core.schema import BEST_ROW_KEY, PAPER_DATASETS, PAPER_METHODS, best_file_name, further_methods
+from core.schema import BEST_ROW_KEY, PAPER_DATASETS, PAPER_METHODS, best_file_name, further_methods, has_accuracy
 
 TABLE2_METHODS: tuple[str, ...] = ("FP", "Pr-MQ", "Pr-QQ", "LLT4", "LLT9", "LSQ", "Bw-SQ")
 ABLATION_METHODS: tuple[str, ...] = ("SQ", "Bw-MQ", "Bw-QQ", "Bw-SQ")
@@ -60,6 +67,11 @@ CONFIDENCE = 0.95
 BIT_RANGE = range(MIN_BITS, MAX_BITS + 1)
 KEY_COLUMNS: tuple[str, ...] = BEST_ROW_KEY
 MISSING = "–"
+# (file suffix, value column of the long frame, metric name, whether higher is better) per kind of dataset
+REGRESSION_METRICS: tuple[tuple[str, str, str, bool], ...] = (("", "test_loss", "MSE", False),)
+CLASSIFICATION_METRICS: tuple[tuple[str, str, str, bool], ...] = (
+    ("_accuracy", "test_accuracy", "accuracy", True), ("_cross_entropy", "test_loss", "cross-entropy", False),
+)
 
 
 class ResultFileError(ValueError):
@@ -168,9 +180,7 @@ def load_results(
     """
     others = dict.fromkeys(d for d in datasets if d not in PAPER_DATASETS)
     order = [*(d for d in PAPER_DATASETS if d in datasets), *others]
-    losses = [f"test_loss_{m}" for m in PAPER_METHODS]
-    frames = {d: read_result_file(result_file(results_dir, d), losses, allow_empty=True, further=("test_loss",))
-              for d in order if result_file(results_dir, d).is_file()}
+    frames = {d: _read_losses(result_file(results_dir, d)) for d in order if result_file(results_dir, d).is_file()}
     missing = [d for d in order if d not in frames]
     if not frames:
         raise ResultFileError(no_files_message(results_dir, order))
@@ -188,6 +198,24 @@ def load_results(
     return frames, missing
 
 
+def _read_losses(path: Path) -> pd.DataFrame:
+    """A best-setting file's bits, step and test losses, and a classification's test accuracies."""
+    losses = [f"test_loss_{m}" for m in PAPER_METHODS]
+    try:
+        header = pd.read_csv(path, nrows=0).columns
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        header = pd.Index([])  # read_result_file names the problem
+    if not has_accuracy(header):
+        return read_result_file(path, losses, allow_empty=True, further=("test_loss",))
+    accuracies = [f"test_accuracy_{m}" for m in PAPER_METHODS]
+    return read_result_file(path, [*losses, *accuracies], allow_empty=True, further=("test_loss", "test_accuracy"))
+
+
+def is_classification(frame: pd.DataFrame) -> bool:
+    """Whether a frame of :func:`load_results` is a classification's (it has test accuracies)."""
+    return has_accuracy(frame.columns)
+
+
 def no_files_message(results_dir: Path, datasets: Sequence[str]) -> str:
     """The error for a results_dir without files for datasets; it names the datasets whose files are there."""
     message = (f"{results_dir} contains no {{dataset}}_best_hyperparameter_test_multiple.csv file "
@@ -200,11 +228,18 @@ def no_files_message(results_dir: Path, datasets: Sequence[str]) -> str:
 
 
 def long_losses(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """Stack the files into one frame: dataset, bits, step, method, test_loss (NaN: not computed)."""
+    """Stack the files into one frame: dataset, bits, step, method, test_loss (NaN: not computed),
+    and where any file is a classification's, test_accuracy (NaN for the regression datasets)."""
     parts = []
     for dataset, frame in frames.items():
-        part = frame.melt(id_vars=["bits", "step"], var_name="method", value_name="test_loss")
-        part["method"] = part["method"].str.removeprefix("test_loss_")
+        values = {}
+        for prefix in ("test_loss", "test_accuracy"):
+            columns = ["bits", "step", *(c for c in frame.columns if c.startswith(f"{prefix}_"))]
+            if len(columns) > 2:
+                melted = frame[columns].melt(id_vars=["bits", "step"], var_name="method", value_name=prefix)
+                melted["method"] = melted["method"].str.removeprefix(f"{prefix}_")
+                values[prefix] = melted.set_index(["bits", "step", "method"])
+        part = pd.concat(values.values(), axis=1).reset_index()
         part.insert(0, "dataset", dataset)
         parts.append(part)
     long = pd.concat(parts, ignore_index=True)
@@ -214,9 +249,10 @@ def long_losses(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return long
 
 
-def mean_table(long: pd.DataFrame, methods: Sequence[str]) -> pd.DataFrame:
-    """Mean test loss over the present runs, index (dataset, bits), one column per method (NaN: none)."""
-    means = long.groupby(["dataset", "bits", "method"], observed=True)["test_loss"].mean()
+def mean_table(long: pd.DataFrame, methods: Sequence[str], value: str = "test_loss") -> pd.DataFrame:
+    """Mean test loss (or another ``value`` column) over the present runs, index (dataset, bits), one column
+    per method (NaN: none)."""
+    means = long.groupby(["dataset", "bits", "method"], observed=True)[value].mean()
     return means.unstack("method").reindex(columns=list(methods)).rename_axis(columns=None)
 
 
@@ -234,20 +270,23 @@ def with_relative_rows(table: pd.DataFrame, reference: str = REFERENCE_METHOD) -
     return pd.concat(blocks)
 
 
-def row_marks(table: pd.DataFrame, among: Sequence[str]) -> pd.DataFrame:
-    """Per cell 'min' (row minimum over the present `among`), 'near' (<= 1.025 * minimum, not it) or ''."""
+def row_marks(table: pd.DataFrame, among: Sequence[str], higher_is_better: bool = False) -> pd.DataFrame:
+    """Per cell 'min' (row minimum over the present `among`), 'near' (<= 1.025 * minimum, not it) or '';
+    with ``higher_is_better`` (accuracy) 'min' marks the row maximum and 'near' values >= maximum / 1.025."""
     values = table[list(among)]
-    minimum = values.min(axis=1)
+    minimum = values.max(axis=1) if higher_is_better else values.min(axis=1)
     marks = pd.DataFrame("", index=table.index, columns=table.columns)
-    near = values.le(minimum * NEAR_MIN_FACTOR, axis=0) & values.ne(minimum, axis=0)
+    near = (values.ge(minimum / NEAR_MIN_FACTOR, axis=0) if higher_is_better
+            else values.le(minimum * NEAR_MIN_FACTOR, axis=0)) & values.ne(minimum, axis=0)
     marks[list(among)] = np.where(values.eq(minimum, axis=0), "min", np.where(near, "near", ""))
     return marks
 
 
-def confidence_table(long: pd.DataFrame, confidence: float = CONFIDENCE) -> pd.DataFrame:
-    """Per dataset, bits and method with n >= 1 runs: n, mean, sem and the t-interval of the mean test loss."""
-    present = long.dropna(subset=["test_loss"])
-    grouped = present.groupby(["dataset", "bits", "method"], observed=True)["test_loss"]
+def confidence_table(long: pd.DataFrame, confidence: float = CONFIDENCE, value: str = "test_loss") -> pd.DataFrame:
+    """Per dataset, bits and method with n >= 1 runs: n, mean, sem and the t-interval of the mean test loss
+    (or of another ``value`` column)."""
+    present = long.dropna(subset=[value])
+    grouped = present.groupby(["dataset", "bits", "method"], observed=True)[value]
     table = grouped.agg(n="count", mean="mean", sem="sem").reset_index()
     low_q, high_q = stats.t.interval(confidence, df=(table["n"] - 1).where(table["n"] > 1))
     table["ci_low"] = table["mean"] + low_q * table["sem"]
@@ -311,17 +350,27 @@ def _write_table(out_dir: Path, name: str, table: pd.DataFrame, marks: pd.DataFr
 
 
 def write_tables(frames: dict[str, pd.DataFrame], out_dir: Path) -> list[Path]:
-    """Write table2, ablation and confidence (.csv, .tex, .md) into out_dir; return the paths."""
+    """Write table2, ablation and confidence (.csv, .tex, .md) into out_dir, for classification datasets
+    the same per metric (``_accuracy``, ``_cross_entropy``); return the paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    long = long_losses(frames)
-    table2 = mean_table(long, TABLE2_METHODS)
-    paths = _write_table(out_dir, "table2", table2, row_marks(table2, TABLE2_METHODS[1:]))
-    ablation = mean_table(long, ABLATION_METHODS)
-    marks = row_marks(ablation, ABLATION_METHODS).reindex(with_relative_rows(ablation).index, fill_value="")
-    paths += _write_table(out_dir, "ablation", with_relative_rows(ablation), marks)
-    confidence = confidence_table(long)
-    paths += [out_dir / f"confidence.{ext}" for ext in ("csv", "tex", "md")]
+    paths: list[Path] = []
+    for classification, metrics in ((False, REGRESSION_METRICS), (True, CLASSIFICATION_METRICS)):
+        kind = {d: f for d, f in frames.items() if is_classification(f) == classification}
+        for suffix, value, _, higher in metrics if kind else ():
+            paths += _write_metric_tables(long_losses(kind), out_dir, suffix, value, higher)
+    return paths
+
+
+def _write_metric_tables(long: pd.DataFrame, out_dir: Path, suffix: str, value: str, higher: bool) -> list[Path]:
+    """table2, ablation and confidence of one metric (``value``), named with ``suffix``."""
+    table2 = mean_table(long, TABLE2_METHODS, value)
+    paths = _write_table(out_dir, f"table2{suffix}", table2, row_marks(table2, TABLE2_METHODS[1:], higher))
+    ablation = mean_table(long, ABLATION_METHODS, value)
+    marks = row_marks(ablation, ABLATION_METHODS, higher).reindex(with_relative_rows(ablation).index, fill_value="")
+    paths += _write_table(out_dir, f"ablation{suffix}", with_relative_rows(ablation), marks)
+    confidence = confidence_table(long, value=value)
+    paths += [out_dir / f"confidence{suffix}.{ext}" for ext in ("csv", "tex", "md")]
     atomic_write_text(paths[-3], confidence.to_csv(index=False))
     atomic_write_text(paths[-2], confidence_to_latex(confidence))
     atomic_write_text(paths[-1], confidence.to_markdown(index=False, floatfmt=".4f") + "\n")

@@ -9,6 +9,9 @@ A library module, not a script: ``result_analysis.line_and_box_plot_cummulative`
   per-run test MSEs of each method of ``methods``, the single runs as points on top, and a
   dashed horizontal line at the FP median (where FP has runs).
 
+A classification dataset's subplots show the test accuracy instead (higher is better), and say
+so on their axis.
+
 Methods without a test loss (empty cells: not computed) are left out: a line only joins the bit
 widths a method has, and a subplot has boxes only for the methods with runs there. Every figure
 is written as PNG and PDF; axis limits follow the data.
@@ -64,10 +67,23 @@ def dataset_axes(datasets: Sequence[str], width: float, height: float) -> tuple[
     return fig, cells[: len(datasets)]
 
 
+def shown_metric(long: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
+    """``long`` with a column ``shown``: the test accuracy of classification datasets (those with accuracies),
+    else the test loss; and per dataset the name of what is shown (``MSE`` or ``accuracy``)."""
+    datasets = list(long["dataset"].cat.categories)
+    if "test_accuracy" not in long.columns:
+        return long.assign(shown=long["test_loss"]), dict.fromkeys(datasets, "MSE")
+    classified = set(long.loc[long["test_accuracy"].notna(), "dataset"])
+    shown = long["test_accuracy"].where(long["dataset"].isin(classified), long["test_loss"])
+    return long.assign(shown=shown), {d: "accuracy" if d in classified else "MSE" for d in datasets}
+
+
 def plot_lines(long: pd.DataFrame, methods: Sequence[str] = TABLE2_METHODS) -> Figure:
-    """Figure 4: per dataset the mean test MSE against bits, a line per method of ``methods`` with test losses there."""
-    means = (long[long["method"].isin(methods)].dropna(subset=["test_loss"])
-             .groupby(["dataset", "method", "bits"], observed=True)["test_loss"].mean())
+    """Figure 4: per dataset the mean test MSE (accuracy) against bits, a line per method of ``methods`` with
+    test losses there."""
+    long, metric = shown_metric(long)
+    means = (long[long["method"].isin(methods)].dropna(subset=["shown"])
+             .groupby(["dataset", "method", "bits"], observed=True)["shown"].mean())
     datasets = list(long["dataset"].cat.categories)
     colors = method_colors(methods)
     fig, axes = dataset_axes(datasets, 3.8, 2.9)
@@ -83,7 +99,7 @@ def plot_lines(long: pd.DataFrame, methods: Sequence[str] = TABLE2_METHODS) -> F
                     zorder=3 if emphasis else 2)
         ax.set_xticks(sorted(long["bits"].unique()))
         ax.set_xlabel("bits")
-        ax.set_ylabel("mean test MSE")
+        ax.set_ylabel(f"mean test {metric[dataset]}")
     handles = legend_handles(axes, methods)
     fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=len(handles),
                frameon=False)
@@ -102,8 +118,9 @@ def legend_handles(axes: Sequence[Axes], methods: Sequence[str]) -> dict[str, Ar
 def plot_boxes(long: pd.DataFrame, bits: int, methods: Sequence[str] = TABLE2_METHODS) -> Figure:
     """Figure 6 for one bit width: per dataset box plots of the per-run test MSE of each method of ``methods``
     with runs there."""
+    long, metric = shown_metric(long)
     sub = (long[(long["bits"] == bits) & long["method"].isin(methods)]
-           .dropna(subset=["test_loss"]).astype({"method": str}))
+           .dropna(subset=["shown"]).astype({"method": str}))
     datasets = list(long["dataset"].cat.categories)
     colors = method_colors(methods)
     fig, axes = dataset_axes(datasets, 3.8, 3.2)
@@ -114,16 +131,16 @@ def plot_boxes(long: pd.DataFrame, bits: int, methods: Sequence[str] = TABLE2_ME
             continue
         with warnings.catch_warnings():  # seaborn 0.13 passes the deprecated vert= to matplotlib >= 3.11
             warnings.filterwarnings("ignore", message="vert: bool", category=DeprecationWarning)
-            sns.boxplot(data=data, x="method", y="test_loss", order=present, hue="method",
+            sns.boxplot(data=data, x="method", y="shown", order=present, hue="method",
                         hue_order=present, palette=colors, dodge=False, legend=False,
                         showfliers=False, width=0.6, linewidth=1, boxprops={"alpha": 0.8}, ax=ax)
-        sns.stripplot(data=data, x="method", y="test_loss", order=present, color="black",
+        sns.stripplot(data=data, x="method", y="shown", order=present, color="black",
                       size=2.5, alpha=0.7, jitter=0.15, ax=ax)
         if "FP" in present:
-            fp_median = data.loc[data["method"] == "FP", "test_loss"].median()
+            fp_median = data.loc[data["method"] == "FP", "shown"].median()
             ax.axhline(fp_median, color="black", linestyle="--", linewidth=1)
         ax.set_xlabel("")
-        ax.set_ylabel("test MSE")
+        ax.set_ylabel(f"test {metric[dataset]}")
         ax.tick_params(axis="x", labelrotation=45)
     fig.suptitle(f"{bits} bits (dashed: FP median)")
     return fig

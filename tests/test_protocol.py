@@ -393,7 +393,7 @@ def run_script(*args: str) -> subprocess.CompletedProcess:
     [
         (["hyperparameter_tuning.py", "--dataset", "fried", "--n_bits", "9"], "bits must be an integer from 2 to 8"),
         (["hyperparameter_tuning.py", "--dataset", "fried", "--n_bits", "1"], "bits must be an integer from 2 to 8"),
-        (["hyperparameter_tuning.py", "--dataset", "nope", "--n_bits", "3"], "invalid choice"),
+        (["hyperparameter_tuning.py", "--dataset", "nope", "--n_bits", "3"], "unknown dataset 'nope'"),
         (["hyperparameter_tuning.py", "--dataset", "fried", "--n_bits", "3", "--n_steps", "0"], "at least 1"),
         (["hyperparameter_tuning.py", "--dataset", "fried", "--n_bits", "3", "--n_steps", str(10**20)],
          f"--n_steps: expected an integer from 1 to 1000000, got '{10**20}'"),
@@ -529,7 +529,7 @@ def test_tuning_row_takes_each_column_from_its_result_and_seed(shared_dir: Path,
     plan = plan_tuning("wine_quality", 3, 2, tmp_path, debug=True)
     calls = []
 
-    def fake_run_methods(names, settings, train, evaluations, bits, seed, on_stack=None):
+    def fake_run_methods(names, settings, train, evaluations, bits, seed, on_stack=None, n_classes=None):
         calls.append((list(names), sorted(evaluations), bits, seed))
         return _distinct_results()
 
@@ -553,7 +553,7 @@ def test_best_setting_run_s_is_seeded_with_42_plus_s(shared_dir: Path, tmp_path:
     monkeypatch.setattr(best_settings, "load_choices", lambda *args, **kwargs: {3: {"FP": Choice(0, 0.5, setting)}})
     seeds = []
 
-    def fake_run_methods(names, settings, train, evaluations, bits, seed, on_stack=None):
+    def fake_run_methods(names, settings, train, evaluations, bits, seed, on_stack=None, n_classes=None):
         seeds.append(seed)
         return {m: MethodResult({"test": 1.0 + seed}, 0.0, 0.0) for m in names}
 
