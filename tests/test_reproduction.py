@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from protocol.schema import BEST
+from protocol.schema import BEST, BEST_COLUMNS
 from result_analysis.compare_runs import compare, read_runs, to_markdown
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,6 +29,19 @@ def test_committed_reproduction_has_the_paper_schema(ours: Path) -> None:
     frame = pd.read_csv(ours)
     assert tuple(frame.columns) == BEST.paper_columns  # written before further methods were registered
     assert frame.groupby("bits").size().to_dict() == {b: 10 for b in sorted(frame.bits.unique())}
+
+
+def test_straight_through_comparison_is_in_the_document() -> None:
+    """Bw-SQ-ST against Bw-SQ at Bw-SQ's selected settings: the file has the current schema, and the
+    document shows what compare_runs prints for it."""
+    path = REPO / "results" / "reproduction" / "fried_2_4bits_bw_sq_st.csv"
+    frame = pd.read_csv(path)
+    assert tuple(frame.columns) == BEST_COLUMNS
+    assert frame.groupby("bits").size().to_dict() == {2: 10, 3: 10, 4: 10}
+    assert (frame["best_hyperparameter_id_Bw-SQ-ST"] == frame["best_hyperparameter_id_Bw-SQ"]).all()
+    runs = read_runs(path)
+    table = to_markdown(compare(runs, runs, ["Bw-SQ-ST"], against="Bw-SQ", paired=True))
+    assert table in (REPO / "REPRODUCTION.md").read_text()
 
 
 @pytest.mark.parametrize("ours", RUNS, ids=lambda path: path.name)
