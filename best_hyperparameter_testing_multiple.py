@@ -27,6 +27,15 @@ from protocol.common import (
 from protocol.tuning import check_registered_options
 
 
+def parse_setting_of(text: str) -> tuple[str, str]:
+    """argparse type for ``METHOD=OTHER``, two registered methods."""
+    method, _, donor = text.partition("=")
+    if method not in METHOD_NAMES or donor not in METHOD_NAMES or method == donor:
+        raise argparse.ArgumentTypeError(f"expected METHOD=OTHER, two different methods of {' '.join(METHOD_NAMES)}; "
+                                         f"got {text!r}")
+    return method, donor
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line of the best-setting script."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -42,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--methods", nargs="+", choices=list(METHOD_NAMES), default=None, metavar="METHOD", help=(
         f"methods to run, of {' '.join(METHOD_NAMES)} (default: every method of the tuning files)"))
     add_runtime_arguments(parser)
+    parser.add_argument("--setting_of", nargs="+", type=parse_setting_of, default=None, metavar="METHOD=OTHER",
+                        help="also run METHOD at the setting the tuning selects for OTHER, e.g. Bw-SQ-ST=Bw-SQ "
+                             "(for a method the tuning files lack)")
     parser.add_argument("--select_only", action="store_true", help=(
         "print the selected settings as CSV and train nothing"))
     parser.add_argument("--save_models", default=None, metavar="DIR", help=(
@@ -55,13 +67,15 @@ def main_with_args(args: argparse.Namespace) -> int:
     if args.select_only:
         check_registered_options(args.dataset, args.target, args.task)
         choices = load_choices(args.result_folder, dataset_name(args.dataset), args.bits, args.methods,
-                               on_file=None if args.quiet else print_source)
+                               on_file=None if args.quiet else print_source,
+                               setting_of=dict(args.setting_of or ()))
         selection_frame(choices).to_csv(sys.stdout, index=False, lineterminator="\n")
         return 0
     path = run_best_settings(
         args.dataset, args.result_folder, args.n_runs, args.bits, args.methods,
         args.scratch, apply_runtime(args), args.save_models, progress=not args.quiet,
         target=args.target, task=args.task,
+        setting_of=dict(args.setting_of or ()),
     )
     print(f"wrote {path}")
     return 0

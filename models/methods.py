@@ -93,6 +93,8 @@ METHODS: dict[str, Method] = {
                soft_eval=True),
         Method("LSQ", lambda rows_info: LSQQuantizer(rows_info.bits, rows_info.n_features).init_step_size(
             rows_info.train_x)),
+        # beyond the paper: Bw-SQ trained straight through, hard steps forward, the sigmoids' gradient backward
+        Method("Bw-SQ-ST", lambda rows_info: BwSQQuantizer(rows_info.quantile, straight_through=True)),
     ]
 }
 METHOD_NAMES: tuple[str, ...] = tuple(METHODS)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .engine import train_models
-from .methods import METHODS, Method, QuantizerContext, build_model, get_method
+from .methods import METHODS, PAPER_METHODS, Method, QuantizerContext, build_model, get_method
 from .mlp import SplitModel
 from .setting import Setting
 from .training import LabeledRows, evaluate_splits, split_metrics
@@ -54,8 +54,9 @@ def run_methods(
     Every network is built right after seeding with ``seed``, so its initial weights do not
     depend on which other methods run. A post-training method quantizes the inputs of the FP
     network of its setting, trained once and shared (with FP itself too). Networks of one
-    setting train together (:func:`train_models`), in stacks of at most ``STACK_PARAMETERS``
-    weights so that the paper's widest settings fit in memory; each network is charged an equal
+    setting train together (:func:`train_models`), the paper's methods apart from further ones,
+    in stacks of at most ``STACK_PARAMETERS`` weights so that the paper's widest settings fit in
+    memory; each network is charged an equal
     share of its stack's training time. ``on_stack(names)`` is called with the space-separated
     methods of each stack before it trains. With ``n_classes`` (C >= 2) the networks are classifiers
     with C outputs, trained on the cross-entropy of the class indices in the targets, and the results
@@ -96,15 +97,21 @@ def run_methods(
 
 
 def _stacks(networks: Mapping[tuple[str, Setting], SplitModel]) -> list[list[tuple[str, Setting]]]:
-    """The networks of each setting, in runs of at most ``STACK_PARAMETERS`` MLP weights (at least one network)."""
+    """The networks of each setting, in runs of at most ``STACK_PARAMETERS`` MLP weights (at least one network);
+    the paper's methods and those registered beyond them in stacks of their own.
+
+    A stack's composition can change its networks' last bits (its one flat weight tensor, its
+    batched matmuls), so a method added to the registry changes none of the paper's numbers.
+    """
     stacks: list[list[tuple[str, Setting]]] = []
     sizes: list[int] = []  # weights per stack
-    open_stack: dict[Setting, int] = {}  # setting -> index of the stack it is filling
+    open_stack: dict[tuple[Setting, bool], int] = {}  # (setting, paper's?) -> index of the stack it is filling
     for key, model in networks.items():
         weights = sum(p.numel() for p in model.mlp.parameters())
-        index = open_stack.get(key[1])
+        group = (key[1], key[0] in PAPER_METHODS)
+        index = open_stack.get(group)
         if index is None or sizes[index] + weights > STACK_PARAMETERS:
-            index = open_stack[key[1]] = len(stacks)
+            index = open_stack[group] = len(stacks)
             stacks.append([])
             sizes.append(0)
         stacks[index].append(key)

@@ -6,7 +6,7 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,11 +110,34 @@ def select_best(tuning: pd.DataFrame, k_folds: int, methods: Sequence[str] | Non
 
 def load_choices(
     result_folder: str | os.PathLike, dataset: str, bits: Sequence[int] | None, methods: Sequence[str] | None = None,
-    on_file: Callable[[int, Path], None] | None = None,
+    on_file: Callable[[int, Path], None] | None = None, setting_of: Mapping[str, str] | None = None,
 ) -> dict[int, dict[str, Choice]]:
     """The choices per bit width from the tuning files (all bit widths found, or ``bits``) for
     ``methods``, by default every method that all these files hold; ``on_file(bits, path)`` is
-    told which file each bit width is selected from (:func:`print_source` prints it)."""
+    told which file each bit width is selected from (:func:`print_source` prints it).
+
+    ``setting_of`` maps a method to another whose choice it takes (its setting id and validation
+    loss), say a method the tuning files lack to one they hold: those methods are added to
+    ``methods`` and selected as their donors are.
+    """
+    setting_of = dict(setting_of or {})
+    for method, donor in setting_of.items():
+        get_method(method)
+        get_method(donor)
+        if donor in setting_of:
+            raise ProtocolError(f"{method} takes the setting of {donor}, which takes another's itself; "
+                                f"name the method whose tuning selects it (the setting of {setting_of[donor]})")
+    if setting_of:
+        own = None if methods is None else [m for m in methods if m not in setting_of]
+        selected = None if own is None else [*dict.fromkeys([*own, *setting_of.values()])]
+        choices = load_choices(result_folder, dataset, bits, selected, on_file)
+        found = next(iter(choices.values()))
+        absent = [donor for donor in setting_of.values() if donor not in found]
+        if absent:
+            raise ProtocolError(f"the tuning files of {dataset} do not all hold {absent[0]}, whose setting "
+                                "--setting_of names; name a method they hold")
+        kept = dict.fromkeys([*(found if own is None else own), *setting_of])
+        return {b: {m: per_method[setting_of.get(m, m)] for m in kept} for b, per_method in choices.items()}
     files = find_tuning_files(result_folder, dataset)
     wanted = list(files) if bits is None else list(dict.fromkeys(bits))  # --bits 3 2 3: each file once
     if not wanted:
@@ -226,11 +249,13 @@ def run_best_settings(
     progress: bool = True,
     target: str | None = None,
     task: str | None = None,
+    setting_of: Mapping[str, str] | None = None,
 ) -> Path:
     """Rerun each method's best setting ``n_runs`` times (``--n_steps``) per bit width; resumable per (bits, run).
 
     Run ``s`` splits with ``random_state = 42 + s`` and seeds every network with ``42 + s``.
-    ``methods`` defaults to every method of the tuning files. A row already in the output keeps
+    ``methods`` defaults to every method of the tuning files; ``setting_of`` (:func:`load_choices`) adds methods
+    run at another's selected setting, which the output records as theirs. A row already in the output keeps
     its methods; only missing ones are computed. Several runs may share the output (other bits
     or methods, or the same command twice): each run's results are merged into the file as it
     is then, under a lock, and work another run has finished meanwhile is skipped.
@@ -249,7 +274,7 @@ def run_best_settings(
     source, dataset = dataset, dataset_name(dataset)
     if n_runs < 1:
         raise ProtocolError(f"--n_steps (the number of runs) must be at least 1, got {n_runs}")
-    choices = load_choices(result_folder, dataset, bits, methods, on_file=print_source if progress else None)
+    choices = load_choices(result_folder, dataset, bits, methods, print_source if progress else None, setting_of)
     methods = list(next(iter(choices.values())))
     path = best_path(result_folder, dataset)
 

@@ -45,19 +45,23 @@ def _sigmoid_steps(x: torch.Tensor, thresholds: torch.Tensor, tau: float) -> tor
 class SteppedSum(torch.autograd.Function):
     """``v_0 + sum_k s_k (v_k - v_{k-1})``, or ``sum_k s_k`` without values, ``s_k = sigmoid((x - t_k) / tau)``.
 
-    x [n, d], thresholds [d, M], values [d, M + 1] or None -> [n, d]: SQplus's and SQ's ``soft``.
+    x [n, d], thresholds [d, M], values [d, M + 1] or None -> [n, d]: SQplus's and SQ's ``soft``. Given
+    ``value`` [n, d] (the hard mode's output), it returns that instead, with the same gradient: the
+    straight-through estimate.
     """
 
     @staticmethod
-    def forward(ctx, x, thresholds, values, tau):
+    def forward(ctx, x, thresholds, values, tau, value=None):
         steps = _sigmoid_steps(x, thresholds, tau)  # [d, M, n]
-        if values is None:
-            diffs, out = None, steps.sum(dim=1)  # [d, n]
-        else:
-            diffs = values[:, 1:] - values[:, :-1]  # [d, M]
-            out = torch.baddbmm(values[:, :1, None], diffs.unsqueeze(1), steps).squeeze(1)  # [d, n]
+        diffs = None if values is None else values[:, 1:] - values[:, :-1]  # [d, M]
         ctx.save_for_backward(steps, diffs)
         ctx.tau = tau
+        if value is not None:
+            return value
+        if values is None:
+            out = steps.sum(dim=1)  # [d, n]
+        else:
+            out = torch.baddbmm(values[:, :1, None], diffs.unsqueeze(1), steps).squeeze(1)  # [d, n]
         return out.T.contiguous()
 
     @staticmethod
@@ -76,18 +80,22 @@ class SteppedSum(torch.autograd.Function):
             grad_diffs = torch.bmm(grad_t, steps.transpose(1, 2)).squeeze(1)  # [d, M]
             grad_values = torch.cat([grad_t.sum(dim=-1), grad_diffs], dim=1)  # [d, M + 1]
             grad_values[:, :-1].sub_(grad_diffs)
-        return grad_x, grad_thresholds, grad_values, None
+        return grad_x, grad_thresholds, grad_values, None, None
 
 
 class Thermometer(torch.autograd.Function):
-    """``sigmoid((x[..., None] - t) / tau).flatten(1)``: x [n, d], thresholds [d, M] -> [n, d * M] (Bw-SQ's soft)."""
+    """``sigmoid((x[..., None] - t) / tau).flatten(1)``: x [n, d], thresholds [d, M] -> [n, d * M] (Bw-SQ's soft).
+
+    Given ``value`` [n, d * M] (the hard mode's output), it returns that instead, with the same gradient:
+    the straight-through estimate.
+    """
 
     @staticmethod
-    def forward(ctx, x, thresholds, tau):
+    def forward(ctx, x, thresholds, tau, value=None):
         steps = _saturated_sigmoid_(torch.sub((x * (1 / tau)).unsqueeze(-1), thresholds * (1 / tau)))  # [n, d, M]
         ctx.save_for_backward(steps)
         ctx.tau = tau
-        return steps.flatten(1)
+        return steps.flatten(1) if value is None else value
 
     @staticmethod
     def backward(ctx, grad):  # grad [n, d * M]
@@ -95,7 +103,7 @@ class Thermometer(torch.autograd.Function):
         slope = torch.ops.aten.sigmoid_backward(grad.reshape(steps.shape), steps)  # g s (1 - s) [n, d, M]
         grad_x = slope.sum(dim=-1) / ctx.tau if ctx.needs_input_grad[0] else None
         grad_thresholds = slope.sum(dim=0).mul_(-1 / ctx.tau) if ctx.needs_input_grad[1] else None
-        return grad_x, grad_thresholds, None
+        return grad_x, grad_thresholds, None, None
 
 
 class LSQRound(torch.autograd.Function):

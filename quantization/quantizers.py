@@ -15,6 +15,12 @@ deployment reproduces the model exactly; in soft mode it runs the fused autograd
 quantization/fused.py that computes ``soft(x)`` (tested equal to it; faster, and what the
 protocol's numbers come from), or ``soft(x)`` itself where a quantizer has no fused Function.
 
+With ``straight_through = True`` (a quantizer with trainable parameters) soft mode runs the
+straight-through estimate instead, :meth:`Quantizer.hard_with_soft_gradient`: forward the hard
+mode's value ``decode(encode(x))``, exactly the codes a device sends, backward the gradient of
+``soft(x)`` at the current ``tau``. The threshold quantizers (SQ, SQplus, Bw-SQ) run it through
+their fused Functions, the others through the plain formula.
+
 The temperature ``tau`` is a plain attribute set by the training loop; quantizers without a
 temperature ignore it. Modules hold no device of their own: they follow their parameters and
 inputs (``model.to(device)``). ``forward`` casts its rows to the quantizer's ``dtype`` (float32
@@ -71,6 +77,7 @@ class Quantizer(nn.Module):
         self.n_features = whole_number("n_features", n_features, minimum=1)
         self.hard = False
         self.tau = 1.0
+        self._straight_through = False
 
     @property
     def tau(self) -> float:
@@ -80,6 +87,21 @@ class Quantizer(nn.Module):
     @tau.setter
     def tau(self, value: float) -> None:
         self._tau = check_temperature(value)
+
+    @property
+    def straight_through(self) -> bool:
+        """Whether soft mode (training) runs :meth:`hard_with_soft_gradient` instead of :meth:`soft`: the hard
+        mode's value forward, the soft surrogate's gradient at ``tau`` backward. Hard mode is unaffected."""
+        return self._straight_through
+
+    @straight_through.setter
+    def straight_through(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise TypeError(f"straight_through must be True or False, got {value!r}")
+        if value and not any(p.requires_grad for p in self.parameters()):
+            raise ValueError(f"this {type(self).__name__} has no trainable parameters, so it trains on its hard "
+                             "outputs already; straight_through is for a trainable quantizer (trainable=True)")
+        self._straight_through = value
 
     @property
     def out_features(self) -> int:
@@ -107,13 +129,14 @@ class Quantizer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [n, d] -> [n, out_features], in self.dtype
         """Hard mode: ``_decode(_encode(x))``; soft mode: the fused Function computing ``soft(x)`` (``soft``
-        itself where there is none), in training and in the soft evaluations alike."""
+        itself where there is none), in training and in the soft evaluations alike; with ``straight_through``
+        the fused Function computing ``hard_with_soft_gradient(x)`` (or that method itself)."""
         x = self.checked_rows(x)
         if self.hard:
             # NOTE[DIFF]: every hard-mode output is decode(encode(x)), exactly what a deployment computes
             return self._decode(self._encode(x))
-        call = self.soft_function(x)
-        return self.soft(x) if call is None else call[0].apply(*call[1])
+        call = self._soft_mode_call(x)
+        return self._soft_mode(x) if call is None else call[0].apply(*call[1])
 
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} must implement _encode")
@@ -129,19 +152,46 @@ class Quantizer(nn.Module):
         """The fused autograd Function computing ``soft(x)`` and its arguments, or None (then ``soft`` runs)."""
         return None
 
+    def hard_with_soft_gradient(self, x: torch.Tensor) -> torch.Tensor:
+        """The straight-through estimate, x [n, d] -> [n, out_features]: the value of the hard mode,
+        ``decode(encode(x))`` exactly, with the gradient of ``soft(x)`` at the current ``tau``:
+        ``hard + (soft - sg(soft))``, sg stopping the gradient (``soft - sg(soft)`` is exactly 0).
+        What soft mode runs with ``straight_through``, in plain autograd."""
+        soft = self.soft(x)  # first: LLT sets its scale from its first training batch
+        with torch.no_grad():
+            hard = self._decode(self._encode(x))
+        return hard + (soft - soft.detach())
+
+    def straight_through_function(self, x: torch.Tensor) -> FusedCall | None:
+        """The fused autograd Function computing ``hard_with_soft_gradient(x)`` and its arguments, or None
+        (then that method runs)."""
+        return None
+
+    def _hard_value(self, x: torch.Tensor) -> torch.Tensor:
+        """``_decode(_encode(x))`` without a gradient: the value the fused straight-through Functions return."""
+        with torch.no_grad():
+            return self._decode(self._encode(x))
+
+    def _soft_mode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.hard_with_soft_gradient(x) if self.straight_through else self.soft(x)
+
+    def _soft_mode_call(self, x: torch.Tensor) -> FusedCall | None:
+        return self.straight_through_function(x) if self.straight_through else self.soft_function(x)
+
     def soft_with_backward(self, x: torch.Tensor) -> tuple[torch.Tensor, Callable[[torch.Tensor], None]]:
-        """``soft(x)`` [n, d] -> [n, out_features] and a function that takes d loss / d output and adds
-        the parameters' gradients to their ``.grad`` (x gets no gradient): the stacked engine's call.
+        """What soft mode computes, ``soft(x)`` [n, d] -> [n, out_features] (with ``straight_through``:
+        ``hard_with_soft_gradient(x)``), and a function that takes d loss / d output and adds the parameters'
+        gradients to their ``.grad`` (x gets no gradient): the stacked engine's call.
 
         With a fused Function both halves run by hand (:func:`quantization.fused.forward_by_hand`);
         otherwise through autograd.
         """
         x = x.detach()
-        call = self.soft_function(x)
+        call = self._soft_mode_call(x)
         if call is not None:
             return forward_by_hand(call)
         with torch.enable_grad():
-            out = self.soft(x)
+            out = self._soft_mode(x)
         return out.detach(), lambda grad: torch.autograd.backward(out, grad) if out.requires_grad else None
 
     def checked_rows(self, x: torch.Tensor) -> torch.Tensor:
@@ -179,9 +229,11 @@ class ThresholdQuantizer(Quantizer):
     from the start (its ``soft`` is the hard mode); with ``trainable=True`` they are a parameter
     trained through the sigmoid steps ``sigma((x - t_k) / tau)``, which round to ``[x > t_k]``
     (0.5 rounds to 0), what the hard mode computes even where training leaves them out of order.
+    ``straight_through=True`` (trainable only) trains on the hard steps with the sigmoids' gradient
+    (:meth:`Quantizer.hard_with_soft_gradient`).
     """
 
-    def __init__(self, thresholds: torch.Tensor, trainable: bool = False) -> None:
+    def __init__(self, thresholds: torch.Tensor, trainable: bool = False, straight_through: bool = False) -> None:
         super().__init__(bits_of_thresholds(thresholds), thresholds.shape[0])
         if not thresholds.is_meta and not torch.isfinite(thresholds).all():  # meta: shapes only (save_model's check)
             raise ValueError("thresholds must be finite; compute them from rows without NaN or infinite values")
@@ -194,6 +246,7 @@ class ThresholdQuantizer(Quantizer):
         else:
             self.register_buffer("thresholds", thresholds)  # [d, M]
             self.register_buffer("fixed_ranks", threshold_ranks(thresholds))  # [d, M]
+        self.straight_through = straight_through
 
     def _encode(self, x: torch.Tensor) -> torch.Tensor:  # [n, d] -> int64 [n, d]
         return hard_index(x, self.thresholds.detach())
@@ -215,8 +268,8 @@ class SQQuantizer(ThresholdQuantizer):
     hard: the index ``#{k : x > t_k}`` itself (encode: :class:`ThresholdQuantizer`).
     """
 
-    def __init__(self, thresholds: torch.Tensor, trainable: bool = True) -> None:
-        super().__init__(thresholds, trainable)
+    def __init__(self, thresholds: torch.Tensor, trainable: bool = True, straight_through: bool = False) -> None:
+        super().__init__(thresholds, trainable, straight_through)
 
     def soft(self, x: torch.Tensor) -> torch.Tensor:
         if not self.trainable:
@@ -230,6 +283,9 @@ class SQQuantizer(ThresholdQuantizer):
     def soft_function(self, x: torch.Tensor) -> FusedCall | None:
         return (SteppedSum, (x, self.thresholds, None, self.tau)) if self.trainable else None
 
+    def straight_through_function(self, x: torch.Tensor) -> FusedCall | None:
+        return (SteppedSum, (x, self.thresholds, None, self.tau, self._hard_value(x))) if self.trainable else None
+
 
 class SQplusQuantizer(ThresholdQuantizer):
     """SQplus: SQ with a learnable output value per interval, ``v`` [d, M + 1] started at the midpoints.
@@ -238,8 +294,8 @@ class SQplusQuantizer(ThresholdQuantizer):
     hard: ``v_{index(x)}`` (with unsorted thresholds: ``v_0 + sum_k [x > t_k] (v_k - v_{k-1})``).
     """
 
-    def __init__(self, thresholds: torch.Tensor, trainable: bool = True) -> None:
-        super().__init__(thresholds, trainable)
+    def __init__(self, thresholds: torch.Tensor, trainable: bool = True, straight_through: bool = False) -> None:
+        super().__init__(thresholds, trainable, straight_through)
         # NOTE[DIFF]: the values are used and learned; the paper's code creates them but computes SQplus as SQ
         self.interval_values = nn.Parameter(midpoints(self.thresholds.detach()))  # [d, M + 1]
 
@@ -257,6 +313,11 @@ class SQplusQuantizer(ThresholdQuantizer):
     def soft_function(self, x: torch.Tensor) -> FusedCall | None:
         return (SteppedSum, (x, self.thresholds, self.interval_values, self.tau)) if self.trainable else None
 
+    def straight_through_function(self, x: torch.Tensor) -> FusedCall | None:
+        if not self.trainable:
+            return None
+        return SteppedSum, (x, self.thresholds, self.interval_values, self.tau, self._hard_value(x))
+
 
 class BwSQQuantizer(ThresholdQuantizer):
     """Bw-SQ (the paper's method): the network sees every step of every feature (a thermometer code).
@@ -267,8 +328,8 @@ class BwSQQuantizer(ThresholdQuantizer):
     Bw-QQ: fixed min-max or quantile thresholds, hard 0/1 steps from the start.
     """
 
-    def __init__(self, thresholds: torch.Tensor, trainable: bool = True) -> None:
-        super().__init__(thresholds, trainable)
+    def __init__(self, thresholds: torch.Tensor, trainable: bool = True, straight_through: bool = False) -> None:
+        super().__init__(thresholds, trainable, straight_through)
 
     @property
     def out_features(self) -> int:
@@ -286,6 +347,9 @@ class BwSQQuantizer(ThresholdQuantizer):
 
     def soft_function(self, x: torch.Tensor) -> FusedCall | None:
         return (Thermometer, (x, self.thresholds, self.tau)) if self.trainable else None
+
+    def straight_through_function(self, x: torch.Tensor) -> FusedCall | None:
+        return (Thermometer, (x, self.thresholds, self.tau, self._hard_value(x))) if self.trainable else None
 
 
 class MidpointQuantizer(ThresholdQuantizer):

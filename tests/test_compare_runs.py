@@ -183,3 +183,30 @@ def test_further_methods_come_from_the_files(frames: tuple[pd.DataFrame, pd.Data
     assert compare(ours, theirs, methods=["Ours", "MyQ"])["method"].unique().tolist() == ["MyQ"]
     with pytest.raises(ValueError, match="unknown method 'Theirs'"):
         compare(ours, theirs, methods=["Theirs"])
+
+
+def test_against_compares_two_methods_of_one_file_paired_by_run(files: tuple[Path, Path],
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """--against M compares a method with M of the same file (by default); --paired adds the paired t-test
+    over the runs of the same step, worked out from its formula."""
+    ours = read_runs(files[0])
+    table = compare(ours, ours, [SHIFTED], against=SAME, paired=True).set_index("bits")
+    assert list(table.columns[:2]) == ["method", "against"] and (table["against"] == SAME).all()
+    for b in BITS:
+        rows = ours[ours["bits"] == b].sort_values("step")
+        a, c = rows[f"test_loss_{SHIFTED}"].to_numpy(), rows[f"test_loss_{SAME}"].to_numpy()
+        diff = a - c
+        t = diff.mean() / (diff.std(ddof=1) / np.sqrt(len(diff)))
+        assert table.loc[b, "n_pairs"] == RUNS
+        np.testing.assert_allclose(table.loc[b, "p_paired"], 2 * stats.t.sf(abs(t), len(diff) - 1), rtol=1e-9)
+        np.testing.assert_allclose(table.loc[b, "p"], welch(a, c)[1], rtol=1e-9)
+        assert table.loc[b, "mean_theirs"] == pytest.approx(c.mean(), rel=1e-12)
+    assert main(["--ours", str(files[0]), "--against", SAME, "--methods", SHIFTED, "--paired"]) == 0
+    header = capsys.readouterr().out.splitlines()[0]
+    assert [c.strip() for c in header.strip("|").split("|")][:3] == ["method", "against", "bits"]
+    assert "p_paired" in header
+    assert main(["--ours", str(files[0]), "--against", "Nope"]) == 2
+    assert "has no column test_loss_Nope" in capsys.readouterr().err
+    assert main(["--ours", str(files[0])]) == 2  # neither --theirs nor --against
+    assert "--theirs" in capsys.readouterr().err
+    assert list(compare(ours, ours).columns)[:2] == ["method", "bits"]  # without them, the columns as before

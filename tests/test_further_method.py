@@ -53,7 +53,8 @@ paper_header = list(pd.read_csv(paper / "fried" / "fried_hyperparameter_tuning_3
                                 nrows=0).columns)
 new_columns = [f"val_loss_{NEW}", f"test_loss_{NEW}", f"train_loss_{NEW}", f"time_{NEW}", f"val_loss_{NEW}_train",
                f"test_loss_{NEW}_train"]
-assert list(tuning.columns) == paper_header + new_columns, list(tuning.columns)
+registered = ["val_loss_Bw-SQ-ST", "test_loss_Bw-SQ-ST", "train_loss_Bw-SQ-ST", "time_Bw-SQ-ST"]  # registered before
+assert list(tuning.columns) == paper_header + registered + new_columns, list(tuning.columns)
 assert len(tuning) == 2 and np.isfinite(tuning[new_columns].to_numpy()).all()
 
 # best settings: the paper's columns, then the new method's, filled
@@ -61,7 +62,8 @@ assert run(best_script.main, ["--dataset", "wine_quality", "--n_steps", "1", *co
 best = pd.read_csv(tmp / "best_hyperparameter_multiple" / "wine_quality_best_hyperparameter_test_multiple.csv")
 paper_best = paper / "best_hyperparameter_multiple" / "wine_quality_best_hyperparameter_test_multiple.csv"
 new_best = [f"best_hyperparameter_id_{NEW}", f"val_loss_{NEW}", f"test_loss_{NEW}", f"time_{NEW}"]
-assert list(best.columns) == list(pd.read_csv(paper_best, nrows=0).columns) + new_best
+registered_best = ["best_hyperparameter_id_Bw-SQ-ST", "val_loss_Bw-SQ-ST", "test_loss_Bw-SQ-ST", "time_Bw-SQ-ST"]
+assert list(best.columns) == list(pd.read_csv(paper_best, nrows=0).columns) + registered_best + new_best
 assert len(best) == 1 and np.isfinite(best[new_best].to_numpy()).all()
 
 # a tuning file written without the new method is not resumed with it
@@ -69,7 +71,7 @@ assert len(best) == 1 and np.isfinite(best[new_best].to_numpy()).all()
 shutil.copy(paper / "fried" / "fried_hyperparameter_tuning_3bits_400iterations.csv", tmp / "old" / "fried")
 code, _, err = run(tuning_script.main, ["--dataset", "fried", "--n_bits", "3", "--n_steps", "100",
                                         "--result_folder", str(tmp / "old"), "--quiet"])
-assert code == 2 and f"was written without the method(s) {NEW}" in err, err
+assert code == 2 and f"was written without the method(s) Bw-SQ-ST, {NEW}" in err, err
 
 # the analysis reads the paper's files (no column for the new method) and ours
 code, _, err = run(create_result_tables.main, ["--results_dir", str(paper / "best_hyperparameter_multiple"),
@@ -79,7 +81,7 @@ confidence = pd.read_csv(tmp / "tables" / "confidence.csv")
 assert NEW not in set(confidence["method"]) and set(confidence["method"]) == set(models.PAPER_METHODS)
 ours = tmp / "best_hyperparameter_multiple" / "wine_quality_best_hyperparameter_test_multiple.csv"
 code, out, err = run(compare_runs.main, ["--ours", str(ours), "--theirs", str(paper_best)])
-assert code == 0 and f"skipped, no runs in both files: {NEW}" in err, err
+assert code == 0 and f"skipped, no runs in both files: Bw-SQ-ST, {NEW}" in err, err
 print("ok")
 '''
 

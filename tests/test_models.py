@@ -20,6 +20,7 @@ from models import (
     METHOD_NAMES,
     METHODS,
     MLP,
+    PAPER_METHODS,
     Method,
     QuantizerContext,
     SavedModel,
@@ -41,7 +42,10 @@ from models import (
 )
 from quantization import BwSQQuantizer, LLTQuantizer, LSQQuantizer, SQplusQuantizer, SQQuantizer, ThresholdQuantizer
 
-ORDER = ("FP", "Po-MQ", "Po-QQ", "Pr-MQ", "Pr-QQ", "SQ", "SQplus", "Bw-MQ", "Bw-QQ", "Bw-SQ", "LLT9", "LLT4", "LSQ")
+PAPER_ORDER = (
+    "FP", "Po-MQ", "Po-QQ", "Pr-MQ", "Pr-QQ", "SQ", "SQplus", "Bw-MQ", "Bw-QQ", "Bw-SQ", "LLT9", "LLT4", "LSQ",
+)
+ORDER = (*PAPER_ORDER, "Bw-SQ-ST")  # the paper's, then the methods registered beyond them
 SOFT_EVAL = {"SQ", "SQplus", "Bw-SQ", "LLT9", "LLT4"}
 QUANTIZED = [name for name in ORDER if name != "FP"]
 
@@ -102,6 +106,7 @@ def test_registry_names_and_flags():
     assert set(METHODS) == set(ORDER)
     assert {n for n, m in METHODS.items() if m.soft_eval} == SOFT_EVAL
     assert {n for n, m in METHODS.items() if m.post_training} == {"Po-MQ", "Po-QQ"}
+    assert METHOD_NAMES[: len(PAPER_ORDER)] == PAPER_METHODS == PAPER_ORDER
     assert METHODS["FP"].quantizer is None
     with pytest.raises(ValueError, match="Bw-SQ"):
         get_method("Bw-XX")
@@ -130,7 +135,8 @@ def test_build_model_quantizers_and_input_widths():
         if isinstance(q, ThresholdQuantizer):
             kind = rows_info.minmax if name.endswith("MQ") else rows_info.quantile
             assert torch.equal(q.thresholds.detach(), kind), name  # the exact same starting thresholds
-            assert q.trainable == (name in ("SQ", "SQplus", "Bw-SQ")), name
+            assert q.trainable == (name in ("SQ", "SQplus", "Bw-SQ", "Bw-SQ-ST")), name
+            assert q.straight_through == (name == "Bw-SQ-ST"), name
     assert widths == {n: (d * m if n.startswith("Bw-") else d) for n in ORDER}
     assert isinstance(build_model(METHODS["LSQ"], SETTING, rows_info).quantizer, LSQQuantizer)
     lsq = build_model(METHODS["LSQ"], SETTING, rows_info).quantizer
@@ -450,7 +456,7 @@ def test_cuda_graphs_train_as_eager_launches_do():
     x, y = tiny_data(1300, 3)  # batches of 512, 512 and 276 rows: eager, captured and replayed, eager
     x, y = x.cuda(), y.cuda()
     rows_info = QuantizerContext.from_training_rows(x, 3)
-    names = ["FP", "Pr-QQ", "SQ", "SQplus", "Bw-MQ", "Bw-SQ", "LLT9", "LLT4", "LSQ"]
+    names = ["FP", "Pr-QQ", "SQ", "SQplus", "Bw-MQ", "Bw-SQ", "LLT9", "LLT4", "LSQ", "Bw-SQ-ST"]
     # dropout 0.2: the graphs draw the eager masks
     setting = replace(SETTING, num_epochs=3, hidden_neurons=16, weight_decay=1e-3)
 
@@ -497,7 +503,7 @@ def test_run_methods_splits_wide_settings_into_stacks_with_the_same_results(tiny
     monkeypatch.setattr(runner, "STACK_PARAMETERS", 2 * weights)  # two 3-input networks per stack at most
     stacks = []
     again = run_methods(ORDER, settings, train, evaluations, bits=3, seed=7, on_stack=stacks.append)
-    assert stacks == ["FP Pr-MQ", "Pr-QQ SQ", "SQplus", "Bw-MQ", "Bw-QQ", "Bw-SQ", "LLT9 LLT4", "LSQ"]
+    assert stacks == ["FP Pr-MQ", "Pr-QQ SQ", "SQplus", "Bw-MQ", "Bw-QQ", "Bw-SQ", "LLT9 LLT4", "LSQ", "Bw-SQ-ST"]
     for name in ORDER:  # a network alone in its stack may be multiplied by other kernels (README, "Seeds")
         assert again[name].losses == pytest.approx(results[name].losses, rel=1e-9, abs=0), name
         assert again[name].soft_losses == pytest.approx(results[name].soft_losses, rel=1e-9, abs=0), name
@@ -588,6 +594,32 @@ def test_stack_companions_do_not_change_a_network() -> None:
     assert lsq_loss(["LSQ"]) == pytest.approx(with_fp, rel=1e-6)
 
 
+def test_straight_through_bw_sq_trains_and_ignores_its_companions() -> None:
+    """Bw-SQ-ST moves its thresholds, trains to other losses than Bw-SQ from the same start, and its losses
+    are the same beside any other methods (its network is built right after seeding, and it trains apart
+    from the paper's methods), nor does it change theirs."""
+    x, y = tiny_data(1024, 3)
+    setting = replace(SETTING, hidden_neurons=16, num_epochs=3, learning_rate=0.01)
+
+    def run(names: list[str]) -> dict:
+        return run_methods(names, {n: setting for n in names}, (x, y), {"val": (x, y)}, bits=2, seed=3)
+
+    beside_fp = run(["Bw-SQ-ST", "FP"])
+    model = beside_fp["Bw-SQ-ST"].model
+    start = QuantizerContext.from_training_rows(x, 2).quantile
+    assert model.quantizer.straight_through and not torch.equal(model.quantizer.thresholds.detach(), start)
+    assert beside_fp["Bw-SQ-ST"].soft_losses == {}  # trained on its hard steps: no soft-mode evaluation
+    for names in (["Bw-SQ", "Bw-SQ-ST"], ["LSQ", "Bw-QQ", "Bw-SQ-ST", "SQ", "Bw-SQ", "Po-MQ"]):
+        again = run(names)["Bw-SQ-ST"]
+        assert (again.losses, again.train_loss) == (beside_fp["Bw-SQ-ST"].losses, beside_fp["Bw-SQ-ST"].train_loss)
+    stacks: list[str] = []
+    both = run_methods(["Bw-SQ", "FP", "Bw-SQ-ST"], {n: setting for n in ("Bw-SQ", "FP", "Bw-SQ-ST")}, (x, y),
+                       {"val": (x, y)}, bits=2, seed=3, on_stack=stacks.append)
+    assert stacks == ["Bw-SQ FP", "Bw-SQ-ST"]  # the paper's methods in stacks of their own: their numbers stay
+    assert both["Bw-SQ"].losses == run(["Bw-SQ", "FP"])["Bw-SQ"].losses
+    assert both["Bw-SQ"].losses != both["Bw-SQ-ST"].losses
+
+
 def test_training_on_device(device):
     """Every method trains on the device, reproducibly, and a network's losses do not depend on its stack."""
     x, y = tiny_data(300, 3)
@@ -632,7 +664,9 @@ def saved(result, method: str, d: int) -> SavedModel:
     )
 
 
-@pytest.mark.parametrize("method", ["FP", "Po-MQ", "Pr-QQ", "SQ", "SQplus", "Bw-MQ", "Bw-SQ", "LLT9", "LLT4", "LSQ"])
+@pytest.mark.parametrize(
+    "method", ["FP", "Po-MQ", "Pr-QQ", "SQ", "SQplus", "Bw-MQ", "Bw-SQ", "LLT9", "LLT4", "LSQ", "Bw-SQ-ST"],
+)
 def test_save_load_round_trip(tiny_run, tmp_path, method):
     results, *_ = tiny_run
     original = saved(results[method], method, 3)
@@ -783,7 +817,7 @@ def test_readme_examples_run() -> None:
 
 
 # =========================================================================== the plain loop and the engine
-@pytest.mark.parametrize("method", ["FP", "SQplus", "Bw-SQ", "Bw-QQ", "LLT4", "LSQ"])
+@pytest.mark.parametrize("method", ["FP", "SQplus", "Bw-SQ", "Bw-QQ", "LLT4", "LSQ", "Bw-SQ-ST"])
 def test_engine_trains_as_the_plain_loop_does(method):
     """Without dropout, in float64, the stacked engine's training is the plain loop's (same batches from
     the generator seeded with seed, the same Adam and temperatures), to rounding."""

@@ -23,11 +23,20 @@ import pytest
 
 import best_hyperparameter_testing_multiple as best_script
 import hyperparameter_tuning as tuning_script
-from models import METHOD_NAMES, METHODS, SETTING_KEYS, MethodResult, Setting
+from models import METHOD_NAMES, METHODS, PAPER_METHODS, SETTING_KEYS, MethodResult, Setting
 from protocol import best_settings, tuning
 from protocol.best_settings import Choice, load_choices, planned_folds, run_best_settings, select_best
 from protocol.common import ProtocolError, parse_positive, parse_steps
-from protocol.schema import BEST, BEST_COLUMNS, SOFT_EVALUATED, TRAINED, TUNING, read_results, write_results
+from protocol.schema import (
+    BEST,
+    BEST_COLUMNS,
+    SOFT_EVALUATED,
+    TRAINED,
+    TUNING,
+    has_method,
+    read_results,
+    write_results,
+)
 from protocol.search_space import draw_settings, load_search_space, paper_search_space
 from protocol.tuning import export_tuning, open_tuning, plan_tuning, run_tuning
 
@@ -73,7 +82,8 @@ def test_debug_tuning_writes_the_paper_schema(debug_results: Path, shared_dir: P
     path = debug_results / "wine_quality" / "wine_quality_hyperparameter_tuning_3bits_4iterations.csv"
     ours = pd.read_csv(path)
     paper_header = pd.read_csv(paper_file(shared_dir, "wine_quality", 3), nrows=0).columns.tolist()
-    assert ours.columns.tolist() == paper_header
+    further = ["val_loss_Bw-SQ-ST", "test_loss_Bw-SQ-ST", "train_loss_Bw-SQ-ST", "time_Bw-SQ-ST"]  # no soft columns
+    assert ours.columns.tolist() == paper_header + further
     assert list(zip(ours.hyperparameter_setting_id, ours.kFold_id)) == [(0, 0), (0, 1), (1, 0), (1, 1)]
     losses = ours[[c for c in ours.columns if "loss" in c]].to_numpy()
     assert np.isfinite(losses).all() and (losses > 0).all()
@@ -139,7 +149,7 @@ def test_select_only_reproduces_the_paper_choices(shared_dir: Path) -> None:
     for dataset in PAPER_BEST_DATASETS:
         paper = pd.read_csv(shared_dir / "paper_results" / "best_hyperparameter_multiple"
                             / f"{dataset}_best_hyperparameter_test_multiple.csv")
-        choices = load_choices(shared_dir / "paper_results", dataset, None, METHOD_NAMES)
+        choices = load_choices(shared_dir / "paper_results", dataset, None, PAPER_METHODS)
         assert sorted(choices) == sorted(paper.bits.unique())
         for bits, per_method in choices.items():
             first = paper[paper.bits == bits].iloc[0]
@@ -186,7 +196,9 @@ def test_tiny_best_setting_run_writes_the_paper_schema(debug_results: Path, shar
     ours = pd.read_csv(path)
     paper_header = pd.read_csv(shared_dir / "paper_results" / "best_hyperparameter_multiple"
                                / "wine_quality_best_hyperparameter_test_multiple.csv", nrows=0)
-    assert ours.columns.tolist() == paper_header.columns.tolist() == list(BEST_COLUMNS)
+    further = ["best_hyperparameter_id_Bw-SQ-ST", "val_loss_Bw-SQ-ST", "test_loss_Bw-SQ-ST", "time_Bw-SQ-ST"]
+    assert ours.columns.tolist() == paper_header.columns.tolist() + further == list(BEST_COLUMNS)
+    assert ours[further].isna().all(axis=None)  # not run
     assert ours[["bits", "step"]].values.tolist() == [[3, 0], [3, 1]]
     assert np.isfinite(ours["test_loss_Bw-SQ"]).all() and ours["test_loss_SQ"].isna().all()
     assert ours["time_Po-QQ"].tolist() == ours["time_FP"].tolist()  # Po-QQ reuses the FP network
@@ -198,6 +210,50 @@ def test_tiny_best_setting_run_writes_the_paper_schema(debug_results: Path, shar
     after = pd.read_csv(path)
     assert np.isfinite(after["test_loss_SQ"]).all()
     pd.testing.assert_series_equal(after["test_loss_Bw-SQ"], before["test_loss_Bw-SQ"])
+
+
+def test_schema_lists_further_methods_after_the_papers(shared_dir: Path) -> None:
+    """Bw-SQ-ST's columns follow the paper's (no soft-mode pair: trained straight through, its soft mode is
+    its hard mode); the paper's files, which lack them, still read."""
+    assert TUNING.columns() == (*TUNING.paper_columns,
+                                "val_loss_Bw-SQ-ST", "test_loss_Bw-SQ-ST", "train_loss_Bw-SQ-ST", "time_Bw-SQ-ST")
+    assert BEST_COLUMNS == (*BEST.paper_columns, "best_hyperparameter_id_Bw-SQ-ST",
+                            "val_loss_Bw-SQ-ST", "test_loss_Bw-SQ-ST", "time_Bw-SQ-ST")
+    assert len(TUNING.paper_columns) == 10 + 26 + 11 + 9 + 10 and len(BEST.paper_columns) == 4 * 13 + 2
+    tuning_frame = read_results(paper_file(shared_dir, "fried", 3), TUNING)
+    best_frame = read_results(shared_dir / "paper_results" / "best_hyperparameter_multiple"
+                              / "fried_best_hyperparameter_test_multiple.csv", BEST)
+    for frame, schema in ((tuning_frame, TUNING), (best_frame, BEST)):
+        assert list(frame.columns) == list(schema.paper_columns) and not has_method(frame, "Bw-SQ-ST")
+
+
+def test_setting_of_runs_a_method_at_another_methods_selected_setting(shared_dir: Path, capsys) -> None:
+    paper = shared_dir / "paper_results"
+    plain = load_choices(paper, "fried", [2, 3], ["Bw-SQ"])
+    choices = load_choices(paper, "fried", [2, 3], ["Bw-SQ", "LSQ"], setting_of={"Bw-SQ-ST": "Bw-SQ"})
+    for b in (2, 3):
+        assert list(choices[b]) == ["Bw-SQ", "LSQ", "Bw-SQ-ST"]
+        assert choices[b]["Bw-SQ-ST"] == choices[b]["Bw-SQ"] == plain[b]["Bw-SQ"]
+    assert [choices[b]["Bw-SQ-ST"].setting_id for b in (2, 3)] == [19, 38]  # the paper's best-setting file's ids
+    alone = load_choices(paper, "fried", [2], ["Bw-SQ-ST"], setting_of={"Bw-SQ-ST": "Bw-SQ"})
+    assert list(alone[2]) == ["Bw-SQ-ST"] and alone[2]["Bw-SQ-ST"] == plain[2]["Bw-SQ"]
+    every = load_choices(paper, "fried", [2], setting_of={"Bw-SQ-ST": "SQ"})
+    assert list(every[2]) == [*PAPER_METHODS, "Bw-SQ-ST"] and every[2]["Bw-SQ-ST"] == every[2]["SQ"]
+    with pytest.raises(ProtocolError, match="takes another's itself"):
+        load_choices(paper, "fried", [2], setting_of={"Bw-SQ-ST": "SQ", "SQ": "Bw-SQ"})
+    with pytest.raises(ProtocolError, match="do not all hold Bw-SQ-ST"):
+        load_choices(paper, "fried", [2], setting_of={"SQ": "Bw-SQ-ST"})
+    with pytest.raises(ProtocolError, match=r"was written without the method\(s\) Bw-SQ-ST"):
+        load_choices(paper, "fried", [2], ["FP", "SQ"], setting_of={"SQ": "Bw-SQ-ST"})
+    argv = ["--dataset", "fried", "--bits", "4", "--methods", "Bw-SQ", "--setting_of", "Bw-SQ-ST=Bw-SQ",
+            "--result_folder", str(paper), "--select_only", "--quiet"]
+    assert best_script.main(argv) == 0
+    printed = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    assert printed.method.tolist() == ["Bw-SQ", "Bw-SQ-ST"] and printed.best_hyperparameter_id.tolist() == [19, 19]
+    for wrong in ("Bw-SQ-ST", "Bw-SQ-ST=Nope", "Bw-SQ=Bw-SQ"):
+        with pytest.raises(SystemExit):
+            best_script.main([*argv[:6], "--setting_of", wrong, *argv[8:]])
+        assert "expected METHOD=OTHER" in capsys.readouterr().err
 
 
 def copy_tuning(debug_results: Path, folder: Path) -> Path:

@@ -1085,3 +1085,115 @@ def test_every_quantizer_sends_and_decodes_only_its_own_indices():
         for bad, shown in ((top + 1, f"0..{top + 1}"), (50, "0..50"), (-1, "-1..0")):
             with pytest.raises(ValueError, match=rf"indices must lie in 0..{top} at 3 bits, got {shown}: the payload"):
                 q.decode(torch.tensor([[0, bad]]))
+
+
+# =========================================================================== straight-through mode
+def straight_through_quantizer(readout, bits=3, tau=0.3, seed=0):
+    """A trainable threshold quantizer in float64 with unsorted thresholds (and random values), straight through."""
+    gen = torch.Generator().manual_seed(seed)
+    d, m = 3, 2**bits - 1
+    q = TRAINABLE[readout](torch.randn(d, m, generator=gen, dtype=torch.float64), straight_through=True)
+    q.tau = tau
+    if readout == "values":
+        with torch.no_grad():
+            q.interval_values.copy_(torch.randn(d, m + 1, generator=gen, dtype=torch.float64))
+    return q, gen
+
+
+@pytest.mark.parametrize("readout", ["index", "values", "thermometer"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_straight_through_forward_is_the_hard_mode_exactly(readout, dtype):
+    """Fused, plain and by hand, the straight-through value is decode(encode(x)), bit for bit, also at a threshold."""
+    q, gen = straight_through_quantizer(readout)
+    q = q.to(dtype)
+    x = (torch.randn(300, 3, generator=gen) * 1.5).to(dtype)
+    x[:5] = q.thresholds.detach()[:, :5].T  # exactly at a threshold: not exceeded
+    sent = q.decode(q.encode(x))
+    assert torch.equal(q(x), sent)
+    assert torch.equal(q.hard_with_soft_gradient(x), sent)
+    assert torch.equal(q.soft_with_backward(x)[0], sent)
+    assert not torch.equal(q.soft(x), sent)  # the soft mode it replaces
+    hard(q)
+    assert torch.equal(q(x), sent)
+
+
+@pytest.mark.parametrize("path", ["fused", "plain", "by hand"])
+@pytest.mark.parametrize("tau", [1.0, 0.2])
+def test_straight_through_gradient_is_the_soft_gradient_by_hand(path, tau):
+    """d/dt_fk of sum(w * out) is -sum_n w_nfk s (1 - s) / tau, s = sigmoid((x_nf - t_fk) / tau) (numpy)."""
+    q, gen = straight_through_quantizer("thermometer", bits=2, tau=tau, seed=3)
+    x = torch.randn(40, 3, generator=gen, dtype=torch.float64)
+    w = torch.randn(40, 9, generator=gen, dtype=torch.float64)
+    if path == "by hand":
+        out, backward = q.soft_with_backward(x)
+        backward(w)
+    else:
+        out = q(x) if path == "fused" else q.hard_with_soft_gradient(x)
+        (out * w).sum().backward()
+    t = q.thresholds.detach().numpy()  # [3, 3]
+    s = sigmoid((x.numpy()[:, :, None] - t[None]) / tau)  # [40, 3, 3]
+    expected = -(w.numpy().reshape(40, 3, 3) * s * (1 - s)).sum(axis=0) / tau
+    np.testing.assert_allclose(q.thresholds.grad.numpy(), expected, rtol=1e-12, atol=1e-15)
+    np.testing.assert_array_equal(out.detach().numpy(), (x.numpy()[:, :, None] > t[None]).reshape(40, 9))
+
+
+@pytest.mark.parametrize("readout", ["index", "values", "thermometer"])
+@pytest.mark.parametrize("x_grad", [False, True])
+def test_straight_through_gradients_are_the_soft_ones(readout, x_grad, device):
+    """Every parameter's gradient (and x's), fused and by hand, is the plain soft formula's, in float64."""
+    q, gen = straight_through_quantizer(readout, bits=3, tau=0.4, seed=5)
+    q = q.to(device)
+    soft = copy.deepcopy(q)
+    soft.straight_through = False
+    x = (torch.randn(200, 3, generator=gen, dtype=torch.float64) * 1.5).to(device)
+    x_st, x_soft = x.clone().requires_grad_(x_grad), x.clone().requires_grad_(x_grad)
+    out, expected = q(x_st), soft.soft(x_soft)
+    w = torch.randn(out.shape, generator=gen, dtype=out.dtype).to(device)
+    (out * w).sum().backward()
+    (expected * w).sum().backward()
+    pairs = [(name, p.grad, twin.grad) for (name, p), twin in zip(q.named_parameters(), soft.parameters())]
+    if x_grad:
+        pairs.append(("x", x_st.grad, x_soft.grad))
+    by_hand = copy.deepcopy(q)
+    by_hand.zero_grad(set_to_none=True)
+    by_hand.soft_with_backward(x)[1](w)
+    pairs += [(f"{name} by hand", p.grad, twin.grad)
+              for (name, p), twin in zip(by_hand.named_parameters(), soft.parameters())]
+    for name, got, want in pairs:
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9 * float(want.abs().max()), msg=name)
+
+
+def test_straight_through_values_gradient_by_hand():
+    """SQplus: d/dv_j of v_0 + sum_k s_k (v_k - v_{k-1}) is 1 - s_1 (j = 0), s_j - s_{j+1}, s_M (j = M)."""
+    q, gen = straight_through_quantizer("values", bits=2, tau=0.5, seed=2)
+    x = torch.randn(30, 3, generator=gen, dtype=torch.float64)
+    w = torch.randn(30, 3, generator=gen, dtype=torch.float64)
+    (q(x) * w).sum().backward()
+    s = sigmoid((x.numpy()[:, :, None] - q.thresholds.detach().numpy()[None]) / 0.5)  # [30, 3, 3]
+    padded = np.concatenate([np.ones((30, 3, 1)), s, np.zeros((30, 3, 1))], axis=-1)  # s_0 = 1, s_{M+1} = 0
+    expected = (w.numpy()[:, :, None] * (padded[..., :-1] - padded[..., 1:])).sum(axis=0)  # [3, 4]
+    np.testing.assert_allclose(q.interval_values.grad.numpy(), expected, rtol=1e-12)
+
+
+def test_straight_through_plain_path_serves_any_trainable_quantizer():
+    """LSQ and LLT have no fused straight-through Function: the plain formula runs, hard value, soft gradient."""
+    x = torch.randn(64, 2, generator=torch.Generator().manual_seed(1))
+    for q in (LSQQuantizer(3, 2).init_step_size(x), LLTQuantizer(3, 2, granularity=4)):
+        q.straight_through = True
+        out = q(x)  # LLT: the first training batch sets the scale before the hard value is taken
+        assert torch.equal(out, q.decode(q.encode(x))), type(q).__name__
+        out.sum().backward()
+        assert all(p.grad is not None for p in q.parameters()), type(q).__name__
+
+
+@pytest.mark.parametrize("make", [lambda t: BwSQQuantizer(t, trainable=False, straight_through=True),
+                                  lambda t: SQQuantizer(t, trainable=False, straight_through=True)])
+def test_straight_through_needs_a_trainable_quantizer(make):
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        make(T3)
+    q = MidpointQuantizer(T3)
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        q.straight_through = True
+    with pytest.raises(TypeError, match="True or False"):
+        BwSQQuantizer(T3).straight_through = 1
+    assert not BwSQQuantizer(T3).straight_through and BwSQQuantizer(T3, straight_through=True).straight_through

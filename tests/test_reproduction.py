@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from core.schema import BEST_PAPER_COLUMNS
-from result_analysis.compare_runs import compare, read_runs
+from protocol.schema import BEST_COLUMNS
+from result_analysis.compare_runs import compare, read_runs, to_markdown
 
 REPO = Path(__file__).resolve().parents[1]
 RERUNS = {  # file in results/reproduction -> its letter in REPRODUCTION.md
@@ -51,3 +52,16 @@ def test_reproduction_document_opens_with_the_tools_numbers(shared_dir: Path) ->
     text = (REPO / "REPRODUCTION.md").read_text()
     table = text[text.index("| dataset | bits | method | rerun |"):].split("\n\n")[0].splitlines()[2:]
     assert sorted(table) == sorted(expected)
+
+
+def test_straight_through_comparison_is_in_the_document() -> None:
+    """Bw-SQ-ST against Bw-SQ at Bw-SQ's selected settings: the file has the current schema, and the
+    document shows what compare_runs prints for it."""
+    path = REPO / "results" / "reproduction" / "fried_2_4bits_bw_sq_st.csv"
+    frame = pd.read_csv(path)
+    assert tuple(frame.columns) == BEST_COLUMNS
+    assert frame.groupby("bits").size().to_dict() == {2: 10, 3: 10, 4: 10}
+    assert (frame["best_hyperparameter_id_Bw-SQ-ST"] == frame["best_hyperparameter_id_Bw-SQ"]).all()
+    runs = read_runs(path)
+    table = to_markdown(compare(runs, runs, ["Bw-SQ-ST"], against="Bw-SQ", paired=True))
+    assert table in (REPO / "REPRODUCTION.md").read_text()
