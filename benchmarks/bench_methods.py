@@ -1,4 +1,4 @@
-"""Time one tuning row of all methods (the paper's 13) against the workload's arithmetic floor.
+"""Time one tuning row of the paper's 13 methods against the workload's arithmetic floor.
 
 Reference workload: Friedman #1 data (``make_friedman1(n_samples=20000, noise=1.0,
 random_state=0)``), 4 bits, 60 % train / 20 % validation / 20 % test rows, an MLP with 3
@@ -34,7 +34,7 @@ from sklearn.datasets import make_friedman1
 from sklearn.model_selection import train_test_split
 
 from data.splits import standardize
-from models import METHOD_NAMES, METHODS, QuantizerContext, Setting, build_model, run_methods
+from models import METHODS, PAPER_METHODS, QuantizerContext, Setting, build_model, run_methods
 from models.training import needs_input_grad
 from protocol.common import ProtocolError, resolve_device
 
@@ -99,10 +99,11 @@ def run_workload(rows: int, epochs: int, device: torch.device, per_method: bool 
     parts = reference_data(rows, device)
     setting = Setting(0.0, 1e-3, hidden_layers, hidden_neurons, epochs, 1e-3, 0.0)
     evaluations = {"val": parts["val"], "test": parts["test"]}
-    trained = [name for name in METHOD_NAMES if per_method and not METHODS[name].post_training]
+    trained = [name for name in PAPER_METHODS if per_method and not METHODS[name].post_training]
 
     def row() -> dict:
-        return run_methods(METHOD_NAMES, {m: setting for m in METHOD_NAMES}, parts["train"], evaluations, BITS, seed=42)
+        settings = {m: setting for m in PAPER_METHODS}
+        return run_methods(PAPER_METHODS, settings, parts["train"], evaluations, BITS, seed=42)
 
     total, alone = float("inf"), {name: [] for name in trained}
     for _ in range(repeats):
@@ -117,7 +118,7 @@ def run_workload(rows: int, epochs: int, device: torch.device, per_method: bool 
     ctx = QuantizerContext.from_training_rows(parts["train"][0], BITS)
     n_train, n_eval = parts["train"][0].shape[0], parts["val"][0].shape[0] + parts["test"][0].shape[0]
     methods = {}
-    for name in METHOD_NAMES if per_method else ():
+    for name in PAPER_METHODS if per_method else ():
         seconds = min(alone[name]) if name in alone else None
         methods[name] = {
             "train_seconds_alone": seconds,
@@ -126,7 +127,7 @@ def run_workload(rows: int, epochs: int, device: torch.device, per_method: bool 
             "gflop": workload_flops(name, setting, ctx, n_train, n_eval) / 1e9,
             "test_loss": results[name].losses["test"],
         }
-    gflop = sum(workload_flops(m, setting, ctx, n_train, n_eval) for m in METHOD_NAMES) / 1e9
+    gflop = sum(workload_flops(m, setting, ctx, n_train, n_eval) for m in PAPER_METHODS) / 1e9
     # on CUDA the matmuls run inside graphs, out of the profiler's view of operators
     in_matmuls = matmul_seconds(row) if per_method and device.type == "cpu" else None
     return {"rows": rows, "epochs": epochs, "hidden_layers": hidden_layers, "hidden_neurons": hidden_neurons,
@@ -174,7 +175,7 @@ def print_workload(report: dict, rate: float) -> None:
               f"{m['train_seconds_alone'] / r['train_seconds_alone']:.2f}), "
               f"matmul FLOPs {m['gflop'] / r['gflop']:.2f}")
     floor = report["gflop"] / rate
-    print(f"whole row of {len(METHOD_NAMES)} methods (grouped as the tuning runs it): {report['seconds']:.3f} s, "
+    print(f"whole row of {len(PAPER_METHODS)} methods (grouped as the tuning runs it): {report['seconds']:.3f} s, "
           f"{report['gflop']:.1f} GFLOP, floor {floor:.3f} s, ratio to floor {report['seconds'] / floor:.2f}")
     if report.get("matmul_seconds") is not None:
         print(f"  of which in matmul operators (one profiled row): {report['matmul_seconds']:.3f} s, "
@@ -217,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"device {device}: 2048x2048 float32 matmul at {rate:.1f} GFLOP/s (before the runs {rate_before:.1f})")
     print_workload(reports[0], rate)
     if args.scaling:
-        print(f"\nscaling (whole row of {len(METHOD_NAMES)} methods)")
+        print(f"\nscaling (whole row of {len(PAPER_METHODS)} methods)")
         print(f"{'rows':>6} {'epochs':>6} {'seconds':>8} {'us per sample-epoch':>20} {'ratio to floor':>15}")
         for r in sorted(reports, key=lambda r: (r["epochs"], r["rows"])):
             per = r["seconds"] / (r["rows"] * 0.6 * r["epochs"]) * 1e6

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from benchmarks import bench_methods
-from models import METHOD_NAMES, QuantizerContext, Setting
+from models import PAPER_METHODS, QuantizerContext, Setting
 
 SETTING = Setting(0.0, 1e-3, 1, 4, 2, 1e-3, 0.0)  # one hidden layer of 4, two epochs
 
@@ -44,7 +44,7 @@ def test_time_ratio_is_the_median_of_paired_ratios():
 
 def test_tiny_workload_reports_every_method():
     report = bench_methods.run_workload(400, 1, torch.device("cpu"), hidden_layers=1, hidden_neurons=4)
-    assert list(report["methods"]) == list(METHOD_NAMES)
+    assert list(report["methods"]) == list(PAPER_METHODS)
     assert 0 < report["matmul_seconds"] < report["seconds"] * 2  # one profiled row beside the timed one
     assert report["methods"]["Po-QQ"]["train_seconds_alone"] is None
     assert all(report["methods"][m]["train_seconds_alone"] > 0 for m in ("FP", "LLT4", "Bw-SQ"))
