@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--objective", metavar="METHOD", choices=METHOD_NAMES, default=DEFAULT_OBJECTIVE, help=(
         f"method whose mean validation loss over the folds is a trial's value (default: {DEFAULT_OBJECTIVE})"))
     parser.add_argument("--export_csv", action="store_true", help="rewrite the CSV from the storage and exit")
+    parser.add_argument("--import_csv", action="store_true", help=(
+        "continue from rows of the CSV that the storage lacks (a CSV without its journal), taking their "
+        "results as they stand"))
     parser.add_argument("--heartbeat", metavar="SECONDS", type=parse_positive, default=HEARTBEAT_SECONDS, help=(
         f"seconds between a worker's heartbeats; the setting of a worker silent for {STALE_BEATS} goes to another "
         f"(default: {HEARTBEAT_SECONDS})"))
@@ -79,7 +82,8 @@ def main_with_args(args: argparse.Namespace) -> int:
     if args.export_csv:
         path = export_tuning(plan, args.storage)
     else:
-        path = run_tuning(plan, args.scratch, apply_runtime(args), not args.quiet, args.storage, args.heartbeat)
+        path = run_tuning(plan, args.scratch, apply_runtime(args), not args.quiet, args.storage, args.heartbeat,
+                          args.import_csv)
     print(f"wrote {path}")
     return 0
 

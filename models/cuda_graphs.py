@@ -11,7 +11,7 @@ import torch
 class GraphedStep:
     """A training step of the stacked engine on CUDA replayed as a CUDA graph: one launch per batch, not one per kernel.
 
-    ``training_step(rows, targets, fixed_inputs, squared_error)`` trains on one batch, drawing its
+    ``training_step(rows, targets, fixed_inputs, summed_loss)`` trains on one batch, drawing its
     random numbers (dropout) from ``generator``. The graph computes exactly what the step computes
     (the same kernels on copies of the batch in fixed buffers). It is captured again after
     :meth:`new_epoch`, because the temperature is a constant of the captured kernels, into the
@@ -31,14 +31,14 @@ class GraphedStep:
         self.stale = True
 
     def __call__(self, rows: torch.Tensor, targets: torch.Tensor, fixed_inputs: Mapping[int, torch.Tensor],
-                 squared_error: torch.Tensor | None) -> None:
+                 summed_loss: torch.Tensor | None) -> None:
         if self.buffers is None:  # the first batch trains eagerly: lazy initialisations happen outside a capture
-            self._on_side_stream(self.training_step, rows, targets, fixed_inputs, squared_error)
+            self._on_side_stream(self.training_step, rows, targets, fixed_inputs, summed_loss)
             self.buffers = (rows.clone(), targets.clone(), {block: t.clone() for block, t in fixed_inputs.items()})
             return
         static_rows, static_targets, static_fixed = self.buffers
         if rows.shape != static_rows.shape:
-            self.training_step(rows, targets, fixed_inputs, squared_error)
+            self.training_step(rows, targets, fixed_inputs, summed_loss)
             return
         static_rows.copy_(rows)
         static_targets.copy_(targets)
@@ -48,7 +48,7 @@ class GraphedStep:
             graph = torch.cuda.CUDAGraph()
             graph.register_generator_state(self.generator)
             pool = None if self.graph is None else self.graph.pool()
-            self._on_side_stream(self._capture, graph, pool, static_rows, static_targets, static_fixed, squared_error)
+            self._on_side_stream(self._capture, graph, pool, static_rows, static_targets, static_fixed, summed_loss)
             self.graph, self.stale = graph, False
         self.graph.replay()
 

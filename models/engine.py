@@ -209,10 +209,10 @@ class _TrainingStep:
         self.optimizer, self.generator = optimizer, generator
 
     def __call__(self, rows: torch.Tensor, targets: torch.Tensor, fixed_inputs: Mapping[int, torch.Tensor],
-                 squared_error: torch.Tensor | None) -> None:
+                 summed_loss: torch.Tensor | None) -> None:
         # rows [B, d], targets [B], per fixed block [G_b, B, in_b]
         """Train on one batch; add each network's summed squared error (a classifier's summed cross-entropy)
-        to ``squared_error`` [G] unless None."""
+        to ``summed_loss`` [G] unless None."""
         stacked = self.stacked
         inputs, quantizer_backwards = [], []  # per block [G_b, B, in_b]; per trainable block G_b functions
         for block, (first, stop) in enumerate(stacked.blocks):
@@ -224,11 +224,11 @@ class _TrainingStep:
             quantizer_backwards.append(backwards)
         out = stacked.forward(inputs, self.generator)  # [G, B], or class scores [G, B, C]
         if out.dim() == 3:
-            grad = _cross_entropy_grad(out, targets, squared_error)
+            grad = _cross_entropy_grad(out, targets, summed_loss)
         else:
             error = out - targets  # [G, B]
-            if squared_error is not None:
-                squared_error += error.square().sum(dim=1)
+            if summed_loss is not None:
+                summed_loss += error.square().sum(dim=1)
             grad = error * (2 / rows.shape[0])  # d(mean squared error)/d(prediction)
         for p in self.quantizer_parameters:
             p.grad = None
@@ -284,10 +284,10 @@ def train_models(models: Sequence[SplitModel], x: torch.Tensor, y: torch.Tensor,
     graphed = cuda_graphs and x.is_cuda
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():  # streams and graphs on x's GPU
         stack = [models[g] for g in order]
-        squared_error = _train_stack(stack, [needs_grad[g] for g in order], x, y, setting, seed, graphed)
+        summed_loss = _train_stack(stack, [needs_grad[g] for g in order], x, y, setting, seed, graphed)
         if graphed:  # the graphs' memory pool, freed with the stack, goes back to the device (to other processes too)
             torch.cuda.empty_cache()
-    losses = (squared_error / x.shape[0]).tolist()
+    losses = (summed_loss / x.shape[0]).tolist()
     return [losses[order.index(g)] for g in range(len(models))]
 
 
@@ -340,7 +340,7 @@ def _train_stack(models: Sequence[SplitModel], needs_grad: Sequence[bool], x: to
             for block, (start, stop) in enumerate(stacked.blocks) if not stacked.input_grad[block]
         }
     fixed_epoch = {block: torch.empty_like(inputs) for block, inputs in fixed_blocks.items()}  # reshuffled in place
-    squared_error = torch.zeros(len(models), device=x.device)  # of the last epoch
+    summed_loss = torch.zeros(len(models), device=x.device)  # of the last epoch
     for epoch in range(setting.num_epochs):
         for model in models:
             model.set_temperature(schedule.tau)
@@ -354,7 +354,7 @@ def _train_stack(models: Sequence[SplitModel], needs_grad: Sequence[bool], x: to
         for start in range(0, n, BATCH_SIZE):
             batch = slice(start, start + BATCH_SIZE)
             fixed_inputs = {block: inputs[:, batch] for block, inputs in fixed_epoch.items()}
-            train_step(x_epoch[batch], y_epoch[batch], fixed_inputs, squared_error if last_epoch else None)
+            train_step(x_epoch[batch], y_epoch[batch], fixed_inputs, summed_loss if last_epoch else None)
         schedule.step()
     for p in quantizer_parameters:
         p.grad = None  # of the last batch only (on CUDA it may live in the graph's memory pool)
@@ -362,5 +362,5 @@ def _train_stack(models: Sequence[SplitModel], needs_grad: Sequence[bool], x: to
     for model in models:
         # NOTE[DIFF]: the paper does not say at which temperature the soft losses are taken
         model.set_temperature(schedule.tau)  # the soft-mode evaluations use the final temperature
-    return squared_error
+    return summed_loss
 

@@ -51,7 +51,7 @@ def train_model(model: SplitModel, x: torch.Tensor, y: torch.Tensor, setting: Se
     labels = y.long()  # class indices, used by a classifier only
     for _ in range(setting.num_epochs):
         model.set_temperature(schedule.tau)
-        squared_error = x.new_zeros(())  # summed over the epoch (a classifier's: its cross-entropy)
+        summed_loss = x.new_zeros(())  # summed over the epoch (a classifier's: its cross-entropy)
         for batch in torch.randperm(x.shape[0], device=x.device, generator=generator).split(BATCH_SIZE):
             out = predictions(model, x[batch])  # [B], or class scores [B, C]
             optimizer.zero_grad()
@@ -59,15 +59,15 @@ def train_model(model: SplitModel, x: torch.Tensor, y: torch.Tensor, setting: Se
                 error = out - y[batch]  # [B]
                 error.square().mean().backward()
                 optimizer.step()
-                squared_error += error.detach().square().sum()
+                summed_loss += error.detach().square().sum()
             else:
                 cross_entropy = F.cross_entropy(out, labels[batch], reduction="sum")
                 (cross_entropy / batch.shape[0]).backward()
                 optimizer.step()
-                squared_error += cross_entropy.detach()
+                summed_loss += cross_entropy.detach()
         schedule.step()
     model.set_temperature(schedule.tau)  # the soft-mode evaluations use the final temperature
-    return squared_error.item() / x.shape[0]
+    return summed_loss.item() / x.shape[0]
 
 
 def evaluate(model: SplitModel, x: torch.Tensor, y: torch.Tensor, hard: bool = True) -> float:

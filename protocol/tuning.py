@@ -283,11 +283,17 @@ def run_tuning(
     progress: bool = True,
     storage: str | None = None,
     heartbeat: int = HEARTBEAT_SECONDS,
+    import_csv: bool = False,
 ) -> Path:
-    """Work on the plan's study, beside any other workers, until every row is stored; then write the CSV."""
+    """Work on the plan's study, beside any other workers, until every row is stored; then write the CSV.
+
+    Rows of the CSV that the storage lacks (its journal was removed, or another storage is named) are
+    continued from only with ``import_csv`` (``--import_csv``): nothing but the storage can tell an edited
+    result from a computed one.
+    """
     imported = rows_to_import(plan)
     tuning = open_tuning(plan, storage, heartbeat)
-    _check_csv_matches_storage(plan, tuning, imported)
+    _check_csv_matches_storage(plan, tuning, imported, import_csv)
     folds = _Folds(plan, scratch, device)
     total, done = plan.k_folds * plan.n_settings, len(stored_rows(tuning))
     with tqdm(total=total, initial=done, desc=f"{plan.dataset} {plan.bits} bits", unit="row",
@@ -303,13 +309,15 @@ def run_tuning(
     return plan.path
 
 
-def _check_csv_matches_storage(plan: TuningPlan, tuning: TuningStudy, imported: dict[int, dict[int, Row]]) -> None:
+def _check_csv_matches_storage(plan: TuningPlan, tuning: TuningStudy, imported: dict[int, dict[int, Row]],
+                               import_csv: bool = False) -> None:
     """Refuse to rewrite a CSV that holds rows the storage lacks or holds with other results.
 
     The CSV is rewritten from the storage; only the rows of settings the study has not started
-    are imported (paper sampler), and only where they hold every result of their methods (see
-    :func:`_check_importable`). Any other row of the CSV that the storage does not hold as it
-    is (a file copied or merged in by hand, or one written with another storage) would be lost.
+    are imported (paper sampler), only with ``import_csv`` (a result edited into another plausible
+    number cannot be told from the file alone), and only where they hold every result of their
+    methods (see :func:`_check_importable`). Any other row of the CSV that the storage does not hold
+    as it is (a file copied or merged in by hand, or one written with another storage) would be lost.
     """
     if not plan.path.exists():
         return
@@ -317,6 +325,11 @@ def _check_csv_matches_storage(plan: TuningPlan, tuning: TuningStudy, imported: 
     # already stored, and a setting they import from the CSV is stored as it starts
     csv_rows = read_results(plan.path, TUNING).to_dict("records")
     importable = set(imported) - started_settings(tuning)
+    if importable and not import_csv:
+        rows = sum(len(imported[setting]) for setting in importable)
+        raise ProtocolError(f"{plan.path} holds {rows} rows that {tuning.storage.label} lacks (was its journal "
+                            "removed?), and their results cannot be checked without it; pass --import_csv to "
+                            "continue from them as they stand, or move the CSV away to compute them again")
     stored = {(row["hyperparameter_setting_id"], row["kFold_id"]): row for row in stored_rows(tuning)}
     for line, row in enumerate(csv_rows, start=2):
         key = (int(row["hyperparameter_setting_id"]), int(row["kFold_id"]))

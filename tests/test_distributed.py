@@ -205,7 +205,7 @@ def test_old_csv_is_imported_not_recomputed(tmp_path: Path, shared_dir: Path, re
     plan = debug_plan(tmp_path)
     plan.path.parent.mkdir(parents=True)
     reference.iloc[:2].to_csv(plan.path, index=False)  # setting 0 done before there was a storage
-    finish_worker(start_worker(arguments(shared_dir, tmp_path, None)))
+    finish_worker(start_worker([*arguments(shared_dir, tmp_path, None), "--import_csv"]))
     result = pd.read_csv(plan.path)
     assert_same_rows(plan.path, reference)
     pd.testing.assert_frame_equal(result.iloc[:2], reference.iloc[:2])  # training times too: not retrained
@@ -431,7 +431,7 @@ def test_rows_other_workers_store_or_import_while_the_csv_is_compared_are_not_fo
         return rows
 
     monkeypatch.setattr(tuning_module, "stored_rows", import_meanwhile)
-    tuning_module._check_csv_matches_storage(plan, tuning, imported)
+    tuning_module._check_csv_matches_storage(plan, tuning, imported, import_csv=True)
     monkeypatch.setattr(tuning_module, "stored_rows", real_stored_rows)
     assert len(real_stored_rows(tuning)) == N_ROWS  # imported: every row is stored now
 

@@ -737,11 +737,33 @@ def test_a_damaged_row_is_refused_with_or_without_its_journal(
     with pytest.raises(ProtocolError, match="holds other results for setting . fold . than journal"):
         run_tuning(plan, shared_dir / "datasets", progress=False)
     plan.path.with_suffix(".journal").unlink()
+    with pytest.raises(ProtocolError, match="rows that journal:.* lacks .* pass --import_csv to continue from them"):
+        run_tuning(plan, shared_dir / "datasets", progress=False)
     with pytest.raises(ProtocolError, match=re.escape(
             f"{plan.path} has {where}, where a tuning row holds a finite loss or time >= 0; "
             "repair that line, or delete it to have the row computed again")):
-        run_tuning(plan, shared_dir / "datasets", progress=False)
+        run_tuning(plan, shared_dir / "datasets", progress=False, import_csv=True)
     assert plan.path.read_bytes() == damaged
+
+
+def test_rows_without_their_journal_are_continued_from_only_when_asked(
+    debug_results: Path, shared_dir: Path, tmp_path: Path, capsys,
+) -> None:
+    """A loss edited into another plausible number (123.0) cannot be told from the file: without its journal the
+    CSV's rows are refused, with one sentence and exit 2, unless --import_csv takes them as they stand."""
+    shutil.copytree(debug_results / "wine_quality", tmp_path / "wine_quality")
+    plan = plan_tuning("wine_quality", 3, 2, tmp_path, debug=True)
+    _clear(3, "test_loss_Bw-SQ", 123.0)(plan.path)
+    plan.path.with_suffix(".journal").unlink()
+    edited = plan.path.read_bytes()
+    arguments = ["--dataset", "wine_quality", "--n_bits", "3", "--n_steps", "2", "--debug", "--quiet",
+                 "--result_folder", str(tmp_path), "--scratch", str(shared_dir / "datasets")]
+    assert tuning_script.main(arguments) == 2
+    error = capsys.readouterr().err
+    assert f"{plan.path} holds 4 rows that journal:" in error and "pass --import_csv" in error
+    assert len(error.strip().splitlines()) == 1 and plan.path.read_bytes() == edited
+    assert tuning_script.main([*arguments, "--import_csv"]) == 0  # taken as it stands
+    assert pd.read_csv(plan.path)["test_loss_Bw-SQ"].iloc[1] == 123.0
 
 
 def test_folds_of_one_setting_with_other_hyperparameters_are_refused(shared_dir: Path, tmp_path: Path) -> None:
