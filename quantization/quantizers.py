@@ -158,9 +158,7 @@ class Quantizer(nn.Module):
         ``hard + (soft - sg(soft))``, sg stopping the gradient (``soft - sg(soft)`` is exactly 0).
         What soft mode runs with ``straight_through``, in plain autograd."""
         soft = self.soft(x)  # first: LLT sets its scale from its first training batch
-        with torch.no_grad():
-            hard = self._decode(self._encode(x))
-        return hard + (soft - soft.detach())
+        return self._hard_value(x) + (soft - soft.detach())
 
     def straight_through_function(self, x: torch.Tensor) -> FusedCall | None:
         """The fused autograd Function computing ``hard_with_soft_gradient(x)`` and its arguments, or None
