@@ -51,13 +51,10 @@ def standardize(train: tuple[np.ndarray, np.ndarray], scale_y: bool = True,
     """Fit StandardScalers on the training X (at device precision) and, with ``scale_y``, y; apply them to
     every part."""
     x_scaler = StandardScaler().fit(device_precision(train[0]))
-    if not scale_y:  # class indices
-        parts = {name: (x_scaler.transform(device_precision(x)), y)
-                 for name, (x, y) in {"train": train, **others}.items()}
-        return ScaledSplits(parts, x_scaler, None)
-    y_scaler = StandardScaler().fit(train[1].reshape(-1, 1))
+    y_scaler = StandardScaler().fit(train[1].reshape(-1, 1)) if scale_y else None  # None: class indices
     parts = {
-        name: (x_scaler.transform(device_precision(x)), y_scaler.transform(y.reshape(-1, 1)).ravel())
+        name: (x_scaler.transform(device_precision(x)),
+               y if y_scaler is None else y_scaler.transform(y.reshape(-1, 1)).ravel())
         for name, (x, y) in {"train": train, **others}.items()
     }
     return ScaledSplits(parts, x_scaler, y_scaler)

@@ -312,7 +312,8 @@ def _check_trainable_together(models: Sequence[SplitModel]) -> None:
 
 def _train_stack(models: Sequence[SplitModel], needs_grad: Sequence[bool], x: torch.Tensor, y: torch.Tensor,
                  setting: Setting, seed: int, graphed: bool) -> torch.Tensor:
-    """:func:`train_models` on networks in stacking order; return their summed squared errors of the last epoch [G].
+    """:func:`train_models` on networks in stacking order; return their summed training losses of the last epoch [G]
+    (squared errors; a classifier's cross-entropies).
 
     The stack, its optimizer and its CUDA graph live only here, so their memory is free when it returns.
     """

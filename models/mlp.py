@@ -51,7 +51,7 @@ class SplitModel(nn.Module):
         """The floating dtype of the network's parameters (torch's default without any)."""
         return next((p.dtype for p in self.mlp.parameters() if p.is_floating_point()), torch.get_default_dtype())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [n, d] -> [n]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [n, d] -> [n], or class scores [n, C]
         if self.quantizer is None:
             return self.mlp(x.to(self.dtype))
         return self.mlp(self.quantizer(x))
@@ -66,7 +66,8 @@ class SplitModel(nn.Module):
         return self._require_quantizer().encode(x)
 
     def cloud(self, index: torch.Tensor) -> torch.Tensor:
-        """Transmitted indices [n, d] in 0..n_levels - 1 of the quantizer (else a ValueError) -> predictions [n]."""
+        """Transmitted indices [n, d] in 0..n_levels - 1 of the quantizer (else a ValueError) -> predictions [n]
+        (a classifier's: class scores [n, C])."""
         return self.mlp(self._require_quantizer().decode(index))  # decode checks the indices from the wire
 
     def set_hard(self, hard: bool) -> None:

@@ -143,7 +143,7 @@ def rows_and_targets(model: SplitModel, x: torch.Tensor, y: torch.Tensor, what: 
     if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)):
         raise TypeError(f"expected tensors of {what} rows and targets, got {type(x).__name__} and {type(y).__name__}; "
                         "convert numpy arrays with torch.as_tensor")
-    if x.dim() != 2 or x.shape[0] == 0 or x.shape[1] != (x.shape[1] if width is None else width) \
+    if x.dim() != 2 or x.shape[0] == 0 or (width is not None and x.shape[1] != width) \
             or y.shape != x.shape[:1]:
         hint = "; flatten y with y.view(-1)" if y.dim() == 2 and y.shape[1] == 1 else ""
         raise ValueError(f"expected {what} rows x [n, {'d' if width is None else width}] with n >= 1 "

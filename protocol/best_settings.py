@@ -198,17 +198,20 @@ def _empty_row(bits: int, run: int, accuracy: bool = False) -> dict[str, object]
     return {**{c: np.nan for c in columns}, "bits": bits, "step": run}  # the paper's column of the run
 
 
+_KINDS = ("a regression", "a classification")  # indexed by "is a classification"
+
+
 def stored_runs(path: Path, choices: dict[int, dict[str, Choice]]) -> dict[tuple[int, int], dict[str, object]]:
     """The output's rows by (bits, run) as they are now, checked against the choices: a method's
     stored runs must come from the setting, and the validation loss, that the tuning selects now."""
     if not path.exists():
         return {}
     frame = read_results(path, BEST)
-    if has_accuracy(frame.columns) != classification(choices):
-        kinds = ("a regression", "a classification")
-        raise ProtocolError(f"{path} holds the results of {kinds[has_accuracy(frame.columns)]}, but the tuning files "
-                            f"are {kinds[classification(choices)]}'s; move it away to rerun")
-    frame = frame.reindex(columns=list(BEST.columns(accuracy=classification(choices))))
+    accuracy = classification(choices)
+    if has_accuracy(frame.columns) != accuracy:
+        raise ProtocolError(f"{path} holds the results of {_KINDS[has_accuracy(frame.columns)]}, but the tuning files "
+                            f"are {_KINDS[accuracy]}'s; move it away to rerun")
+    frame = frame.reindex(columns=list(BEST.columns(accuracy=accuracy)))
     rows = {(int(r["bits"]), int(r["step"])): r for r in frame.to_dict("records")}
     for (b, _), row in rows.items():
         for m, choice in choices.get(b, {}).items():
@@ -266,14 +269,14 @@ def run_best_settings(
     """
     for m in methods or ():
         get_method(m)
+    if n_runs < 1:
+        raise ProtocolError(f"--n_steps (the number of runs) must be at least 1, got {n_runs}")
     check_registered_options(dataset, target, task)
     # a table file is checked first (quick); a registered dataset is loaded once there is work to do
     data = load_dataset(dataset, scratch, target, task) if is_table_file(dataset) else None
     if progress and data is not None and data.task_note:
         print(data.task_note, file=sys.stderr)
     source, dataset = dataset, dataset_name(dataset)
-    if n_runs < 1:
-        raise ProtocolError(f"--n_steps (the number of runs) must be at least 1, got {n_runs}")
     choices = load_choices(result_folder, dataset, bits, methods, print_source if progress else None, setting_of)
     methods = list(next(iter(choices.values())))
     path = best_path(result_folder, dataset)
@@ -297,9 +300,8 @@ def run_best_settings(
     _check_writable(path.parent)
     data = data if data is not None else load_dataset(source, scratch)
     if (data.task == "classification") != classification(choices):
-        kinds = ("a regression", "a classification")
-        raise ProtocolError(f"the tuning files of {dataset} are {kinds[classification(choices)]}'s, but the data is "
-                            f"read as {kinds[data.task == 'classification']}; pass the --task and --target they "
+        raise ProtocolError(f"the tuning files of {dataset} are {_KINDS[classification(choices)]}'s, but the data is "
+                            f"read as {_KINDS[data.task == 'classification']}; pass the --task and --target they "
                             "were tuned with")
     job = _BestSettingsJob(dataset, data, choices, path, device, save_models)
     total = len(choices) * n_runs

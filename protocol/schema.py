@@ -1,7 +1,8 @@
 """The two result-file schemas (tuning and best-setting files), and their safe reading and writing.
 
 A header is the paper's columns for its thirteen methods, then, per further registered method
-(``models.METHODS``), that method's columns. The paper's part has two quirks: its tuning files
+(``models.METHODS``), that method's columns, and for a classification then every method's accuracy
+columns (``core.schema.accuracy_columns``). The paper's part has two quirks: its tuning files
 record no training time for ``*-QQ``, and list the soft-mode losses in the order SQ, SQplus,
 LLT9, LLT4, Bw-SQ. Files written before a method was registered stay readable: its columns are
 absent, which means "not computed".
@@ -61,7 +62,7 @@ def _tuning_method_columns(m: str) -> tuple[str, ...]:
 
 TUNING = Schema(TUNING_PAPER_COLUMNS, _tuning_method_columns, TUNING_ROW_KEY)
 BEST = Schema(BEST_PAPER_COLUMNS, best_method_columns, BEST_ROW_KEY)
-TUNING_COLUMNS, BEST_COLUMNS = TUNING.columns(), BEST.columns()
+BEST_COLUMNS = BEST.columns()
 KEY_COLUMNS = (*TUNING_ROW_KEY, *BEST_ROW_KEY)  # what identifies a row (never empty)
 INTEGER_COLUMNS = {*KEY_COLUMNS} | {f"best_hyperparameter_id_{m}" for m in METHOD_NAMES}
 

@@ -6,12 +6,12 @@ import json
 import numbers
 import os
 from pathlib import Path
-from typing import get_type_hints
 
 import numpy as np
 import pandas as pd
 
 from models import SETTING_KEYS, Setting
+from models.setting import INTEGER_SETTING_KEYS
 
 from .common import MAX_STEPS, ProtocolError
 
@@ -27,7 +27,6 @@ PAPER_SEARCH_SPACE: dict[str, list] = {
 DEBUG_OVERRIDES: dict[str, list] = {"hidden_neurons": [5], "num_epochs": [10], "hidden_layers": [1, 2]}
 SEARCH_SEED = 42
 assert tuple(PAPER_SEARCH_SPACE) == SETTING_KEYS
-INTEGER_KEYS = tuple(key for key in SETTING_KEYS if get_type_hints(Setting)[key] is int)  # the rest are floats
 
 
 def paper_search_space(debug: bool = False) -> dict[str, list]:
@@ -58,7 +57,7 @@ def load_search_space(path: str | os.PathLike) -> dict[str, list]:
 def _check_values(path: str | os.PathLike, key: str, values: object) -> None:
     if not isinstance(values, list) or not values:
         raise ProtocolError(f"{path}: {key} must be a non-empty list")
-    integer = key in INTEGER_KEYS
+    integer = key in INTEGER_SETTING_KEYS
     for value in values:
         kind = numbers.Integral if integer else numbers.Real
         if isinstance(value, bool) or not isinstance(value, kind):

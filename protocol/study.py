@@ -348,8 +348,6 @@ def _done(group: list[FrozenTrial], k_folds: int) -> bool:
     return finished_trial and len(_setting_folds(group)) == k_folds
 
 
-
-
 def _is_stale(trial: FrozenTrial, now: float) -> bool:
     """A running trial whose worker is gone: its PID ended here, or its heartbeat fell silent."""
     owner = trial.user_attrs.get(OWNER_ATTR)

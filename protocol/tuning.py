@@ -349,7 +349,7 @@ def _check_csv_matches_storage(plan: TuningPlan, tuning: TuningStudy, imported: 
 def _check_importable(plan: TuningPlan, row: Row, line: int) -> None:
     """Refuse a row to import whose results are not all finite numbers >= 0.
 
-    Every tuning row holds all results of the methods its file lists (mean squared errors and
+    Every tuning row holds all results of the methods its file lists (losses, accuracies and
     seconds), so a blank, NaN, infinite or negative cell is damage: a line cut short, a cell
     cleared or mistyped by hand. A result edited into another plausible number cannot be told
     from the file alone, only by the storage the rows were stored in; a network that truly

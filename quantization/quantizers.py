@@ -68,7 +68,8 @@ def clamp_inclusive(x: torch.Tensor, low: float, high: float) -> torch.Tensor:
 class Quantizer(nn.Module):
     """Base class: the checked entries ``encode``, ``decode`` and ``forward`` around a subclass's
     trusting ``_encode`` (rows [n, d] -> int64 [n, d]), ``_decode`` (int64 [n, d] -> [n, out_features])
-    and ``soft`` (plain autograd), plus optionally ``soft_function``, the fused Function computing ``soft``.
+    and ``soft`` (plain autograd), plus optionally ``soft_function``, the fused Function computing ``soft``
+    (and ``straight_through_function``, the one computing ``hard_with_soft_gradient``).
     """
 
     def __init__(self, bits: int, n_features: int) -> None:
@@ -258,6 +259,11 @@ class ThresholdQuantizer(Quantizer):
         """Fixed thresholds: the hard mode itself."""
         return self._decode(self._encode(x))
 
+    def straight_through_function(self, x: torch.Tensor) -> FusedCall | None:
+        """The soft step's fused Function, handed the hard value to return (its backward stays the soft one)."""
+        call = self.soft_function(x)
+        return None if call is None else (call[0], (*call[1], self._hard_value(x)))
+
 
 class SQQuantizer(ThresholdQuantizer):
     """SQ: per feature one input, the (soft) number of thresholds exceeded.
@@ -280,9 +286,6 @@ class SQQuantizer(ThresholdQuantizer):
 
     def soft_function(self, x: torch.Tensor) -> FusedCall | None:
         return (SteppedSum, (x, self.thresholds, None, self.tau)) if self.trainable else None
-
-    def straight_through_function(self, x: torch.Tensor) -> FusedCall | None:
-        return (SteppedSum, (x, self.thresholds, None, self.tau, self._hard_value(x))) if self.trainable else None
 
 
 class SQplusQuantizer(ThresholdQuantizer):
@@ -310,11 +313,6 @@ class SQplusQuantizer(ThresholdQuantizer):
 
     def soft_function(self, x: torch.Tensor) -> FusedCall | None:
         return (SteppedSum, (x, self.thresholds, self.interval_values, self.tau)) if self.trainable else None
-
-    def straight_through_function(self, x: torch.Tensor) -> FusedCall | None:
-        if not self.trainable:
-            return None
-        return SteppedSum, (x, self.thresholds, self.interval_values, self.tau, self._hard_value(x))
 
 
 class BwSQQuantizer(ThresholdQuantizer):
@@ -345,9 +343,6 @@ class BwSQQuantizer(ThresholdQuantizer):
 
     def soft_function(self, x: torch.Tensor) -> FusedCall | None:
         return (Thermometer, (x, self.thresholds, self.tau)) if self.trainable else None
-
-    def straight_through_function(self, x: torch.Tensor) -> FusedCall | None:
-        return (Thermometer, (x, self.thresholds, self.tau, self._hard_value(x))) if self.trainable else None
 
 
 class MidpointQuantizer(ThresholdQuantizer):
@@ -389,9 +384,12 @@ class LSQQuantizer(Quantizer):
         self.step_size.copy_(2 * mean_abs.clamp_min(MIN_STATISTIC) / math.sqrt(self.q_max))
         return self
 
+    def grad_scale(self, x: torch.Tensor) -> float:
+        """LSQ's step-size gradient scale ``g = 1 / sqrt(Q_p numel(x))`` for a batch x (no rows: 1 / sqrt(Q_p))."""
+        return 1.0 / math.sqrt(self.q_max * max(x.numel(), 1))
+
     def soft(self, x: torch.Tensor) -> torch.Tensor:
-        s = self.step_size
-        g = 1.0 / math.sqrt(self.q_max * max(x.numel(), 1))  # no rows: no gradient to scale
+        s, g = self.step_size, self.grad_scale(x)
         s = s * g + (s - s * g).detach()
         z = clamp_inclusive(x / s, self.q_min, self.q_max)
         return (z + (z.round() - z).detach()) * s
@@ -406,8 +404,7 @@ class LSQQuantizer(Quantizer):
         return (index + self.q_min).to(self.step_size.dtype) * self.step_size
 
     def soft_function(self, x: torch.Tensor) -> FusedCall:
-        grad_scale = 1.0 / math.sqrt(self.q_max * max(x.numel(), 1))
-        return LSQRound, (x, self.step_size, self.q_min, self.q_max, grad_scale)
+        return LSQRound, (x, self.step_size, self.q_min, self.q_max, self.grad_scale(x))
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *arguments) -> None:
         if prefix + "step" in state_dict:  # a model saved before the parameter was called step_size

@@ -114,17 +114,14 @@ def check_out_dir(out_dir: Path) -> None:
 def read_result_file(
     path: Path,
     columns: Sequence[str],
-    allow_empty: bool = False,
-    optional: Sequence[str] = (),
     further: Sequence[str] = (),
 ) -> pd.DataFrame:
     """Read and validate a result file; return bits, step (integers) and the given numeric columns.
 
-    With allow_empty, an empty cell of the given columns becomes NaN (a method that was not run);
-    any other non-numeric value, and any empty bits or step, is an error naming column and line.
-    ``optional`` columns are read like ``columns`` where the file has them, else they are all NaN;
-    so are, per prefix in ``further``, the columns ``<prefix>_<m>`` of every method beyond the
-    paper's whose ``test_loss_<m>`` column the file has.
+    An empty cell of the given columns becomes NaN (a method that was not run); any other
+    non-numeric value, and any empty bits or step, is an error naming column and line. Per prefix
+    in ``further``, the columns ``<prefix>_<m>`` of every method beyond the paper's whose
+    ``test_loss_<m>`` column the file has are read too where the file has them, else they are NaN.
     """
     path = Path(path)
     if not path.is_file():
@@ -135,7 +132,7 @@ def read_result_file(
         raise ResultFileError(f"{path} is empty.") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise ResultFileError(f"{path} is not a readable CSV file ({exc}).") from None
-    optional = [*optional, *(f"{prefix}_{m}" for m in further_methods(raw.columns) for prefix in further)]
+    optional = [f"{prefix}_{m}" for m in further_methods(raw.columns) for prefix in further]
     absent_optional = [c for c in optional if c not in raw.columns]
     columns = [*columns, *(c for c in optional if c in raw.columns)]
     needed = [*KEY_COLUMNS, *columns]
@@ -147,8 +144,7 @@ def read_result_file(
     text = raw[needed].apply(lambda column: column.str.strip())
     data = text.apply(pd.to_numeric, errors="coerce")
     bad = data.isna()
-    if allow_empty:
-        bad[list(columns)] &= text[list(columns)] != ""
+    bad[list(columns)] &= text[list(columns)] != ""
     if bad.to_numpy().any():
         row, col = (int(i[0]) for i in np.nonzero(bad.to_numpy()))
         raise ResultFileError(
@@ -206,9 +202,9 @@ def _read_losses(path: Path) -> pd.DataFrame:
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
         header = pd.Index([])  # read_result_file names the problem
     if not has_accuracy(header):
-        return read_result_file(path, losses, allow_empty=True, further=("test_loss",))
+        return read_result_file(path, losses, further=("test_loss",))
     accuracies = [f"test_accuracy_{m}" for m in PAPER_METHODS]
-    return read_result_file(path, [*losses, *accuracies], allow_empty=True, further=("test_loss", "test_accuracy"))
+    return read_result_file(path, [*losses, *accuracies], further=("test_loss", "test_accuracy"))
 
 
 def is_classification(frame: pd.DataFrame) -> bool:

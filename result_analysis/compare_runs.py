@@ -57,7 +57,7 @@ def read_runs(path: Path, methods: Sequence[str] | None = None) -> pd.DataFrame:
     Empty cells become NaN (a method that was not run); any other non-numeric value is an error.
     """
     columns = [f"{prefix}_{m}" for m in PAPER_METHODS if methods is None or m in methods for prefix in PREFIXES]
-    return read_result_file(path, columns, allow_empty=True, further=PREFIXES)
+    return read_result_file(path, columns, further=PREFIXES)
 
 
 def _welch(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
